@@ -1,0 +1,53 @@
+# attnprobe — set-up and checks. `make demo` and `make test` work on a fresh machine: they create
+# .venv, install the pinned CPU build of torch first (override TORCH_SPEC for a CUDA build), then
+# the package with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: install install-dev demo test lint typecheck unit notebooks docs bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/attnprobe demo
+
+lint: install-dev
+	$(BIN)/ruff check attnprobe tests benchmarks examples
+	$(BIN)/ruff format --check attnprobe tests benchmarks examples
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+unit: install-dev
+	$(BIN)/pytest -n 2 -p no:cacheprovider
+
+notebooks: install-dev
+	$(BIN)/pytest -p no:cacheprovider --nbmake notebooks -o addopts="" -o testpaths=""
+
+docs: install-dev
+	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
+
+test: lint typecheck unit notebooks docs
+
+bench: install
+	$(BIN)/python benchmarks/probe_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""attnprobe — which modality does a multimodal Transformer listen to?
+
+Probes capture per-modality attention mass and key/query statistics from any PyTorch
+Transformer on its own attention kernel, in bounded memory, without changing its outputs.
+
+Example:
+    >>> import torch, attnprobe as ap
+    >>> from attnprobe.models import LateFusionTransformer
+    >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
+    >>> with ap.probe(model, modalities=model.fusion_layout(), layers="fusion") as p:
+    ...     _ = model(torch.randn(2, 4, 6), torch.randn(2, 3, 8))
+    >>> p.result().to_frame().shape
+    (9, 6)
+"""
+
+from attnprobe._errors import (
+    AttnProbeError,
+    AttnProbeWarning,
+    CaptureError,
+    ModalityLayoutError,
+    ProbeConfigError,
+)
+from attnprobe.capture import Adapter, AttentionInputs, register_adapter
+from attnprobe.layout import ModalityLayout
+from attnprobe.probe import Probe, probe
+from attnprobe.results import LayerResult, ProbeResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "AttentionInputs",
+    "AttnProbeError",
+    "AttnProbeWarning",
+    "CaptureError",
+    "LayerResult",
+    "ModalityLayout",
+    "ModalityLayoutError",
+    "Probe",
+    "ProbeConfigError",
+    "ProbeResult",
+    "__version__",
+    "probe",
+    "register_adapter",
+]

@@ -1,0 +1,211 @@
+"""What every adapter hands to the probe, the adapter protocol and the registry.
+
+An adapter knows one family of attention modules: how to find the ``q``, ``k``, mask and scale
+that the attention kernel sees. It emits :class:`AttentionInputs` to a :class:`Recorder` (the
+probe's per-layer state); the recorder runs the indicator pass and reduces immediately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Adapter",
+    "AttentionInputs",
+    "Recorder",
+    "adapter_for",
+    "adapters",
+    "register_adapter",
+]
+
+
+@dataclass
+class AttentionInputs:
+    """The inputs of one attention kernel call, as the kernel sees them.
+
+    Shapes follow ``F.scaled_dot_product_attention``: ``query`` ``[B, H, Lq, D]``, ``key``
+    ``[B, Hk, Lk, D]`` with ``Hk`` dividing ``H`` (grouped-query attention), ``value``
+    ``[B, Hk, Lk, Dv]``. ``attn_mask`` is broadcastable to ``[B, H, Lq, Lk]``: boolean
+    (True = may attend) or an additive float mask.
+
+    Example:
+        >>> import torch
+        >>> q = torch.randn(2, 4, 10, 8)
+        >>> AttentionInputs(query=q, key=q, is_causal=True).query.shape
+        torch.Size([2, 4, 10, 8])
+    """
+
+    query: Tensor
+    key: Tensor
+    value: Tensor | None = None
+    attn_mask: Tensor | None = None
+    is_causal: bool = False
+    scale: float | None = None
+    enable_gqa: bool = False
+    appended_keys: int = 0
+    """Keys the module appends after the sequence (``bias_k``, a zero-attention key); they
+    belong to no group, so mass on them is reported as residual."""
+
+
+@runtime_checkable
+class Recorder(Protocol):
+    """Where adapters send captures; one per probed layer (implemented by the probe)."""
+
+    name: str
+
+    def begin(self) -> None:
+        """Called when the layer's forward starts."""
+
+    def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
+        """Capture one attention call (second pass, the model's output untouched)."""
+
+    def fused(
+        self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
+    ) -> Tensor:
+        """Capture one call and return the kernel output computed with ``V' = [V, E]``."""
+        ...
+
+    def end(self) -> None:
+        """Called when the layer's forward ends (also after an exception)."""
+
+    @property
+    def wants_fused(self) -> bool:
+        """Whether this probe runs the fused single call where the adapter supports it."""
+        ...
+
+    @property
+    def captured_this_call(self) -> bool:
+        """Whether :meth:`record` or :meth:`fused` ran since the last :meth:`begin`."""
+        ...
+
+
+class Adapter:
+    """Base class for adapters: subclass it to probe an attention module attnprobe does not
+    know.
+
+    Override :meth:`matches` and :meth:`extract` (and :meth:`prepare` if the module needs a flag
+    changed while probed). ``extract`` runs in a forward hook after the module ran, under
+    ``torch.no_grad()``, and returns the ``q``, ``k`` and mask of the attention it computed; the
+    probe runs the indicator pass on them with ``F.scaled_dot_product_attention``. Built-in
+    adapters override :meth:`attach` to intercept the module's own kernel call instead.
+
+    Example:
+        A module that computes attention by hand, with a user adapter:
+
+        >>> import torch, attnprobe as ap
+        >>> from torch import nn
+        >>> class HandAttention(nn.Module):
+        ...     def __init__(self, dim):
+        ...         super().__init__()
+        ...         self.qk = nn.Linear(dim, 2 * dim)
+        ...     def forward(self, x):
+        ...         q, k = self.qk(x).chunk(2, dim=-1)
+        ...         w = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        ...         return w @ x
+        >>> class HandAdapter(ap.Adapter):
+        ...     def matches(self, module):
+        ...         return isinstance(module, HandAttention)
+        ...     def extract(self, module, args, kwargs, output):
+        ...         q, k = module.qk(args[0]).chunk(2, dim=-1)  # (B, L, D) each
+        ...         return ap.AttentionInputs(query=q.unsqueeze(1), key=k.unsqueeze(1))
+        >>> unregister = ap.register_adapter(HandAdapter())
+        >>> model = nn.Sequential(HandAttention(8))
+        >>> with ap.probe(model, modalities={"a": 2, "b": 3}) as p:
+        ...     _ = model(torch.randn(4, 5, 8))
+        >>> p.result().to_frame()[["layer", "query_modality", "key_modality"]].shape
+        (4, 3)
+        >>> unregister()
+    """
+
+    name: str = "custom"
+
+    def matches(self, module: nn.Module) -> bool:
+        """Whether this adapter handles ``module``."""
+        return False
+
+    def prepare(self, module: nn.Module) -> Callable[[], None] | None:
+        """Change what the module needs changed while probed; return a function that undoes it."""
+        return None
+
+    def extract(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> AttentionInputs | None:
+        """Recompute the ``q``, ``k`` and mask of the attention the module just ran."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.extract is not implemented: an adapter must return the "
+            "AttentionInputs of the attention its module computed (or override attach)."
+        )
+
+    def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
+        """Install hooks on ``module`` that feed ``recorder``; register every undo on ``stack``."""
+        restore = self.prepare(module)
+        if restore is not None:
+            stack.callback(restore)
+
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            recorder.begin()
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            # always_call: also runs (with out=None) when forward raised; then only end()
+            try:
+                if out is not None:
+                    with torch.no_grad():
+                        inputs = self.extract(mod, args, kwargs, out)
+                    if inputs is not None:
+                        recorder.record(inputs, None)
+            finally:
+                recorder.end()
+
+        stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+        handle = module.register_forward_hook(hook, with_kwargs=True, always_call=True)
+        stack.callback(handle.remove)
+
+    def prepare_model(
+        self, model: nn.Module, probed: list[nn.Module], stack: contextlib.ExitStack
+    ) -> None:
+        """Change model-level flags that the probed modules of this family need (optional)."""
+
+
+_REGISTRY: list[Adapter] = []
+
+
+def register_adapter(adapter: Adapter) -> Callable[[], None]:
+    """Register ``adapter`` ahead of the built-in ones; returns a function that unregisters it.
+
+    Example:
+        See :class:`Adapter`.
+    """
+    if not isinstance(adapter, Adapter):
+        from attnprobe._errors import ProbeConfigError
+
+        raise ProbeConfigError(
+            f"register_adapter: expected an attnprobe.Adapter instance, received "
+            f"{type(adapter).__name__}; subclass attnprobe.Adapter and implement matches() and "
+            "extract()."
+        )
+    _REGISTRY.insert(0, adapter)
+
+    def unregister() -> None:
+        if adapter in _REGISTRY:
+            _REGISTRY.remove(adapter)
+
+    return unregister
+
+
+def adapters() -> tuple[Adapter, ...]:
+    """The registered adapters, in the order they are tried."""
+    return tuple(_REGISTRY)
+
+
+def adapter_for(module: nn.Module) -> Adapter | None:
+    """The first registered adapter that matches ``module``, or None."""
+    for adapter in _REGISTRY:
+        if adapter.matches(module):
+            return adapter
+    return None

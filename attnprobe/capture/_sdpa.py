@@ -1,0 +1,145 @@
+"""Capture on modules whose forward calls ``F.scaled_dot_product_attention``.
+
+While a probed module runs, a ``TorchFunctionMode`` (entered by a forward pre-hook, left by an
+always-called forward hook) intercepts its SDPA calls. Unlike patching
+``torch.nn.functional.scaled_dot_product_attention``, a mode also sees calls through a name
+bound at import time (``from torch.nn.functional import scaled_dot_product_attention``), the
+pitfall of ``CAPTURE.md`` (4). The handler calls the kernel with the module's own arguments, so
+the output is bit-for-bit the model's, then hands the same ``q``, ``k``, mask and scale to the
+recorder for the indicator pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from types import CodeType
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from attnprobe.capture._base import Adapter, AttentionInputs, Recorder
+
+__all__ = ["SdpaAdapter", "handle_sdpa_call", "sdpa_inputs"]
+
+SDPA: Callable[..., Tensor] = F.scaled_dot_product_attention
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+
+
+def sdpa_inputs(
+    args: tuple[Any, ...], kwargs: dict[str, Any], appended_keys: int = 0
+) -> tuple[AttentionInputs, float]:
+    """Normalise the arguments of one SDPA call into ``(AttentionInputs, dropout_p)``."""
+    bound: dict[str, Any] = dict(zip(_SDPA_PARAMS, args, strict=False))
+    bound.update(kwargs)
+    inputs = AttentionInputs(
+        query=bound["query"],
+        key=bound["key"],
+        value=bound["value"],
+        attn_mask=bound.get("attn_mask"),
+        is_causal=bool(bound.get("is_causal", False)),
+        scale=bound.get("scale"),
+        enable_gqa=bool(bound.get("enable_gqa", False)),
+        appended_keys=appended_keys,
+    )
+    return inputs, float(bound.get("dropout_p", 0.0))
+
+
+def handle_sdpa_call(
+    recorder: Recorder,
+    kernel: Callable[..., Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    appended_keys: int = 0,
+) -> Tensor:
+    """Run one intercepted SDPA call for the model and capture it for ``recorder``."""
+    inputs, dropout_p = sdpa_inputs(args, kwargs, appended_keys)
+    if recorder.wants_fused and dropout_p == 0.0:
+        return recorder.fused(inputs, kernel, dropout_p)
+    out = kernel(*args, **kwargs)
+    recorder.record(inputs, kernel)
+    return out
+
+
+class _Intercept(TorchFunctionMode):
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is SDPA:
+            return handle_sdpa_call(self.recorder, func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+def _code_names(code: CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _code_names(const)
+    return names
+
+
+@functools.lru_cache(maxsize=512)
+def _calls_sdpa(forward: Callable[..., Any]) -> bool:
+    """Whether a ``forward`` function refers to SDPA: as an attribute
+    (``F.scaled_dot_product_attention``) or through any global bound to it (an alias imported
+    with ``from torch.nn.functional import scaled_dot_product_attention as sdpa``)."""
+    code = getattr(forward, "__code__", None)
+    if not isinstance(code, CodeType):
+        return False
+    names = _code_names(code)
+    if "scaled_dot_product_attention" in names:
+        return True
+    namespace = getattr(forward, "__globals__", {})
+    return any(namespace.get(name) is SDPA for name in names)
+
+
+class SdpaAdapter(Adapter):
+    """Any module whose ``forward`` calls ``F.scaled_dot_product_attention`` (timm ``Attention``
+    with ``fused_attn``, custom blocks, attnprobe's fusion layer).
+
+    Automatic discovery reads the names ``type(module).forward`` refers to; a module selected by
+    name that reaches SDPA through a helper function works too (the interception is dynamic).
+    """
+
+    name = "sdpa"
+
+    def matches(self, module: nn.Module) -> bool:
+        if isinstance(module, nn.MultiheadAttention):
+            return False
+        return _calls_sdpa(type(module).forward)
+
+    def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
+        active: list[_Intercept] = []
+
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            recorder.begin()
+            mode = _Intercept(recorder)
+            mode.__enter__()  # type: ignore[no-untyped-call]
+            active.append(mode)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            try:
+                if active:
+                    active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
+            finally:
+                recorder.end()
+
+        def leave_all() -> None:  # a forward interrupted before its hook ran
+            while active:
+                active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+        stack.callback(leave_all)
+        stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+        stack.callback(module.register_forward_hook(hook, always_call=True).remove)

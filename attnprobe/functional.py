@@ -1,0 +1,381 @@
+"""Pure tensor math: per-group attention mass by the indicator-value pass, and group moments.
+
+Nothing here holds state or knows about hooks or model families; every function maps tensors to
+tensors and can be tested against a hand-written reference.
+
+The indicator-value pass (``shared/design/CAPTURE.md``): attention output is linear in the
+values, ``out = softmax(q kᵀ·s + mask) · V``. With ``V = E``, the one-hot matrix of key group
+labels, the same kernel call returns for every query row the attention mass on each group,
+exactly, with the kernel's own masking, without materialising the ``Lq × Lk`` map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "GroupMoments",
+    "MassSums",
+    "attention_maps",
+    "fused_attention",
+    "group_attention_mass",
+    "group_indicator",
+    "group_moments",
+    "mean_cosines",
+    "reduce_mass",
+    "select_query_rows",
+]
+
+Kernel = Callable[..., Tensor]
+"""An attention function with the signature of ``F.scaled_dot_product_attention``."""
+
+
+def group_indicator(labels: Tensor, num_groups: int, dtype: torch.dtype) -> Tensor:
+    """One-hot indicator ``E`` of group labels; ignored positions (``-1``) get a zero row.
+
+    Args:
+        labels: ``[B, L]`` integer labels in ``[-1, num_groups)``.
+        num_groups: ``G``.
+        dtype: dtype of the result.
+
+    Returns:
+        ``[B, L, G]`` tensor with ``E[b, j, g] = 1`` iff ``labels[b, j] == g``.
+
+    Example:
+        >>> import torch
+        >>> group_indicator(torch.tensor([[0, 1, -1]]), 2, torch.float32).tolist()
+        [[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]
+    """
+    groups = torch.arange(num_groups, device=labels.device)  # (G,)
+    return (labels.unsqueeze(-1) == groups).to(dtype)  # (B, L, G)
+
+
+def _call_kernel(
+    kernel: Kernel,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+) -> Tensor:
+    extra: dict[str, Any] = {"enable_gqa": True} if enable_gqa else {}
+    return kernel(
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
+        dropout_p=0.0,
+        is_causal=is_causal,
+        scale=scale,
+        **extra,
+    )
+
+
+def group_attention_mass(
+    query: Tensor,
+    key: Tensor,
+    key_labels: Tensor,
+    num_groups: int,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    kernel: Kernel | None = None,
+    pad_to_head_dim: bool = True,
+) -> Tensor:
+    """Attention mass of every query row on every key group, by one kernel call.
+
+    ``mass[b, h, i, g] = Σ_{j: labels[b, j] = g} softmax_j(q_i·k_j·s + mask_ij)``
+    (``shared/design/OVERVIEW.md``, "Attention mass"; ``CAPTURE.md``, indicator-value pass).
+    Mass on ignored keys (label ``-1``) and on a kernel's sink logits is in none of the groups:
+    a row's masses then sum to less than 1 and the difference is the residual.
+
+    Args:
+        query: ``[B, H, Lq, D]`` queries exactly as the kernel receives them (unscaled).
+        key: ``[B, Hk, Lk, D]`` keys (``Hk`` divides ``H`` for grouped-query attention).
+        key_labels: ``[B, Lk]`` group labels of the keys, ``-1`` = belongs to no group.
+        num_groups: ``G``.
+        attn_mask: the mask the kernel received (bool, True = attend; or additive float).
+        is_causal: the kernel's causal flag (top-left aligned, as in SDPA).
+        scale: the kernel's scale (None = ``1/sqrt(D)``).
+        enable_gqa: pass ``enable_gqa=True`` to the kernel (``Hk < H``).
+        kernel: the attention function to run, default ``F.scaled_dot_product_attention``.
+        pad_to_head_dim: zero-pad the indicator to width ``D`` so that the value width equals the
+            query width; on CPU this keeps SDPA on its fast kernel (``CAPTURE.md``, measured).
+
+    Returns:
+        ``[B, H, Lq, G]`` masses in the dtype of ``query``.
+
+    Example:
+        >>> import torch
+        >>> q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)
+        >>> labels = torch.tensor([[0, 0, 1, 1, 1]])
+        >>> mass = group_attention_mass(q, k, labels, 2)
+        >>> mass.shape, bool(torch.allclose(mass.sum(-1), torch.ones(1, 2, 3)))
+        (torch.Size([1, 2, 3, 2]), True)
+    """
+    batch, kv_heads, key_len, head_dim = key.shape
+    width = head_dim if pad_to_head_dim and num_groups <= head_dim else num_groups
+    indicator = group_indicator(key_labels, num_groups, query.dtype)  # (B, Lk, G)
+    if width > num_groups:
+        indicator = F.pad(indicator, (0, width - num_groups))  # (B, Lk, D)
+    value = indicator.unsqueeze(1).expand(batch, kv_heads, key_len, width)  # (B, Hk, Lk, W)
+    out = _call_kernel(
+        kernel or F.scaled_dot_product_attention,
+        query,
+        key,
+        value,
+        attn_mask,
+        is_causal,
+        scale,
+        enable_gqa,
+    )  # (B, H, Lq, W)
+    return out[..., :num_groups]  # (B, H, Lq, G)
+
+
+def fused_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_labels: Tensor,
+    num_groups: int,
+    *,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    kernel: Kernel | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The model's attention output and the group masses from one kernel call, ``V' = [V, E]``.
+
+    Same formula as :func:`group_attention_mass` (``CAPTURE.md``, "Fused single call"). The
+    output is mathematically the model's but not bit-identical: the wider value changes the
+    kernel's blocking. Dropout, when given, is applied by the kernel to the whole row, so the
+    masses are then post-dropout; probes call this with ``dropout_p=0`` only.
+
+    Returns:
+        ``(out [B, H, Lq, Dv], mass [B, H, Lq, G])``.
+
+    Example:
+        >>> import torch
+        >>> q = k = v = torch.randn(1, 1, 4, 8)
+        >>> out, mass = fused_attention(q, k, v, torch.tensor([[0, 0, 1, 1]]), 2)
+        >>> bool(torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v),
+        ...                     atol=1e-6))
+        True
+    """
+    batch, kv_heads, key_len, value_dim = value.shape
+    indicator = group_indicator(key_labels, num_groups, value.dtype)  # (B, Lk, G)
+    indicator = indicator.unsqueeze(1).expand(batch, kv_heads, key_len, num_groups)
+    wide = torch.cat([value, indicator], dim=-1)  # (B, Hk, Lk, Dv + G)
+    extra: dict[str, Any] = {"enable_gqa": True} if enable_gqa else {}
+    out = (kernel or F.scaled_dot_product_attention)(
+        query,
+        key,
+        wide,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+        **extra,
+    )  # (B, H, Lq, Dv + G)
+    return out[..., :value_dim], out[..., value_dim:]
+
+
+def attention_maps(
+    query: Tensor,
+    key: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    kernel: Kernel | None = None,
+) -> Tensor:
+    """Full post-softmax attention maps through the model's kernel, with ``V = I``.
+
+    ``A[b, h, i, j] = softmax_j(q_i·k_j·s + mask_ij)``. Costs ``O(Lq·Lk)`` memory per head:
+    for small inputs only.
+
+    Returns:
+        ``[B, H, Lq, Lk]``.
+
+    Example:
+        >>> import torch
+        >>> q, k = torch.randn(1, 1, 2, 4), torch.randn(1, 1, 3, 4)
+        >>> ref = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
+        >>> bool(torch.allclose(attention_maps(q, k), ref, atol=1e-6))
+        True
+    """
+    batch, kv_heads, key_len, _ = key.shape
+    eye = torch.eye(key_len, dtype=query.dtype, device=query.device)  # (Lk, Lk)
+    value = eye.expand(batch, kv_heads, key_len, key_len)  # (B, Hk, Lk, Lk)
+    return _call_kernel(
+        kernel or F.scaled_dot_product_attention,
+        query,
+        key,
+        value,
+        attn_mask,
+        is_causal,
+        scale,
+        enable_gqa,
+    )  # (B, H, Lq, Lk)
+
+
+def select_query_rows(
+    query: Tensor,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    rows: Tensor,
+    key_len: int,
+) -> tuple[Tensor, Tensor | None, bool]:
+    """Keep only the query rows ``rows`` and the matching mask rows.
+
+    A causal flag becomes an explicit boolean mask for the kept rows (SDPA's ``is_causal`` is
+    top-left aligned: row ``i`` sees keys ``j <= i``), because the flag would be wrong for a
+    subset of rows.
+
+    Returns:
+        ``(query [B, H, R, D], attn_mask or None, is_causal)``.
+    """
+    query = query.index_select(-2, rows)  # (B, H, R, D)
+    if is_causal:
+        keys = torch.arange(key_len, device=query.device)  # (Lk,)
+        causal = keys.unsqueeze(0) <= rows.unsqueeze(1)  # (R, Lk)
+        return query, causal, False
+    if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.size(-2) != 1:
+        attn_mask = attn_mask.index_select(-2, rows)  # (..., R, Lk)
+    return query, attn_mask, False
+
+
+@dataclass(frozen=True)
+class MassSums:
+    """Float64 sums of attention mass per query group (see :func:`reduce_mass`)."""
+
+    total: Tensor
+    """``[H, Gq, Gk]`` Σ over kept query rows of their mass on each key group."""
+    count: Tensor
+    """``[Gq]`` number of kept query rows per query group (over the whole batch)."""
+    sample_total: Tensor
+    """``[B, H, Gq, Gk]`` the same sums per sample."""
+    sample_count: Tensor
+    """``[B, Gq]`` kept query rows per sample and query group."""
+
+
+def reduce_mass(mass: Tensor, query_labels: Tensor, num_query_groups: int) -> MassSums:
+    """Sum masses over the query rows of each query group, in float64.
+
+    Rows labelled ``-1`` (padding) are dropped, whatever the kernel wrote there (eager kernels
+    give uniform rows, fused ones anything, NaN included).
+
+    Args:
+        mass: ``[B, H, Lq, Gk]`` from :func:`group_attention_mass`.
+        query_labels: ``[B, Lq]`` group labels of the query rows.
+        num_query_groups: ``Gq``.
+
+    Example:
+        >>> import torch
+        >>> mass = torch.tensor([[[[0.25, 0.75], [0.5, 0.5], [9.0, 9.0]]]])  # (1, 1, 3, 2)
+        >>> sums = reduce_mass(mass, torch.tensor([[0, 0, -1]]), 1)
+        >>> sums.total.tolist(), sums.count.tolist()
+        ([[[0.75, 1.25]]], [2.0])
+    """
+    valid = (query_labels >= 0).unsqueeze(1).unsqueeze(-1)  # (B, 1, Lq, 1)
+    mass64 = torch.where(valid, mass.double(), 0.0)  # (B, H, Lq, Gk)
+    onehot = group_indicator(query_labels, num_query_groups, torch.float64)  # (B, Lq, Gq)
+    sample_total = torch.einsum("bhqk,bqg->bhgk", mass64, onehot)  # (B, H, Gq, Gk)
+    sample_count = onehot.sum(1)  # (B, Gq)
+    return MassSums(sample_total.sum(0), sample_count.sum(0), sample_total, sample_count)
+
+
+@dataclass(frozen=True)
+class GroupMoments:
+    """Float64 token moments of vectors per group (see :func:`group_moments`)."""
+
+    count: Tensor
+    """``[G]`` tokens per group over the batch."""
+    total: Tensor
+    """``[H, G, D]`` Σ x."""
+    total_sq: Tensor
+    """``[H, G, D]`` Σ x² (elementwise)."""
+    outer: Tensor | None
+    """``[H, G, D, D]`` Σ x xᵀ, when asked for."""
+    sample_total: Tensor
+    """``[B, H, G, D]`` Σ x per sample."""
+    sample_count: Tensor
+    """``[B, G]`` tokens per sample and group."""
+
+
+def group_moments(
+    x: Tensor, labels: Tensor, num_groups: int, *, second_moment: bool = False
+) -> GroupMoments:
+    """Per-group token counts, sums, sums of squares (and ``Σ x xᵀ``) in float64.
+
+    Args:
+        x: ``[B, H, L, D]`` vectors (keys or queries per head).
+        labels: ``[B, L]`` group labels, ``-1`` = ignored.
+        num_groups: ``G``.
+        second_moment: also return ``Σ x xᵀ`` per head and group (``D × D`` each).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[[[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]]]])  # (1, 1, 3, 2)
+        >>> m = group_moments(x, torch.tensor([[0, 0, 1]]), 2)
+        >>> m.count.tolist(), m.total[0].tolist()
+        ([2.0, 1.0], [[4.0, 2.0], [5.0, 5.0]])
+    """
+    valid = (labels >= 0).unsqueeze(1).unsqueeze(-1)  # (B, 1, L, 1)
+    x64 = torch.where(valid, x.double(), 0.0)  # (B, H, L, D)
+    onehot = group_indicator(labels, num_groups, torch.float64)  # (B, L, G)
+    sample_total = torch.einsum("bhld,blg->bhgd", x64, onehot)  # (B, H, G, D)
+    total_sq = torch.einsum("bhld,blg->hgd", x64 * x64, onehot)  # (H, G, D)
+    outer = None
+    if second_moment:
+        outer = torch.einsum("bhld,bhle,blg->hgde", x64, x64, onehot)  # (H, G, D, D)
+    sample_count = onehot.sum(1)  # (B, G)
+    return GroupMoments(
+        sample_count.sum(0), sample_total.sum(0), total_sq, outer, sample_total, sample_count
+    )
+
+
+def mean_cosines(
+    query_total: Tensor, query_count: Tensor, key_total: Tensor, key_count: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Σ over samples of ``cos(q̄_i, k̄_i)`` per head, query group and key group.
+
+    ``q̄_i`` is sample ``i``'s mean query of a query group and ``k̄_i`` its mean key of a key
+    group; the AIR of the RollingQ paper (Ni et al., ICML 2025, arXiv 2506.11465) is
+    ``E_i[cos(q_i, k̄ᵃ_i) − cos(q_i, k̄ᵇ_i)]``, the difference of two of these means
+    (``shared/design/OVERVIEW.md``, "AIR"). A sample counts for a pair only when it has tokens
+    in both groups and both means are non-zero. Grouped-query attention: query head ``h`` uses
+    key head ``h // (H / Hk)``, as in SDPA.
+
+    Args:
+        query_total: ``[B, H, Gq, D]`` per-sample query sums.
+        query_count: ``[B, Gq]`` per-sample query counts.
+        key_total: ``[B, Hk, Gk, D]`` per-sample key sums.
+        key_count: ``[B, Gk]`` per-sample key counts.
+
+    Returns:
+        ``(cos_total [H, Gq, Gk], samples [Gq, Gk])`` in float64.
+    """
+    heads, kv_heads = query_total.shape[1], key_total.shape[1]
+    key_total = key_total.repeat_interleave(heads // kv_heads, dim=1)  # (B, H, Gk, D)
+    dots = torch.einsum("bhqd,bhkd->bhqk", query_total, key_total)  # (B, H, Gq, Gk)
+    q_norm = query_total.norm(dim=-1)  # (B, H, Gq)
+    k_norm = key_total.norm(dim=-1)  # (B, H, Gk)
+    norms = q_norm.unsqueeze(-1) * k_norm.unsqueeze(-2)  # (B, H, Gq, Gk)
+    present = (query_count.unsqueeze(-1) > 0) & (key_count.unsqueeze(-2) > 0)  # (B, Gq, Gk)
+    valid = present.unsqueeze(1) & (norms > 0)  # (B, H, Gq, Gk)
+    cos = torch.where(valid, dots / torch.where(valid, norms, 1.0), 0.0)  # (B, H, Gq, Gk)
+    return cos.sum(0), present.sum(0).double()

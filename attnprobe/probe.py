@@ -1,0 +1,717 @@
+"""The probe: selects attention layers, owns every hook and changed flag, accumulates.
+
+``with attnprobe.probe(model, modalities=...) as p:`` attaches one adapter per selected layer
+(``attnprobe.capture``); every hook handle and every flag change goes onto one
+``contextlib.ExitStack`` that is unwound on normal exit and on exceptions (``CAPTURE.md``,
+pitfall 2). Each layer's recorder runs the indicator pass on the exact ``q``, ``k`` and mask the
+kernel saw and reduces immediately into float64 sums (``attnprobe.stats``), so memory does not
+grow with sequence length or number of batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fnmatch
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from attnprobe import functional as AF
+from attnprobe._errors import AttnProbeWarning, CaptureError, ModalityLayoutError, ProbeConfigError
+from attnprobe.capture import Adapter, AttentionInputs, SdpaAdapter, adapter_for
+from attnprobe.layout import IGNORE, ModalityLayout, _check_label_tensor
+from attnprobe.results import LayerResult, ProbeResult
+from attnprobe.stats import Reservoir, SumAccumulator
+
+__all__ = ["Method", "Probe", "probe"]
+
+Method = Literal["second_pass", "fused"]
+LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
+
+
+class _CallState:
+    """Accumulated state of one kernel call site (a module's N-th attention call)."""
+
+    def __init__(self, name: str, reservoir_size: int, seed: int) -> None:
+        self.name = name
+        self.sums = SumAccumulator()
+        self.calls = 0
+        self.shape: tuple[int, int, int, tuple[str, ...], tuple[str, ...]] | None = None
+        self.reservoir_size = reservoir_size
+        self.seed = seed
+        self.reservoirs: list[Reservoir] = []
+        self.samples: list[Tensor] = []
+        self.maps: list[Tensor] = []
+
+    def reset(self) -> None:
+        self.sums.reset()
+        self.calls = 0
+        self.shape = None
+        self.reservoirs = []
+        self.samples = []
+        self.maps = []
+
+
+class _LayerRecorder:
+    """The probe's recorder for one selected module (see ``capture.Recorder``)."""
+
+    def __init__(self, name: str, probe: Probe) -> None:
+        self.name = name
+        self._probe = probe
+        self.forwards = 0
+        self._call_index = 0
+        self._captured = False
+        self.states: list[_CallState] = []
+
+    # -- the Recorder protocol -------------------------------------------------------------
+    @property
+    def wants_fused(self) -> bool:
+        return self._probe.method == "fused"
+
+    @property
+    def captured_this_call(self) -> bool:
+        return self._captured
+
+    def begin(self) -> None:
+        self.forwards += 1
+        self._call_index = 0
+        self._captured = False
+
+    def end(self) -> None:
+        pass
+
+    def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
+        with torch.no_grad():
+            self._reduce(inputs, kernel, None)
+
+    def fused(
+        self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
+    ) -> Tensor:
+        assert inputs.value is not None
+        labels = self._key_labels(inputs)
+        out, mass = AF.fused_attention(
+            inputs.query,
+            inputs.key,
+            inputs.value,
+            labels,
+            len(self._probe.layout.names),
+            attn_mask=inputs.attn_mask,
+            dropout_p=dropout_p,
+            is_causal=inputs.is_causal,
+            scale=inputs.scale,
+            enable_gqa=inputs.enable_gqa,
+            kernel=kernel,
+        )  # (B, H, Lq, Dv), (B, H, Lq, G)
+        with torch.no_grad():
+            self._reduce(inputs, kernel, mass.detach())
+        return out
+
+    # -- reduction --------------------------------------------------------------------------
+    def _state(self) -> _CallState:
+        index = self._call_index
+        self._call_index += 1
+        while len(self.states) <= index:
+            i = len(self.states)
+            name = self.name if i == 0 else f"{self.name}:call{i}"
+            self.states.append(_CallState(name, self._probe.reservoir_size, self._probe.seed))
+        return self.states[index]
+
+    def _key_labels(self, inputs: AttentionInputs) -> Tensor:
+        batch, key_len = inputs.key.shape[0], inputs.key.shape[2]
+        seq_len = key_len - inputs.appended_keys
+        try:
+            labels = self._probe._labels_for(batch, seq_len, inputs.key.device)  # (B, L)
+        except ModalityLayoutError as exc:
+            raise ModalityLayoutError(f"layer {self.name!r}: {exc}") from None
+        if inputs.appended_keys:
+            labels = nn.functional.pad(labels, (0, inputs.appended_keys), value=IGNORE)
+        return labels  # (B, Lk)
+
+    def _query_labels(self, key_labels: Tensor, inputs: AttentionInputs) -> Tensor:
+        query_len = inputs.query.shape[2]
+        seq_len = key_labels.shape[1] - inputs.appended_keys
+        if query_len != seq_len:
+            raise ModalityLayoutError(
+                f"layer {self.name!r}: the layout describes {seq_len} key tokens but the layer "
+                f"has {query_len} query tokens (cross-attention or a cache); probing attention "
+                "with different query and key sequences is not supported yet: select "
+                "self-attention layers."
+            )
+        return key_labels[:, :seq_len]  # (B, Lq)
+
+    def _reduce(
+        self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None, mass: Tensor | None
+    ) -> None:
+        probe = self._probe
+        state = self._state()
+        self._captured = True
+        query, key = inputs.query.detach(), inputs.key.detach()
+        if query.dim() != 4 or key.dim() != 4:
+            raise CaptureError(
+                f"layer {self.name!r}: expected query and key of shape [B, H, L, D], received "
+                f"{list(query.shape)} and {list(key.shape)}; an adapter must reshape to heads."
+            )
+        _, heads, query_len, head_dim = query.shape
+        kv_heads, key_len = key.shape[1], key.shape[2]
+        key_labels = self._key_labels(inputs)  # (B, Lk)
+        query_labels = probe._remap_queries(self._query_labels(key_labels, inputs))  # (B, Lq)
+        num_groups = len(probe.layout.names)
+        num_qgroups = len(probe.query_groups)
+
+        shape = (heads, kv_heads, head_dim, probe.query_groups, probe.layout.names)
+        if state.shape is None:
+            state.shape = shape
+        elif state.shape != shape:
+            raise CaptureError(
+                f"layer {state.name!r}: expected (heads, kv heads, head dim) = "
+                f"{state.shape[:3]} as in earlier calls, received {shape[:3]}; reset() the "
+                "probe between different models."
+            )
+        state.calls += 1
+
+        # rows of the queries to keep (a query-group restriction makes capture nearly free)
+        keep = query_labels >= 0  # (B, Lq)
+        rows = keep.any(0).nonzero().squeeze(-1)  # (R,)
+        attn_mask, is_causal = inputs.attn_mask, inputs.is_causal
+        if mass is None and rows.numel() < query_len:
+            query, attn_mask, is_causal = AF.select_query_rows(
+                query, attn_mask, is_causal, rows, key_len
+            )  # (B, H, R, D)
+        elif mass is not None and rows.numel() < query_len:
+            mass = mass.index_select(2, rows)  # (B, H, R, G)
+        if rows.numel() < query_len:
+            query_labels = query_labels.index_select(1, rows)  # (B, R)
+
+        if mass is None:
+            if probe.store_maps:
+                maps = AF.attention_maps(
+                    query,
+                    key,
+                    attn_mask=attn_mask,
+                    is_causal=is_causal,
+                    scale=inputs.scale,
+                    enable_gqa=inputs.enable_gqa,
+                    kernel=kernel,
+                )  # (B, H, R, Lk)
+                state.maps.append(maps.float().cpu())
+                onehot = AF.group_indicator(key_labels, num_groups, maps.dtype)  # (B, Lk, G)
+                mass = torch.einsum("bhqk,bkg->bhqg", maps, onehot)  # (B, H, R, G)
+            else:
+                mass = AF.group_attention_mass(
+                    query,
+                    key,
+                    key_labels,
+                    num_groups,
+                    attn_mask=attn_mask,
+                    is_causal=is_causal,
+                    scale=inputs.scale,
+                    enable_gqa=inputs.enable_gqa,
+                    kernel=kernel,
+                )  # (B, H, R, G)
+
+        sums = AF.reduce_mass(mass, query_labels, num_qgroups)
+        update = {"mass": sums.total, "queries": sums.count}
+        if probe.per_sample:
+            state.samples.append(
+                (sums.sample_total / sums.sample_count.unsqueeze(1).unsqueeze(-1)).float().cpu()
+            )  # (B, H, Gq, Gk), NaN where a sample has no query of a group
+        if probe.key_stats:
+            km = AF.group_moments(key, key_labels, num_groups, second_moment=probe.second_moment)
+            qm = AF.group_moments(
+                query, query_labels, num_qgroups, second_moment=probe.second_moment
+            )
+            cos_total, cos_count = AF.mean_cosines(
+                qm.sample_total, qm.sample_count, km.sample_total, km.sample_count
+            )
+            update.update(
+                key_count=km.count,
+                key_total=km.total,
+                key_total_sq=km.total_sq,
+                query_count=qm.count,
+                query_total=qm.total,
+                query_total_sq=qm.total_sq,
+                cosine_total=cos_total,
+                cosine_count=cos_count,
+            )
+            if km.outer is not None and qm.outer is not None:
+                update.update(key_outer=km.outer)
+        state.sums.update(update)
+        if probe.reservoir_size:
+            if not state.reservoirs:
+                state.reservoirs = [
+                    Reservoir(probe.reservoir_size, probe.seed + g) for g in range(num_groups)
+                ]
+            tokens = key.transpose(1, 2)  # (B, Lk, Hk, D)
+            for g, reservoir in enumerate(state.reservoirs):
+                reservoir.update(tokens[key_labels == g])  # (n, Hk, D), sample-major order
+
+    def results(self) -> list[LayerResult]:
+        out = []
+        for state in self.states:
+            if state.shape is None:
+                continue
+            heads, kv_heads, head_dim, qgroups, kgroups = state.shape
+            sums = state.sums.compute()
+            samples = None
+            if state.reservoirs:
+                samples = tuple(
+                    r.sample() if r.seen else torch.empty(0, kv_heads, head_dim)
+                    for r in state.reservoirs
+                )
+            out.append(
+                LayerResult(
+                    name=state.name,
+                    num_heads=heads,
+                    num_kv_heads=kv_heads,
+                    head_dim=head_dim,
+                    query_groups=qgroups,
+                    key_groups=kgroups,
+                    num_calls=state.calls,
+                    mass_total=sums["mass"],
+                    num_queries=sums["queries"],
+                    key_count=sums.get("key_count"),
+                    key_total=sums.get("key_total"),
+                    key_total_sq=sums.get("key_total_sq"),
+                    key_outer=sums.get("key_outer"),
+                    query_count=sums.get("query_count"),
+                    query_total=sums.get("query_total"),
+                    query_total_sq=sums.get("query_total_sq"),
+                    cosine_total=sums.get("cosine_total"),
+                    cosine_count=sums.get("cosine_count"),
+                    key_sample=samples,
+                    sample_mass=torch.cat(state.samples) if state.samples else None,
+                    maps=tuple(state.maps) if state.maps else None,
+                )
+            )
+        return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Reject models whose hooks would never fire; unwrap DDP/FSDP-style ``.module``."""
+    if not isinstance(model, nn.Module):
+        raise ProbeConfigError(
+            f"probe: expected a torch.nn.Module, received {type(model).__name__}."
+        )
+    if isinstance(model, nn.DataParallel):
+        raise ProbeConfigError(
+            "probe: nn.DataParallel runs replicas of the model, so hooks on the original never "
+            "see the batches. Probe model.module on one device, or use "
+            "DistributedDataParallel (one process per device), which attnprobe supports."
+        )
+    for name, module in model.named_modules():
+        compiled_wrapper = hasattr(module, "_orig_mod") and hasattr(module, "dynamo_ctx")
+        if compiled_wrapper or getattr(module, "_compiled_call_impl", None) is not None:
+            raise ProbeConfigError(
+                f"probe: {'the model' if not name else repr(name)} is compiled with "
+                "torch.compile; hooks added to a compiled model never fire. Attach the probe "
+                "to the uncompiled model (model._orig_mod) before compiling, or probe without "
+                "compiling."
+            )
+    if type(model).__name__ in {"DistributedDataParallel", "FullyShardedDataParallel"}:
+        inner = getattr(model, "module", None)
+        if isinstance(inner, nn.Module):
+            return inner
+    return model
+
+
+def _strip_wrapper_prefix(name: str) -> str:
+    return name[len("module.") :] if name.startswith("module.") else name
+
+
+def _select(model: nn.Module, layers: LayerSelector) -> list[tuple[str, nn.Module, Adapter]]:
+    modules = dict(model.named_modules())
+    candidates = [(n, m, a) for n, m in modules.items() if (a := adapter_for(m)) is not None]
+    # keep the innermost attention modules: a block whose own forward mentions SDPA but which
+    # contains a matched attention module is not itself the attention call site
+    names = {n for n, _, _ in candidates}
+    candidates = [
+        (n, m, a)
+        for n, m, a in candidates
+        if not any(o != n and o.startswith(f"{n}." if n else "") for o in names)
+    ]
+    hint = ", ".join(repr(n) for n, _, _ in candidates[:6]) or "none found"
+
+    if layers is None:
+        chosen = candidates
+        if not chosen:
+            raise ProbeConfigError(
+                "probe: no attention modules found in the model (torch MultiheadAttention, "
+                "modules calling F.scaled_dot_product_attention, or registered adapters). "
+                "Select layers by name with layers=[...] or register an adapter with "
+                "attnprobe.register_adapter."
+            )
+        return chosen
+    if callable(layers) and not isinstance(layers, str):
+        predicate = layers
+        chosen = [(n, m, a) for n, m, a in candidates if predicate(n, m)]
+        if not chosen:
+            raise ProbeConfigError(
+                f"probe: the layers predicate selected none of the attention modules ({hint})."
+            )
+        return chosen
+    if isinstance(layers, str):
+        pattern = _strip_wrapper_prefix(layers)
+        chosen = [(n, m, a) for n, m, a in candidates if fnmatch.fnmatchcase(n, pattern)]
+        if chosen:
+            return chosen
+        if pattern not in modules:
+            raise ProbeConfigError(
+                f"probe: layers={layers!r} matches no attention module; attention modules: {hint}."
+            )
+        layers = [pattern]
+    if not isinstance(layers, Sequence) or not all(isinstance(x, str) for x in layers):
+        raise ProbeConfigError(
+            "probe: expected layers as None, a glob string, a list of module names or a "
+            f"predicate (name, module) -> bool, received {type(layers).__name__}."
+        )
+    if len(layers) == 0:
+        raise ProbeConfigError(
+            f"probe: layers=[] selects nothing; pass None for every attention module ({hint})."
+        )
+    chosen = []
+    for raw in layers:
+        name = _strip_wrapper_prefix(raw)
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=3)
+            raise ProbeConfigError(
+                f"probe: no module named {raw!r} in the model"
+                + (f"; did you mean {close}?" if close else f"; attention modules: {hint}.")
+            )
+        module = modules[name]
+        chosen.append((name, module, adapter_for(module) or SdpaAdapter()))
+    chosen_names = [n for n, _, _ in chosen]
+    for a in chosen_names:
+        for b in chosen_names:
+            if a != b and (a == "" or b.startswith(f"{a}.")):
+                raise ProbeConfigError(
+                    f"probe: selected layers {a!r} and {b!r} are nested; select only the "
+                    "attention module itself."
+                )
+    return chosen
+
+
+class Probe:
+    """Attached forward hooks that capture per-modality attention of selected layers.
+
+    Create with :func:`probe`. Use as a context manager, or call :meth:`attach` and
+    :meth:`close` yourself (e.g. around a training loop).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        modalities: ModalityLayout | Mapping[str, int],
+        layers: LayerSelector = None,
+        queries: Sequence[str] | str | None = None,
+        method: Method = "second_pass",
+        key_stats: bool = True,
+        second_moment: bool = False,
+        reservoir_size: int = 0,
+        seed: int = 0,
+        per_sample: bool = False,
+        store_maps: bool = False,
+    ) -> None:
+        if isinstance(modalities, Mapping):
+            modalities = ModalityLayout(modalities)
+        if not isinstance(modalities, ModalityLayout):
+            raise ProbeConfigError(
+                "probe: expected modalities as an attnprobe.ModalityLayout or a mapping of "
+                f"name -> length, received {type(modalities).__name__}."
+            )
+        if method not in ("second_pass", "fused"):
+            raise ProbeConfigError(
+                f"probe: expected method 'second_pass' or 'fused', received {method!r}."
+            )
+        if reservoir_size < 0:
+            raise ProbeConfigError(
+                f"probe: expected reservoir_size >= 0, received {reservoir_size}."
+            )
+        self.model = _unwrap(model)
+        self.layout = modalities
+        if isinstance(queries, str):
+            queries = [queries]
+        if queries is None:
+            self.query_groups: tuple[str, ...] = modalities.names
+        else:
+            for q in queries:
+                modalities.index(q)
+            if len(queries) == 0:
+                raise ProbeConfigError(
+                    "probe: queries=[] selects no query group; pass None for all of them."
+                )
+            self.query_groups = tuple(q for q in modalities.names if q in set(queries))
+        remap = torch.full((len(modalities.names) + 1,), IGNORE, dtype=torch.long)
+        for i, name in enumerate(modalities.names):
+            if name in self.query_groups:
+                remap[i + 1] = self.query_groups.index(name)
+        self._query_remap = remap  # index label + 1 -> query group index or -1
+        self.method: Method = method
+        self.key_stats = key_stats
+        self.second_moment = second_moment
+        self.reservoir_size = reservoir_size
+        self.seed = seed
+        self.per_sample = per_sample
+        self.store_maps = store_maps
+        self._batch_labels: Tensor | None = None
+        self._selection = _select(self.model, layers)
+        self._recorders = [_LayerRecorder(n, self) for n, _, _ in self._selection]
+        self._stack: contextlib.ExitStack | None = None
+        if method == "fused":
+            warnings.warn(
+                "probe(method='fused') returns the model's attention output from a kernel call "
+                "with a wider value matrix: outputs equal the unprobed model's only up to "
+                "floating-point rounding. Use method='second_pass' for bit-identical outputs.",
+                AttnProbeWarning,
+                stacklevel=3,
+            )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Names of the selected modules."""
+        return tuple(n for n, _, _ in self._selection)
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are installed."""
+        return self._stack is not None
+
+    def attach(self) -> Probe:
+        """Install every hook; a no-op if already attached. Returns ``self``."""
+        if self._stack is not None:
+            return self
+        stack = contextlib.ExitStack()
+        try:
+            by_adapter: dict[int, tuple[Adapter, list[nn.Module]]] = {}
+            for (_, module, adapter), recorder in zip(
+                self._selection, self._recorders, strict=True
+            ):
+                adapter.attach(module, recorder, stack)
+                by_adapter.setdefault(id(adapter), (adapter, []))[1].append(module)
+            for adapter, modules in by_adapter.values():
+                adapter.prepare_model(self.model, modules, stack)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def close(self) -> None:
+        """Remove every hook and restore every changed flag (idempotent)."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def __enter__(self) -> Probe:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- labels ------------------------------------------------------------------------------
+    def set_labels(self, labels: Tensor | ModalityLayout | None) -> None:
+        """Per-sample group labels for the following forward passes (until changed).
+
+        Args:
+            labels: a ``[B, L]`` integer tensor of indices into the probe's modality names
+                (``-1`` = ignore, e.g. padding), a :class:`ModalityLayout` with the same names,
+                or None to go back to the probe's layout.
+
+        Example:
+            >>> import torch, attnprobe as ap
+            >>> from attnprobe.models import FusionAttention
+            >>> layer = FusionAttention(dim=8)
+            >>> p = ap.probe(layer, modalities={"cls": 1, "audio": 2, "video": 2}).attach()
+            >>> p.set_labels(torch.tensor([[0, 1, 1, 2, -1], [0, 1, 2, 2, 2]]))
+            >>> _ = layer(torch.randn(2, 4, 8))
+            >>> p.result().layers[0].num_queries.tolist()
+            [2.0, 3.0, 4.0]
+            >>> p.close()
+        """
+        if labels is None:
+            self._batch_labels = None
+            return
+        if isinstance(labels, ModalityLayout):
+            if labels.names != self.layout.names:
+                raise ModalityLayoutError(
+                    f"set_labels: expected a layout with modalities {list(self.layout.names)}, "
+                    f"received {list(labels.names)}; the groups of a probe are fixed when it is "
+                    "created."
+                )
+            self._batch_labels = None
+            self.layout = labels
+            return
+        self._batch_labels = (
+            _check_label_tensor(labels, len(self.layout.names), "set_labels").detach().long()
+        )
+
+    def _labels_for(self, batch: int, length: int, device: torch.device) -> Tensor:
+        if self._batch_labels is not None:
+            if tuple(self._batch_labels.shape) != (batch, length):
+                raise ModalityLayoutError(
+                    f"the labels from set_labels have shape {list(self._batch_labels.shape)} "
+                    f"but the batch has shape [batch={batch}, length={length}]; call "
+                    "set_labels with the labels of this batch."
+                )
+            return self._batch_labels.to(device)
+        return self.layout.labels(batch, length, device)
+
+    def _remap_queries(self, labels: Tensor) -> Tensor:
+        if len(self.query_groups) == len(self.layout.names):
+            return labels
+        return self._query_remap.to(labels.device)[labels + 1]  # (B, Lq)
+
+    # -- results -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget everything captured so far (hooks stay attached)."""
+        for recorder in self._recorders:
+            recorder.forwards = 0
+            for state in recorder.states:
+                state.reset()
+            recorder.states = []
+
+    def sync(self) -> None:
+        """Sum the statistics of all DDP ranks (one ``all_reduce`` per layer); no-op without
+        ``torch.distributed``. Call on every rank, after the same layers ran on each."""
+        for recorder in self._recorders:
+            for state in recorder.states:
+                state.sums.sync()
+
+    def result(self, *, strict: bool = True) -> ProbeResult:
+        """The statistics captured since the last :meth:`reset`.
+
+        Args:
+            strict: raise :class:`CaptureError` when a selected layer produced no capture
+                (it never ran, or ran without reaching an attention kernel); with False such
+                layers are left out with a warning.
+        """
+        problems = []
+        for (name, module, _), recorder in zip(self._selection, self._recorders, strict=True):
+            if any(s.calls for s in recorder.states):
+                continue
+            if recorder.forwards == 0:
+                problems.append(
+                    f"{name!r} never ran while the probe was attached (is it used in this "
+                    "forward? was the model compiled, or called through a path that bypasses "
+                    "module hooks?)"
+                )
+            else:
+                inner = [
+                    f"{name}.{n}" if name else n
+                    for n, m in module.named_modules()
+                    if n and adapter_for(m) is not None
+                ]
+                fix = (
+                    f"select its attention submodules instead: {inner[:4]}"
+                    if inner
+                    else "register an adapter for it (attnprobe.register_adapter) that "
+                    "extracts q and k"
+                )
+                problems.append(
+                    f"{name!r} ran {recorder.forwards} time(s) but no attention call was "
+                    "captured: its forward did not call F.scaled_dot_product_attention (it may "
+                    f"compute attention by hand); {fix}"
+                )
+        if problems and strict:
+            if all(r.forwards == 0 for r in self._recorders):
+                raise CaptureError(
+                    "no forward pass ran through the probed layers while the probe was "
+                    "attached; run the model inside the `with probe(...)` block (or between "
+                    "attach() and close())."
+                )
+            raise CaptureError(
+                "selected layers produced no capture: "
+                + "; ".join(problems)
+                + ". Pass strict=False to get the other layers' results."
+            )
+        if problems:
+            warnings.warn(
+                "left out of the result: " + "; ".join(problems), AttnProbeWarning, stacklevel=2
+            )
+        layers: list[LayerResult] = []
+        for recorder in self._recorders:
+            layers.extend(recorder.results())
+        return ProbeResult(tuple(layers))
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return (
+            f"Probe({len(self._selection)} layers, groups={list(self.layout.names)}, "
+            f"method={self.method!r}, {state})"
+        )
+
+
+def probe(
+    model: nn.Module,
+    *,
+    modalities: ModalityLayout | Mapping[str, int],
+    layers: LayerSelector = None,
+    queries: Sequence[str] | str | None = None,
+    method: Method = "second_pass",
+    key_stats: bool = True,
+    second_moment: bool = False,
+    reservoir_size: int = 0,
+    seed: int = 0,
+    per_sample: bool = False,
+    store_maps: bool = False,
+) -> Probe:
+    """Probe the attention layers of ``model`` per modality.
+
+    Args:
+        model: any ``nn.Module`` (a DDP wrapper is unwrapped; ``DataParallel`` and compiled
+            models are refused with an explanation).
+        modalities: the token layout of the attention layers' sequences: a
+            :class:`ModalityLayout` or a mapping ``name -> length`` (contiguous, in order).
+        layers: which modules to probe: None (every attention module found: torch
+            ``MultiheadAttention``, modules calling ``F.scaled_dot_product_attention``, and
+            modules of registered adapters), a glob on ``named_modules()`` paths
+            (``"encoder.layers.*.self_attn"``), a list of paths, or a predicate
+            ``(name, module) -> bool`` over the attention modules.
+        queries: restrict capture to the query rows of these groups (e.g. ``"cls"``); the
+            indicator pass then costs a few rows instead of a second full attention.
+        method: ``"second_pass"`` (default; the model's outputs are bit-for-bit unchanged) or
+            ``"fused"`` (one kernel call with ``V' = [V, E]``; outputs equal up to rounding).
+        key_stats: accumulate per-(head, group) key and query moments and per-sample mean-key
+            cosines (AIR).
+        second_moment: also accumulate ``Σ k kᵀ`` per head and group (``D × D`` each).
+        reservoir_size: keep a seeded uniform sample of this many key vectors per group and
+            layer (for distribution distances); 0 = off.
+        seed: seed of the reservoir samples.
+        per_sample: keep each sample's mass ``[H, Gq, Gk]`` (for adaptability experiments).
+        store_maps: keep full attention maps (small inputs only: ``O(L²)`` memory per layer).
+
+    Returns:
+        A :class:`Probe`, not yet attached: use it in a ``with`` block or call ``attach()``.
+
+    Example:
+        >>> import torch, attnprobe as ap
+        >>> from torch import nn
+        >>> layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, batch_first=True)
+        >>> model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        >>> x = torch.randn(3, 6, 16)
+        >>> with ap.probe(model, modalities={"cls": 1, "audio": 2, "video": 3}) as p:
+        ...     _ = model(x)
+        >>> p.result().names
+        ('layers.0.self_attn', 'layers.1.self_attn')
+        >>> frame = p.result().to_frame()
+        >>> frame.groupby(["layer", "head", "query_modality"])["mass"].sum().round(6).unique()
+        array([1.])
+    """
+    return Probe(
+        model,
+        modalities=modalities,
+        layers=layers,
+        queries=queries,
+        method=method,
+        key_stats=key_stats,
+        second_moment=second_moment,
+        reservoir_size=reservoir_size,
+        seed=seed,
+        per_sample=per_sample,
+        store_maps=store_maps,
+    )

@@ -1,0 +1,141 @@
+"""Streaming accumulators: float64 sums and counts, merge, DDP sync; a seeded reservoir.
+
+They follow the ``update → compute → reset (→ merge / sync)`` contract of torchmetrics and keep
+*sums and counts*, never averages, so k batches give exactly the statistics of their
+concatenation (up to float64 rounding), two accumulators merge exactly, and DDP ranks reduce with
+one ``all_reduce``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from attnprobe._errors import AttnProbeError
+
+__all__ = ["Reservoir", "SumAccumulator"]
+
+
+class SumAccumulator:
+    """Named float64 sums that add up over updates.
+
+    Example:
+        >>> import torch
+        >>> acc = SumAccumulator()
+        >>> acc.update({"n": torch.tensor([1.0, 2.0])})
+        >>> acc.update({"n": torch.tensor([3.0, 4.0])})
+        >>> acc.compute()["n"].tolist()
+        [4.0, 6.0]
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+
+    def update(self, values: Mapping[str, Tensor]) -> None:
+        """Add ``values`` (each converted to float64 on CPU) to the running sums."""
+        for name, value in values.items():
+            value = value.detach().to("cpu", torch.float64)
+            current = self._sums.get(name)
+            if current is None:
+                self._sums[name] = value.clone()
+            elif current.shape != value.shape:
+                raise AttnProbeError(
+                    f"accumulator entry {name!r}: expected shape {list(current.shape)}, received "
+                    f"{list(value.shape)}; a layer changed its number of heads, groups or head "
+                    "size between batches. Call reset() before probing a different model."
+                )
+            else:
+                current.add_(value)
+
+    def compute(self) -> dict[str, Tensor]:
+        """A copy of the current sums."""
+        return {name: value.clone() for name, value in self._sums.items()}
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self._sums.clear()
+
+    def merge(self, other: SumAccumulator) -> None:
+        """Add another accumulator's sums into this one (union of the data both have seen)."""
+        self.update(other._sums)
+
+    def sync(self, group: object | None = None) -> None:
+        """Sum the accumulators of all DDP ranks with one ``all_reduce`` (no-op when
+        ``torch.distributed`` is not initialised). Every rank must hold the same entries."""
+        if not (dist.is_available() and dist.is_initialized()) or not self._sums:
+            return
+        names = sorted(self._sums)
+        flat = torch.cat([self._sums[n].reshape(-1) for n in names])  # (N,)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)  # type: ignore[arg-type]
+        offset = 0
+        for name in names:
+            size = self._sums[name].numel()
+            self._sums[name] = flat[offset : offset + size].view_as(self._sums[name]).clone()
+            offset += size
+
+
+class Reservoir:
+    """A bounded, seeded, uniform sample of rows from a stream (priority sampling).
+
+    Each arriving row draws a priority ``u ~ U(0, 1)`` from a generator seeded with ``seed``; the
+    reservoir keeps the ``capacity`` rows with the smallest priorities, which is a uniform sample
+    without replacement of everything seen (Efraimidis & Spirakis 2006, with equal weights).
+    Because priorities are drawn in stream order, splitting the same stream into different
+    batches gives the same sample, and two reservoirs merge by keeping the smallest priorities.
+
+    Example:
+        >>> import torch
+        >>> r = Reservoir(capacity=3, seed=0)
+        >>> r.update(torch.arange(10.0).unsqueeze(1))
+        >>> r.sample().shape
+        torch.Size([3, 1])
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        if capacity <= 0:
+            raise AttnProbeError(f"Reservoir: expected capacity > 0, received {capacity}.")
+        self.capacity = capacity
+        self.seed = seed
+        self.seen = 0
+        self._generator = torch.Generator().manual_seed(seed)
+        self._rows: Tensor | None = None  # (n, ...)
+        self._priority: Tensor | None = None  # (n,)
+
+    def update(self, rows: Tensor) -> None:
+        """Offer ``rows`` (``[N, ...]``, stream order) to the reservoir."""
+        rows = rows.detach().to("cpu")
+        priority = torch.rand(rows.shape[0], generator=self._generator, dtype=torch.float64)
+        self.seen += rows.shape[0]
+        self._keep(rows, priority)
+
+    def _keep(self, rows: Tensor, priority: Tensor) -> None:
+        if self._rows is not None and self._priority is not None:
+            rows = torch.cat([self._rows, rows.to(self._rows.dtype)])
+            priority = torch.cat([self._priority, priority])
+        if priority.numel() > self.capacity:
+            # ties are impossible in practice (float64 uniforms); stable order for determinism
+            order = torch.argsort(priority, stable=True)[: self.capacity]
+            rows, priority = rows[order], priority[order]
+        self._rows, self._priority = rows, priority
+
+    def sample(self) -> Tensor:
+        """The rows kept so far (at most ``capacity``), in priority order."""
+        if self._rows is None:
+            raise AttnProbeError("Reservoir.sample(): the reservoir is empty; call update() first.")
+        return self._rows.clone()
+
+    def merge(self, other: Reservoir) -> None:
+        """Keep the smallest priorities of both reservoirs."""
+        if other._rows is None or other._priority is None:
+            return
+        self.seen += other.seen
+        self._keep(other._rows, other._priority)
+
+    def reset(self) -> None:
+        """Forget everything and restart the generator from the seed."""
+        self.seen = 0
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._rows = self._priority = None

@@ -1,0 +1,47 @@
+"""An independent float64 numpy reference of attention, written out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> np.ndarray:
+    """``softmax(q kᵀ·s + mask)`` in float64 numpy, written out by hand. Shapes:
+    q ``[B, H, Lq, D]``, k ``[B, Hk, Lk, D]``; mask bool (True = attend) or additive float,
+    broadcastable to ``[B, H, Lq, Lk]``. Returns ``[B, H, Lq, Lk]``."""
+    qn = q.detach().double().numpy()
+    kn = k.detach().double().numpy()
+    heads, kv_heads = qn.shape[1], kn.shape[1]
+    kn = np.repeat(kn, heads // kv_heads, axis=1)  # (B, H, Lk, D)
+    s = 1.0 / np.sqrt(qn.shape[-1]) if scale is None else scale
+    logits = np.einsum("bhqd,bhkd->bhqk", qn, kn) * s  # (B, H, Lq, Lk)
+    if is_causal:
+        lq, lk = logits.shape[-2:]
+        allowed = np.arange(lk)[None, :] <= np.arange(lq)[:, None]
+        logits = np.where(allowed, logits, -np.inf)
+    if mask is not None:
+        m = mask.detach().numpy()
+        if m.dtype == np.bool_:
+            logits = np.where(m, logits, -np.inf)
+        else:
+            logits = logits + m.astype(np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    w = np.exp(logits)
+    return w / w.sum(-1, keepdims=True)
+
+
+def reference_group_mass(weights: np.ndarray, key_labels: torch.Tensor, groups: int) -> np.ndarray:
+    """Sum attention weights ``[B, H, Lq, Lk]`` over the keys of each group by a loop."""
+    labels = key_labels.numpy()
+    out = np.zeros((*weights.shape[:3], groups))
+    for b in range(weights.shape[0]):
+        for g in range(groups):
+            out[b, :, :, g] = weights[b][:, :, labels[b] == g].sum(-1)
+    return out

@@ -1,0 +1,77 @@
+"""Streaming accumulators: exact merge, split invariance, reservoir uniformity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+
+from attnprobe.stats import Reservoir, SumAccumulator
+
+
+def test_sum_accumulator_merge_and_reset() -> None:
+    a, b = SumAccumulator(), SumAccumulator()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for row in x[:2]:
+        a.update({"s": row})
+    for row in x[2:]:
+        b.update({"s": row})
+    a.merge(b)
+    torch.testing.assert_close(a.compute()["s"], x.sum(0), rtol=1e-15, atol=1e-15)
+    a.reset()
+    assert a.compute() == {}
+
+
+def test_sum_accumulator_shape_change_is_an_error() -> None:
+    acc = SumAccumulator()
+    acc.update({"s": torch.zeros(2)})
+    with pytest.raises(Exception, match=r"expected shape \[2\], received \[3\]"):
+        acc.update({"s": torch.zeros(3)})
+
+
+def test_sync_without_distributed_is_a_noop() -> None:
+    acc = SumAccumulator()
+    acc.update({"s": torch.ones(2)})
+    acc.sync()
+    assert acc.compute()["s"].tolist() == [1.0, 1.0]
+
+
+def test_reservoir_is_split_invariant() -> None:
+    data = torch.arange(1000.0).unsqueeze(1)
+    one, many = Reservoir(50, seed=3), Reservoir(50, seed=3)
+    one.update(data)
+    for chunk in torch.split(data, [7, 300, 1, 692]):
+        many.update(chunk)
+    assert torch.equal(one.sample(), many.sample())
+    assert one.seen == many.seen == 1000
+
+
+def test_reservoir_keeps_everything_below_capacity() -> None:
+    r = Reservoir(100, seed=0)
+    r.update(torch.arange(10.0).unsqueeze(1))
+    assert sorted(r.sample().squeeze(1).tolist()) == list(range(10))
+
+
+def test_reservoir_is_uniform() -> None:
+    # inclusion counts of each of 20 items over 2000 seeds, capacity 5: each p = 1/4
+    counts = torch.zeros(20)
+    for seed in range(2000):
+        r = Reservoir(5, seed=seed)
+        r.update(torch.arange(20.0).unsqueeze(1))
+        counts[r.sample().squeeze(1).long()] += 1
+    chi2 = stats.chisquare(counts.numpy())
+    assert chi2.pvalue > 1e-3
+
+
+def test_reservoir_merge_keeps_capacity() -> None:
+    a, b = Reservoir(10, seed=0), Reservoir(10, seed=1)
+    a.update(torch.zeros(30, 2))
+    b.update(torch.ones(30, 2))
+    a.merge(b)
+    assert a.sample().shape == (10, 2)
+    assert a.seen == 60
+
+
+def test_empty_reservoir_error() -> None:
+    with pytest.raises(Exception, match="the reservoir is empty"):
+        Reservoir(3).sample()
