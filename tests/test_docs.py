@@ -1,0 +1,55 @@
+"""The code in the documentation runs: every ```python block of README.md and docs/*.md.
+
+The blocks of one file run in order in one namespace, as a reader pastes them one after the
+other; each file starts from a fresh namespace. Warnings are errors here as in the rest of the
+suite, so a page whose code warns fails too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from attnprobe.capture import adapters
+
+ROOT = Path(__file__).resolve().parent.parent
+FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+DOC_FILES = sorted(
+    path
+    for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    if path.is_file() and FENCE.search(path.read_text(encoding="utf-8"))
+)
+
+
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    """The ```python blocks of a Markdown file as (first line number, code)."""
+    text = path.read_text(encoding="utf-8")
+    return [
+        (text.count("\n", 0, match.start(1)) + 1, match.group(1)) for match in FENCE.finditer(text)
+    ]
+
+
+def test_the_quick_start_pages_have_code() -> None:
+    names = {path.relative_to(ROOT).as_posix() for path in DOC_FILES}
+    assert {"README.md", "docs/quickstart.md"} <= names
+
+
+def test_no_python_block_is_indented() -> None:
+    """Indented fences (inside lists or admonitions) would escape the test below."""
+    for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            assert not re.search(r"^[ \t]+```py", text, re.MULTILINE), path
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_code_blocks_run(path: Path) -> None:
+    registered = adapters()
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    for line, code in python_blocks(path):
+        # pad with newlines so that a traceback names the line of the Markdown file
+        source = "\n" * (line - 1) + code
+        exec(compile(source, path.relative_to(ROOT).as_posix(), "exec"), namespace)
+    assert adapters() == registered, f"{path.name} left an adapter registered"
