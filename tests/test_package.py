@@ -45,3 +45,12 @@ def test_cli_demo(capsys) -> None:  # type: ignore[no-untyped-def]
 def test_cli_without_command_prints_help(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main([]) == 2
     assert "usage: attnprobe" in capsys.readouterr().out
+
+
+def test_examples_run(capsys) -> None:  # type: ignore[no-untyped-def]
+    import runpy
+    from pathlib import Path
+
+    for script in sorted((Path(__file__).parents[1] / "examples").glob("*.py")):
+        runpy.run_path(str(script), run_name="__main__")
+    assert "epoch 2: CLS attention mass" in capsys.readouterr().out
