@@ -1,6 +1,7 @@
 # attnprobe — set-up and checks. `make demo` and `make test` work on a fresh machine: they create
-# .venv, install the pinned CPU build of torch first (override TORCH_SPEC for a CUDA build), then
-# the package with its extras.
+# .venv, install the pinned torch first (torch==2.13.0: the CPU build on these machines, where pip
+# finds it on disk; override TORCH_SPEC for another build, e.g. a CUDA one), then the package with
+# its extras.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -13,7 +14,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install $(TORCH_SPEC)
 	$(PIP) install -e .
 	touch $@
 
@@ -42,7 +43,7 @@ notebooks: install-dev
 	$(BIN)/pytest -p no:cacheprovider --nbmake notebooks -o addopts="" -o testpaths=""
 
 docs: install-dev
-	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(VENV)/site
 
 test: lint typecheck unit notebooks docs
 

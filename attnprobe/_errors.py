@@ -1,6 +1,6 @@
 """The library's error and warning classes.
 
-One base class, :class:`AttnProbeError`; each subclass also inherits the matching built-in
+One base class, `AttnProbeError`; each subclass also inherits the matching built-in
 exception so that ``except ValueError`` keeps working for callers who do not know attnprobe.
 Messages follow one pattern: what was expected, what was received, how to fix it.
 """

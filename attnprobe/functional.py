@@ -158,7 +158,7 @@ def fused_attention(
 ) -> tuple[Tensor, Tensor]:
     """The model's attention output and the group masses from one kernel call, ``V' = [V, E]``.
 
-    Same formula as :func:`group_attention_mass` (``CAPTURE.md``, "Fused single call"). The
+    Same formula as `group_attention_mass` (``CAPTURE.md``, "Fused single call"). The
     output is mathematically the model's but not bit-identical: the wider value changes the
     kernel's blocking. Dropout, when given, is applied by the kernel to the whole row, so the
     masses are then post-dropout; probes call this with ``dropout_p=0`` only.
@@ -260,7 +260,7 @@ def select_query_rows(
 
 @dataclass(frozen=True)
 class MassSums:
-    """Float64 sums of attention mass per query group (see :func:`reduce_mass`)."""
+    """Float64 sums of attention mass per query group (see `reduce_mass`)."""
 
     total: Tensor
     """``[H, Gq, Gk]`` Σ over kept query rows of their mass on each key group."""
@@ -279,7 +279,7 @@ def reduce_mass(mass: Tensor, query_labels: Tensor, num_query_groups: int) -> Ma
     give uniform rows, fused ones anything, NaN included).
 
     Args:
-        mass: ``[B, H, Lq, Gk]`` from :func:`group_attention_mass`.
+        mass: ``[B, H, Lq, Gk]`` from `group_attention_mass`.
         query_labels: ``[B, Lq]`` group labels of the query rows.
         num_query_groups: ``Gq``.
 
@@ -300,7 +300,7 @@ def reduce_mass(mass: Tensor, query_labels: Tensor, num_query_groups: int) -> Ma
 
 @dataclass(frozen=True)
 class GroupMoments:
-    """Float64 token moments of vectors per group (see :func:`group_moments`)."""
+    """Float64 token moments of vectors per group (see `group_moments`)."""
 
     count: Tensor
     """``[G]`` tokens per group over the batch."""

@@ -44,7 +44,7 @@ class ModalityLayout:
     """Which modality each token position belongs to.
 
     Build it from ordered lengths (contiguous spans, the common case), from slices
-    (:meth:`from_spans`) or from a per-sample ``[B, L]`` label tensor (:meth:`from_labels`).
+    (`from_spans`) or from a per-sample ``[B, L]`` label tensor (`from_labels`).
     Special groups such as a CLS token are ordinary groups.
 
     Args:
@@ -180,7 +180,7 @@ class ModalityLayout:
 
     @property
     def is_per_sample(self) -> bool:
-        """True when the labels differ per sample (built by :meth:`from_labels`)."""
+        """True when the labels differ per sample (built by `from_labels`)."""
         return self._per_sample is not None
 
     @property
@@ -191,7 +191,7 @@ class ModalityLayout:
         return {name: int((labels == i).sum()) for i, name in enumerate(self.names)}
 
     def index(self, name: str) -> int:
-        """The group index of ``name``; raises :class:`ModalityLayoutError` if unknown."""
+        """The group index of ``name``; raises `ModalityLayoutError` if unknown."""
         try:
             return self.names.index(name)
         except ValueError:

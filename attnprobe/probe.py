@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from attnprobe import functional as AF
@@ -131,18 +132,6 @@ class _LayerRecorder:
             labels = nn.functional.pad(labels, (0, inputs.appended_keys), value=IGNORE)
         return labels  # (B, Lk)
 
-    def _query_labels(self, key_labels: Tensor, inputs: AttentionInputs) -> Tensor:
-        query_len = inputs.query.shape[2]
-        seq_len = key_labels.shape[1] - inputs.appended_keys
-        if query_len != seq_len:
-            raise ModalityLayoutError(
-                f"layer {self.name!r}: the layout describes {seq_len} key tokens but the layer "
-                f"has {query_len} query tokens (cross-attention or a cache); probing attention "
-                "with different query and key sequences is not supported yet: select "
-                "self-attention layers."
-            )
-        return key_labels[:, :seq_len]  # (B, Lq)
-
     def _reduce(
         self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None, mass: Tensor | None
     ) -> None:
@@ -157,8 +146,15 @@ class _LayerRecorder:
             )
         _, heads, query_len, head_dim = query.shape
         kv_heads, key_len = key.shape[1], key.shape[2]
+        if query_len != key_len - inputs.appended_keys:
+            raise ModalityLayoutError(
+                f"layer {self.name!r}: {query_len} query tokens attend to "
+                f"{key_len - inputs.appended_keys} key tokens (cross-attention or a KV cache); "
+                "probing attention with different query and key sequences is not supported "
+                "yet: select self-attention layers."
+            )
         key_labels = self._key_labels(inputs)  # (B, Lk)
-        query_labels = probe._remap_queries(self._query_labels(key_labels, inputs))  # (B, Lq)
+        query_labels = probe._remap_queries(key_labels[:, :query_len])  # (B, Lq)
         num_groups = len(probe.layout.names)
         num_qgroups = len(probe.query_groups)
 
@@ -242,8 +238,11 @@ class _LayerRecorder:
         state.sums.update(update)
         if probe.reservoir_size:
             if not state.reservoirs:
+                # independent streams per group and per DDP rank, reproducible from `seed`
+                rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
                 state.reservoirs = [
-                    Reservoir(probe.reservoir_size, probe.seed + g) for g in range(num_groups)
+                    Reservoir(probe.reservoir_size, probe.seed + 1009 * g + 1_000_003 * rank)
+                    for g in range(num_groups)
                 ]
             tokens = key.transpose(1, 2)  # (B, Lk, Hk, D)
             for g, reservoir in enumerate(state.reservoirs):
@@ -256,12 +255,13 @@ class _LayerRecorder:
                 continue
             heads, kv_heads, head_dim, qgroups, kgroups = state.shape
             sums = state.sums.compute()
-            samples = None
+            samples = priorities = None
             if state.reservoirs:
                 samples = tuple(
                     r.sample() if r.seen else torch.empty(0, kv_heads, head_dim)
                     for r in state.reservoirs
                 )
+                priorities = tuple(r.priorities() for r in state.reservoirs)
             out.append(
                 LayerResult(
                     name=state.name,
@@ -283,6 +283,8 @@ class _LayerRecorder:
                     cosine_total=sums.get("cosine_total"),
                     cosine_count=sums.get("cosine_count"),
                     key_sample=samples,
+                    key_sample_priority=priorities,
+                    reservoir_size=state.reservoir_size,
                     sample_mass=torch.cat(state.samples) if state.samples else None,
                     maps=tuple(state.maps) if state.maps else None,
                 )
@@ -397,8 +399,8 @@ def _select(model: nn.Module, layers: LayerSelector) -> list[tuple[str, nn.Modul
 class Probe:
     """Attached forward hooks that capture per-modality attention of selected layers.
 
-    Create with :func:`probe`. Use as a context manager, or call :meth:`attach` and
-    :meth:`close` yourself (e.g. around a training loop).
+    Create with `probe`. Use as a context manager, or call `attach` and
+    `close` yourself (e.g. around a training loop).
     """
 
     def __init__(
@@ -519,7 +521,7 @@ class Probe:
 
         Args:
             labels: a ``[B, L]`` integer tensor of indices into the probe's modality names
-                (``-1`` = ignore, e.g. padding), a :class:`ModalityLayout` with the same names,
+                (``-1`` = ignore, e.g. padding), a `ModalityLayout` with the same names,
                 or None to go back to the probe's layout.
 
         Example:
@@ -583,10 +585,10 @@ class Probe:
                 state.sums.sync()
 
     def result(self, *, strict: bool = True) -> ProbeResult:
-        """The statistics captured since the last :meth:`reset`.
+        """The statistics captured since the last `reset`.
 
         Args:
-            strict: raise :class:`CaptureError` when a selected layer produced no capture
+            strict: raise `CaptureError` when a selected layer produced no capture
                 (it never ran, or ran without reaching an attention kernel); with False such
                 layers are left out with a warning.
         """
@@ -666,7 +668,7 @@ def probe(
         model: any ``nn.Module`` (a DDP wrapper is unwrapped; ``DataParallel`` and compiled
             models are refused with an explanation).
         modalities: the token layout of the attention layers' sequences: a
-            :class:`ModalityLayout` or a mapping ``name -> length`` (contiguous, in order).
+            `ModalityLayout` or a mapping ``name -> length`` (contiguous, in order).
         layers: which modules to probe: None (every attention module found: torch
             ``MultiheadAttention``, modules calling ``F.scaled_dot_product_attention``, and
             modules of registered adapters), a glob on ``named_modules()`` paths
@@ -686,7 +688,7 @@ def probe(
         store_maps: keep full attention maps (small inputs only: ``O(L²)`` memory per layer).
 
     Returns:
-        A :class:`Probe`, not yet attached: use it in a ``with`` block or call ``attach()``.
+        A `Probe`, not yet attached: use it in a ``with`` block or call ``attach()``.
 
     Example:
         >>> import torch, attnprobe as ap

@@ -1,7 +1,7 @@
 """Frozen result objects of a probe, and their tidy DataFrames.
 
 Results hold the float64 *sums and counts* the probe accumulated (CPU tensors), and derive means
-on access, so two results over disjoint data merge exactly (:meth:`ProbeResult.merge`).
+on access, so two results over disjoint data merge exactly (`ProbeResult.merge`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import torch
 from torch import Tensor
 
 from attnprobe._errors import AttnProbeError
+from attnprobe.stats import merge_samples
 
 __all__ = ["MASS_COLUMNS", "STATS_COLUMNS", "LayerResult", "ProbeResult"]
 
 MASS_COLUMNS = ("layer", "head", "query_modality", "key_modality", "mass", "num_queries")
-"""Columns of :meth:`ProbeResult.to_frame`, in order."""
+"""Columns of `ProbeResult.to_frame`, in order."""
 
 STATS_COLUMNS = ("layer", "kind", "head", "modality", "num_tokens", "mean_norm", "rms")
-"""Columns of :meth:`ProbeResult.stats_frame`, in order."""
+"""Columns of `ProbeResult.stats_frame`, in order."""
 
 
 def _ratio(total: Tensor, count: Tensor) -> Tensor:
@@ -64,7 +65,7 @@ class LayerResult:
     mass_total: Tensor
     """``[H, Gq, Gk]`` Σ over kept query rows of the mass on each key group."""
     num_queries: Tensor
-    """``[Gq]`` kept query rows (the denominator of :attr:`mass`)."""
+    """``[Gq]`` kept query rows (the denominator of `mass`)."""
     key_count: Tensor | None = None
     """``[Gk]`` key tokens per group."""
     key_total: Tensor | None = None
@@ -85,6 +86,10 @@ class LayerResult:
     """``[Gq, Gk]`` samples with tokens in both groups."""
     key_sample: tuple[Tensor, ...] | None = None
     """Per key group, a seeded uniform reservoir sample of key vectors ``[n, Hk, D]``."""
+    key_sample_priority: tuple[Tensor, ...] | None = None
+    """The reservoir priorities of `key_sample` (what makes merging exact)."""
+    reservoir_size: int = 0
+    """Capacity of each reservoir."""
     sample_mass: Tensor | None = None
     """``[N, H, Gq, Gk]`` per-sample mass, in the order samples were seen
     (``per_sample=True``); NaN where a sample has no query of that group."""
@@ -160,11 +165,25 @@ class LayerResult:
                 f"cannot merge layer results: expected matching (name, heads, kv heads, head "
                 f"dim, query groups, key groups), received {same} and {theirs}."
             )
-        key_sample = None
-        if self.key_sample is not None and other.key_sample is not None:
-            key_sample = tuple(
-                torch.cat([a, b]) for a, b in zip(self.key_sample, other.key_sample, strict=True)
-            )
+        key_sample = key_priority = None
+        if (
+            self.key_sample is not None
+            and other.key_sample is not None
+            and self.key_sample_priority is not None
+            and other.key_sample_priority is not None
+        ):
+            merged = [
+                merge_samples((a, b), (pa, pb), self.reservoir_size)
+                for a, b, pa, pb in zip(
+                    self.key_sample,
+                    other.key_sample,
+                    self.key_sample_priority,
+                    other.key_sample_priority,
+                    strict=True,
+                )
+            ]
+            key_sample = tuple(rows for rows, _ in merged)
+            key_priority = tuple(prio for _, prio in merged)
         maps = None
         if self.maps is not None and other.maps is not None:
             maps = self.maps + other.maps
@@ -183,13 +202,14 @@ class LayerResult:
             cosine_total=_add(self.cosine_total, other.cosine_total),
             cosine_count=_add(self.cosine_count, other.cosine_count),
             key_sample=key_sample,
+            key_sample_priority=key_priority,
             sample_mass=_cat(self.sample_mass, other.sample_mass),
             maps=maps,
         )
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy masses: one row per (head, query group, key group); columns
-        :data:`MASS_COLUMNS`."""
+        `MASS_COLUMNS`."""
         mass = self.mass  # (H, Gq, Gk)
         heads, gq, gk = mass.shape
         head_idx = torch.arange(heads).view(-1, 1, 1).expand(heads, gq, gk)  # (H, Gq, Gk)
@@ -209,7 +229,7 @@ class LayerResult:
         )
 
     def stats_frame(self) -> pd.DataFrame:
-        """Tidy key and query statistics per head and group; columns :data:`STATS_COLUMNS`.
+        """Tidy key and query statistics per head and group; columns `STATS_COLUMNS`.
 
         ``mean_norm`` is ‖mean vector‖, ``rms`` is ``sqrt(E‖x‖²)``.
         """
@@ -294,7 +314,7 @@ class ProbeResult:
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy masses of every layer; columns :data:`MASS_COLUMNS`.
+        """Tidy masses of every layer; columns `MASS_COLUMNS`.
 
         ``mass`` is the mean over query tokens of ``query_modality`` (padding dropped) of the
         attention probability on the tokens of ``key_modality``; ``num_queries`` the number of
@@ -306,7 +326,7 @@ class ProbeResult:
         return pd.concat(frames, ignore_index=True)
 
     def stats_frame(self) -> pd.DataFrame:
-        """Tidy key/query statistics of every layer; columns :data:`STATS_COLUMNS`."""
+        """Tidy key/query statistics of every layer; columns `STATS_COLUMNS`."""
         frames = [layer.stats_frame() for layer in self.layers]
         if not frames:
             return pd.DataFrame(columns=list(STATS_COLUMNS))

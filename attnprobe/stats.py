@@ -16,7 +16,7 @@ from torch import Tensor
 
 from attnprobe._errors import AttnProbeError
 
-__all__ = ["Reservoir", "SumAccumulator"]
+__all__ = ["Reservoir", "SumAccumulator", "merge_samples"]
 
 
 class SumAccumulator:
@@ -33,9 +33,11 @@ class SumAccumulator:
 
     def __init__(self) -> None:
         self._sums: dict[str, Tensor] = {}
+        self._synced = False
 
     def update(self, values: Mapping[str, Tensor]) -> None:
         """Add ``values`` (each converted to float64 on CPU) to the running sums."""
+        self._synced = False
         for name, value in values.items():
             value = value.detach().to("cpu", torch.float64)
             current = self._sums.get(name)
@@ -57,6 +59,7 @@ class SumAccumulator:
     def reset(self) -> None:
         """Forget everything."""
         self._sums.clear()
+        self._synced = False
 
     def merge(self, other: SumAccumulator) -> None:
         """Add another accumulator's sums into this one (union of the data both have seen)."""
@@ -64,8 +67,9 @@ class SumAccumulator:
 
     def sync(self, group: object | None = None) -> None:
         """Sum the accumulators of all DDP ranks with one ``all_reduce`` (no-op when
-        ``torch.distributed`` is not initialised). Every rank must hold the same entries."""
-        if not (dist.is_available() and dist.is_initialized()) or not self._sums:
+        ``torch.distributed`` is not initialised). Every rank must hold the same entries.
+        Calling it again before the next `update` does nothing (no double counting)."""
+        if not (dist.is_available() and dist.is_initialized()) or not self._sums or self._synced:
             return
         names = sorted(self._sums)
         flat = torch.cat([self._sums[n].reshape(-1) for n in names])  # (N,)
@@ -75,6 +79,7 @@ class SumAccumulator:
             size = self._sums[name].numel()
             self._sums[name] = flat[offset : offset + size].view_as(self._sums[name]).clone()
             offset += size
+        self._synced = True
 
 
 class Reservoir:
@@ -112,20 +117,24 @@ class Reservoir:
         self._keep(rows, priority)
 
     def _keep(self, rows: Tensor, priority: Tensor) -> None:
-        if self._rows is not None and self._priority is not None:
-            rows = torch.cat([self._rows, rows.to(self._rows.dtype)])
-            priority = torch.cat([self._priority, priority])
-        if priority.numel() > self.capacity:
-            # ties are impossible in practice (float64 uniforms); stable order for determinism
-            order = torch.argsort(priority, stable=True)[: self.capacity]
-            rows, priority = rows[order], priority[order]
-        self._rows, self._priority = rows, priority
+        if self._rows is None or self._priority is None:
+            self._rows, self._priority = rows[:0], priority[:0]
+        self._rows, self._priority = merge_samples(
+            (self._rows, rows.to(self._rows.dtype)), (self._priority, priority), self.capacity
+        )
 
     def sample(self) -> Tensor:
         """The rows kept so far (at most ``capacity``), in priority order."""
         if self._rows is None:
             raise AttnProbeError("Reservoir.sample(): the reservoir is empty; call update() first.")
         return self._rows.clone()
+
+    def priorities(self) -> Tensor:
+        """The priorities of :meth:`sample`'s rows (float64, ascending); with them two samples
+        merge into a uniform sample of the union (`merge_samples`)."""
+        if self._priority is None:
+            return torch.empty(0, dtype=torch.float64)
+        return self._priority.clone()
 
     def merge(self, other: Reservoir) -> None:
         """Keep the smallest priorities of both reservoirs."""
@@ -139,3 +148,23 @@ class Reservoir:
         self.seen = 0
         self._generator = torch.Generator().manual_seed(self.seed)
         self._rows = self._priority = None
+
+
+def merge_samples(
+    rows: tuple[Tensor, Tensor], priorities: tuple[Tensor, Tensor], capacity: int
+) -> tuple[Tensor, Tensor]:
+    """Merge two priority samples into the ``capacity`` rows of smallest priority — a uniform
+    sample of the union when the priorities came from independent streams.
+
+    Example:
+        >>> import torch
+        >>> rows, prio = merge_samples(
+        ...     (torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0]])),
+        ...     (torch.tensor([0.5, 0.9]), torch.tensor([0.25])), capacity=2)
+        >>> rows.squeeze(1).tolist(), prio.tolist()
+        ([3.0, 1.0], [0.25, 0.5])
+    """
+    all_rows = torch.cat(rows)
+    all_priorities = torch.cat(priorities)
+    order = torch.argsort(all_priorities, stable=True)[:capacity]
+    return all_rows[order], all_priorities[order]

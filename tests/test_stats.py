@@ -75,3 +75,35 @@ def test_reservoir_merge_keeps_capacity() -> None:
 def test_empty_reservoir_error() -> None:
     with pytest.raises(Exception, match="the reservoir is empty"):
         Reservoir(3).sample()
+
+
+def test_merged_reservoir_results_stay_within_capacity() -> None:
+    import attnprobe as ap
+    from attnprobe.models import FusionAttention
+
+    layer = FusionAttention(8)
+    results = []
+    for _ in range(2):
+        with ap.probe(layer, modalities={"cls": 1, "x": 6}, reservoir_size=4) as p:
+            layer(torch.randn(3, 6, 8))
+        results.append(p.result())
+    merged = results[0].merge(results[1]).layers[0]
+    assert merged.key_sample is not None and merged.key_sample_priority is not None
+    assert [s.shape[0] for s in merged.key_sample] == [4, 4]  # 3 + 3 CLS keys, capped at 4
+    assert torch.all(merged.key_sample_priority[1].diff() >= 0)
+
+
+def test_sync_twice_does_not_double_count(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None, group=None: calls.append(1))
+    acc = SumAccumulator()
+    acc.update({"s": torch.ones(2)})
+    acc.sync()
+    acc.sync()
+    assert len(calls) == 1
+    acc.update({"s": torch.ones(2)})
+    acc.sync()
+    assert len(calls) == 2

@@ -1,7 +1,7 @@
 """Adapters that find the attention kernel call of each model family.
 
 Nothing outside this package knows a model family. Built-in adapters, tried after any
-registered with :func:`register_adapter`: ``torch.nn.MultiheadAttention``, then any module whose
+registered with `register_adapter`: ``torch.nn.MultiheadAttention``, then any module whose
 forward calls ``F.scaled_dot_product_attention``.
 """
 

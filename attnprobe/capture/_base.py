@@ -1,7 +1,7 @@
 """What every adapter hands to the probe, the adapter protocol and the registry.
 
 An adapter knows one family of attention modules: how to find the ``q``, ``k``, mask and scale
-that the attention kernel sees. It emits :class:`AttentionInputs` to a :class:`Recorder` (the
+that the attention kernel sees. It emits `AttentionInputs` to a `Recorder` (the
 probe's per-layer state); the recorder runs the indicator pass and reduces immediately.
 """
 
@@ -81,7 +81,7 @@ class Recorder(Protocol):
 
     @property
     def captured_this_call(self) -> bool:
-        """Whether :meth:`record` or :meth:`fused` ran since the last :meth:`begin`."""
+        """Whether `record` or `fused` ran since the last `begin`."""
         ...
 
 
@@ -89,11 +89,11 @@ class Adapter:
     """Base class for adapters: subclass it to probe an attention module attnprobe does not
     know.
 
-    Override :meth:`matches` and :meth:`extract` (and :meth:`prepare` if the module needs a flag
+    Override `matches` and `extract` (and `prepare` if the module needs a flag
     changed while probed). ``extract`` runs in a forward hook after the module ran, under
     ``torch.no_grad()``, and returns the ``q``, ``k`` and mask of the attention it computed; the
     probe runs the indicator pass on them with ``F.scaled_dot_product_attention``. Built-in
-    adapters override :meth:`attach` to intercept the module's own kernel call instead.
+    adapters override `attach` to intercept the module's own kernel call instead.
 
     Example:
         A module that computes attention by hand, with a user adapter:
@@ -179,7 +179,7 @@ def register_adapter(adapter: Adapter) -> Callable[[], None]:
     """Register ``adapter`` ahead of the built-in ones; returns a function that unregisters it.
 
     Example:
-        See :class:`Adapter`.
+        See `Adapter`.
     """
     if not isinstance(adapter, Adapter):
         from attnprobe._errors import ProbeConfigError

@@ -131,7 +131,9 @@ class LateFusionTransformer(nn.Module):
         input_dims: ``modality -> token feature size``, in order.
         lengths: ``modality -> number of tokens``.
         num_classes: classifier outputs.
-        dim, depth, heads: encoder width, layers, heads.
+        dim: encoder and fusion width ``d``.
+        depth: layers per modality encoder.
+        heads: heads per encoder layer.
         fusion_heads: heads of the fusion layer (paper: 1).
         dropout: fusion dropout (paper: 0.2).
 
