@@ -461,7 +461,10 @@ class Probe:
         self.store_maps = store_maps
         self._batch_labels: Tensor | None = None
         self._selection = _select(self.model, layers)
-        self._recorders = [_LayerRecorder(n, self) for n, _, _ in self._selection]
+        # the root module has the empty path; name it by its class in results
+        self._recorders = [
+            _LayerRecorder(n or type(m).__name__, self) for n, m, _ in self._selection
+        ]
         self._stack: contextlib.ExitStack | None = None
         if method == "fused":
             warnings.warn(

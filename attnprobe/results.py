@@ -53,8 +53,9 @@ class LayerResult:
     """
 
     name: str
-    """Module path in ``model.named_modules()`` (``path:callN`` for the N-th kernel call of a
-    module that calls attention more than once per forward)."""
+    """Module path in ``model.named_modules()`` (the class name when the probed module is the
+    model itself; ``path:callN`` for the N-th kernel call of a module that calls attention more
+    than once per forward)."""
     num_heads: int
     num_kv_heads: int
     head_dim: int
