@@ -158,10 +158,14 @@ def fused_attention(
 ) -> tuple[Tensor, Tensor]:
     """The model's attention output and the group masses from one kernel call, ``V' = [V, E]``.
 
-    Same formula as `group_attention_mass` (``CAPTURE.md``, "Fused single call"). The
-    output is mathematically the model's but not bit-identical: the wider value changes the
-    kernel's blocking. Dropout, when given, is applied by the kernel to the whole row, so the
-    masses are then post-dropout; probes call this with ``dropout_p=0`` only.
+    Same formula as `group_attention_mass` (``CAPTURE.md``, "Fused single call"). Fast kernels
+    want equal query and value widths (CPU flash attention; GPU kernels also want a multiple of
+    8), so ``q`` and ``k`` are zero-padded to the width ``W`` of ``[V, E]`` rounded up to 8, and
+    the scale is passed explicitly: zero columns add nothing to ``q·k``, so the scores are the
+    model's. The output is mathematically the model's; whether it is bit-identical depends on
+    the kernel (it was on CPU flash attention in torch 2.13, see the tests and benchmarks).
+    Dropout, when given, is applied by the kernel to the whole row, so the masses are then
+    post-dropout; probes call this with ``dropout_p=0`` only.
 
     Returns:
         ``(out [B, H, Lq, Dv], mass [B, H, Lq, G])``.
@@ -175,9 +179,14 @@ def fused_attention(
         True
     """
     batch, kv_heads, key_len, value_dim = value.shape
+    head_dim = query.shape[-1]
+    width = -(-(max(head_dim, value_dim) + num_groups) // 8) * 8
     indicator = group_indicator(key_labels, num_groups, value.dtype)  # (B, Lk, G)
     indicator = indicator.unsqueeze(1).expand(batch, kv_heads, key_len, num_groups)
     wide = torch.cat([value, indicator], dim=-1)  # (B, Hk, Lk, Dv + G)
+    wide = F.pad(wide, (0, width - value_dim - num_groups))  # (B, Hk, Lk, W)
+    query = F.pad(query, (0, width - head_dim))  # (B, H, Lq, W)
+    key = F.pad(key, (0, width - head_dim))  # (B, Hk, Lk, W)
     extra: dict[str, Any] = {"enable_gqa": True} if enable_gqa else {}
     out = (kernel or F.scaled_dot_product_attention)(
         query,
@@ -186,10 +195,10 @@ def fused_attention(
         attn_mask=attn_mask,
         dropout_p=dropout_p,
         is_causal=is_causal,
-        scale=scale,
+        scale=head_dim**-0.5 if scale is None else scale,
         **extra,
-    )  # (B, H, Lq, Dv + G)
-    return out[..., :value_dim], out[..., value_dim:]
+    )  # (B, H, Lq, W)
+    return out[..., :value_dim], out[..., value_dim : value_dim + num_groups]
 
 
 def attention_maps(
@@ -334,15 +343,21 @@ def group_moments(
         >>> m.count.tolist(), m.total[0].tolist()
         ([2.0, 1.0], [[4.0, 2.0], [5.0, 5.0]])
     """
-    valid = (labels >= 0).unsqueeze(1).unsqueeze(-1)  # (B, 1, L, 1)
-    x64 = torch.where(valid, x.double(), 0.0)  # (B, H, L, D)
-    onehot = group_indicator(labels, num_groups, torch.float64)  # (B, L, G)
-    sample_total = torch.einsum("bhld,blg->bhgd", x64, onehot)  # (B, H, G, D)
-    total_sq = torch.einsum("bhld,blg->hgd", x64 * x64, onehot)  # (H, G, D)
+    batch, heads, length, dim = x.shape
+    x64 = x.transpose(1, 2).reshape(batch, length, heads * dim).double()  # (B, L, H·D)
+    ignored = labels < 0  # (B, L)
+    if bool(ignored.any()):  # whatever sits at ignored positions (inf, NaN) must not leak
+        x64 = x64.masked_fill(ignored.unsqueeze(-1), 0.0)  # (B, L, H·D)
+    onehot_t = group_indicator(labels, num_groups, torch.float64).transpose(1, 2)  # (B, G, L)
+    sample_total = torch.bmm(onehot_t, x64)  # (B, G, H·D)
+    total_sq = torch.bmm(onehot_t, torch.square(x64)).sum(0)  # (G, H·D)
     outer = None
     if second_moment:
-        outer = torch.einsum("bhld,bhle,blg->hgde", x64, x64, onehot)  # (H, G, D, D)
-    sample_count = onehot.sum(1)  # (B, G)
+        rows = x64.view(batch, length, heads, dim)  # (B, L, H, D)
+        outer = torch.einsum("blhd,blhe,blg->hgde", rows, rows, onehot_t.transpose(1, 2))
+    sample_total = sample_total.view(batch, num_groups, heads, dim).transpose(1, 2)  # (B, H, G, D)
+    total_sq = total_sq.view(num_groups, heads, dim).transpose(0, 1)  # (H, G, D)
+    sample_count = onehot_t.sum(2)  # (B, G)
     return GroupMoments(
         sample_count.sum(0), sample_total.sum(0), total_sq, outer, sample_total, sample_count
     )
