@@ -326,7 +326,12 @@ class GroupMoments:
 
 
 def group_moments(
-    x: Tensor, labels: Tensor, num_groups: int, *, second_moment: bool = False
+    x: Tensor,
+    labels: Tensor,
+    num_groups: int,
+    *,
+    second_moment: bool = False,
+    has_ignored: bool | None = None,
 ) -> GroupMoments:
     """Per-group token counts, sums, sums of squares (and ``Σ x xᵀ``) in float64.
 
@@ -335,6 +340,7 @@ def group_moments(
         labels: ``[B, L]`` group labels, ``-1`` = ignored.
         num_groups: ``G``.
         second_moment: also return ``Σ x xᵀ`` per head and group (``D × D`` each).
+        has_ignored: whether ``labels`` holds ``-1`` (None: check, which synchronises a GPU).
 
     Example:
         >>> import torch
@@ -346,7 +352,9 @@ def group_moments(
     batch, heads, length, dim = x.shape
     x64 = x.transpose(1, 2).reshape(batch, length, heads * dim).double()  # (B, L, H·D)
     ignored = labels < 0  # (B, L)
-    if bool(ignored.any()):  # whatever sits at ignored positions (inf, NaN) must not leak
+    if has_ignored is None:
+        has_ignored = bool(ignored.any())
+    if has_ignored:  # whatever sits at ignored positions (inf, NaN) must not leak
         x64 = x64.masked_fill(ignored.unsqueeze(-1), 0.0)  # (B, L, H·D)
     onehot_t = group_indicator(labels, num_groups, torch.float64).transpose(1, 2)  # (B, G, L)
     sample_total = torch.bmm(onehot_t, x64)  # (B, G, H·D)

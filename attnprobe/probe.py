@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -34,6 +35,18 @@ Method = Literal["second_pass", "fused"]
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 
+@dataclass(frozen=True)
+class _Labels:
+    """Labels of one call, resolved on the CPU (no device sync in the hot path) and cached."""
+
+    keys: Tensor  # (B, Lk) on the device of the call, -1 = ignored
+    queries: Tensor  # (B, R) query-group labels of the kept rows, on the device
+    rows: Tensor | None  # (R,) kept query rows on the device; None = all rows
+    rows_cpu: Tensor | None
+    keys_ignored: bool  # some key is labelled -1
+    queries_ignored: bool  # some kept query row is labelled -1 in some sample
+
+
 class _CallState:
     """Accumulated state of one kernel call site (a module's N-th attention call)."""
 
@@ -46,6 +59,8 @@ class _CallState:
         self.seed = seed
         self.reservoirs: list[Reservoir] = []
         self.samples: list[Tensor] = []
+        self.sample_keys: list[Tensor] = []
+        self.sample_queries: list[Tensor] = []
         self.maps: list[Tensor] = []
 
     def reset(self) -> None:
@@ -54,6 +69,8 @@ class _CallState:
         self.shape = None
         self.reservoirs = []
         self.samples = []
+        self.sample_keys = []
+        self.sample_queries = []
         self.maps = []
 
 
@@ -93,7 +110,7 @@ class _LayerRecorder:
         self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
     ) -> Tensor:
         assert inputs.value is not None
-        labels = self._key_labels(inputs)
+        labels = self._labels(inputs).keys
         out, mass = AF.fused_attention(
             inputs.query,
             inputs.key,
@@ -121,16 +138,14 @@ class _LayerRecorder:
             self.states.append(_CallState(name, self._probe.reservoir_size, self._probe.seed))
         return self.states[index]
 
-    def _key_labels(self, inputs: AttentionInputs) -> Tensor:
+    def _labels(self, inputs: AttentionInputs) -> _Labels:
         batch, key_len = inputs.key.shape[0], inputs.key.shape[2]
-        seq_len = key_len - inputs.appended_keys
         try:
-            labels = self._probe._labels_for(batch, seq_len, inputs.key.device)  # (B, L)
+            return self._probe._resolve_labels(
+                batch, key_len - inputs.appended_keys, inputs.appended_keys, inputs.key.device
+            )
         except ModalityLayoutError as exc:
             raise ModalityLayoutError(f"layer {self.name!r}: {exc}") from None
-        if inputs.appended_keys:
-            labels = nn.functional.pad(labels, (0, inputs.appended_keys), value=IGNORE)
-        return labels  # (B, Lk)
 
     def _reduce(
         self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None, mass: Tensor | None
@@ -153,8 +168,8 @@ class _LayerRecorder:
                 "probing attention with different query and key sequences is not supported "
                 "yet: select self-attention layers."
             )
-        key_labels = self._key_labels(inputs)  # (B, Lk)
-        query_labels = probe._remap_queries(key_labels[:, :query_len])  # (B, Lq)
+        labels = self._labels(inputs)
+        key_labels, query_labels = labels.keys, labels.queries  # (B, Lk), (B, R)
         num_groups = len(probe.layout.names)
         num_qgroups = len(probe.query_groups)
 
@@ -170,17 +185,14 @@ class _LayerRecorder:
         state.calls += 1
 
         # rows of the queries to keep (a query-group restriction makes capture nearly free)
-        keep = query_labels >= 0  # (B, Lq)
-        rows = keep.any(0).nonzero().squeeze(-1)  # (R,)
         attn_mask, is_causal = inputs.attn_mask, inputs.is_causal
-        if mass is None and rows.numel() < query_len:
-            query, attn_mask, is_causal = AF.select_query_rows(
-                query, attn_mask, is_causal, rows, key_len
-            )  # (B, H, R, D)
-        elif mass is not None and rows.numel() < query_len:
-            mass = mass.index_select(2, rows)  # (B, H, R, G)
-        if rows.numel() < query_len:
-            query_labels = query_labels.index_select(1, rows)  # (B, R)
+        if labels.rows is not None:
+            if mass is None:
+                query, attn_mask, is_causal = AF.select_query_rows(
+                    query, attn_mask, is_causal, labels.rows, key_len
+                )  # (B, H, R, D)
+            else:
+                mass = mass.index_select(2, labels.rows)  # (B, H, R, G)
 
         if mass is None:
             if probe.store_maps:
@@ -216,9 +228,15 @@ class _LayerRecorder:
                 (sums.sample_total / sums.sample_count.unsqueeze(1).unsqueeze(-1)).float().cpu()
             )  # (B, H, Gq, Gk), NaN where a sample has no query of a group
         if probe.key_stats:
-            km = AF.group_moments(key, key_labels, num_groups, second_moment=probe.second_moment)
+            km = AF.group_moments(
+                key,
+                key_labels,
+                num_groups,
+                second_moment=probe.second_moment,
+                has_ignored=labels.keys_ignored,
+            )
             qm = AF.group_moments(
-                query, query_labels, num_qgroups, second_moment=probe.second_moment
+                query, query_labels, num_qgroups, has_ignored=labels.queries_ignored
             )
             cos_total, cos_count = AF.mean_cosines(
                 qm.sample_total, qm.sample_count, km.sample_total, km.sample_count
@@ -233,8 +251,16 @@ class _LayerRecorder:
                 cosine_total=cos_total,
                 cosine_count=cos_count,
             )
-            if km.outer is not None and qm.outer is not None:
+            if km.outer is not None:
                 update.update(key_outer=km.outer)
+            if probe.per_sample:
+                # per-sample mean key / query of each group (NaN where a sample has none)
+                state.sample_keys.append(
+                    (km.sample_total / km.sample_count.unsqueeze(1).unsqueeze(-1)).float().cpu()
+                )  # (B, Hk, Gk, D)
+                state.sample_queries.append(
+                    (qm.sample_total / qm.sample_count.unsqueeze(1).unsqueeze(-1)).float().cpu()
+                )  # (B, H, Gq, D)
         state.sums.update(update)
         if probe.reservoir_size:
             if not state.reservoirs:
@@ -286,6 +312,10 @@ class _LayerRecorder:
                     key_sample_priority=priorities,
                     reservoir_size=state.reservoir_size,
                     sample_mass=torch.cat(state.samples) if state.samples else None,
+                    sample_key_mean=torch.cat(state.sample_keys) if state.sample_keys else None,
+                    sample_query_mean=(
+                        torch.cat(state.sample_queries) if state.sample_queries else None
+                    ),
                     maps=tuple(state.maps) if state.maps else None,
                 )
             )
@@ -459,7 +489,8 @@ class Probe:
         self.seed = seed
         self.per_sample = per_sample
         self.store_maps = store_maps
-        self._batch_labels: Tensor | None = None
+        self._batch_labels: Tensor | None = None  # (B, L) on the CPU
+        self._label_cache: dict[tuple[object, ...], _Labels] = {}
         self._selection = _select(self.model, layers)
         # the root module has the empty path; name it by its class in results
         self._recorders = [
@@ -538,6 +569,7 @@ class Probe:
             [2.0, 3.0, 4.0]
             >>> p.close()
         """
+        self._label_cache.clear()
         if labels is None:
             self._batch_labels = None
             return
@@ -552,10 +584,20 @@ class Probe:
             self.layout = labels
             return
         self._batch_labels = (
-            _check_label_tensor(labels, len(self.layout.names), "set_labels").detach().long()
+            _check_label_tensor(labels, len(self.layout.names), "set_labels")
+            .detach()
+            .to("cpu", torch.long)
         )
 
-    def _labels_for(self, batch: int, length: int, device: torch.device) -> Tensor:
+    def _resolve_labels(
+        self, batch: int, length: int, appended: int, device: torch.device
+    ) -> _Labels:
+        """Key and query labels of a call, computed on the CPU once per (shape, device) and
+        moved to the device, so that the hot path has no host-device synchronisation."""
+        cache_key = (batch, length, appended, device)
+        cached = self._label_cache.get(cache_key)
+        if cached is not None:
+            return cached
         if self._batch_labels is not None:
             if tuple(self._batch_labels.shape) != (batch, length):
                 raise ModalityLayoutError(
@@ -563,13 +605,31 @@ class Probe:
                     f"but the batch has shape [batch={batch}, length={length}]; call "
                     "set_labels with the labels of this batch."
                 )
-            return self._batch_labels.to(device)
-        return self.layout.labels(batch, length, device)
-
-    def _remap_queries(self, labels: Tensor) -> Tensor:
-        if len(self.query_groups) == len(self.layout.names):
-            return labels
-        return self._query_remap.to(labels.device)[labels + 1]  # (B, Lq)
+            keys = self._batch_labels  # (B, L)
+        else:
+            keys = self.layout.labels(batch, length)  # (B, L)
+        queries = keys
+        if len(self.query_groups) != len(self.layout.names):
+            queries = self._query_remap[keys + 1]  # (B, L): query-group index or -1
+        keep = (queries >= 0).any(0)  # (L,)
+        rows_cpu = None
+        if not bool(keep.all()):
+            rows_cpu = keep.nonzero().squeeze(-1)  # (R,)
+            queries = queries.index_select(1, rows_cpu)  # (B, R)
+        if appended:
+            keys = nn.functional.pad(keys, (0, appended), value=IGNORE)  # (B, Lk)
+        resolved = _Labels(
+            keys=keys.to(device),
+            queries=queries.to(device),
+            rows=None if rows_cpu is None else rows_cpu.to(device),
+            rows_cpu=rows_cpu,
+            keys_ignored=bool((keys < 0).any()),
+            queries_ignored=bool((queries < 0).any()),
+        )
+        if len(self._label_cache) > 64:
+            self._label_cache.clear()
+        self._label_cache[cache_key] = resolved
+        return resolved
 
     # -- results -------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -687,7 +747,9 @@ def probe(
         reservoir_size: keep a seeded uniform sample of this many key vectors per group and
             layer (for distribution distances); 0 = off.
         seed: seed of the reservoir samples.
-        per_sample: keep each sample's mass ``[H, Gq, Gk]`` (for adaptability experiments).
+        per_sample: keep each sample's mass ``[H, Gq, Gk]`` (for adaptability experiments) and,
+            with ``key_stats``, its mean key ``[Hk, Gk, D]`` and mean query ``[H, Gq, D]`` per
+            group (per-sample AIR); memory grows with the number of samples.
         store_maps: keep full attention maps (small inputs only: ``O(L²)`` memory per layer).
 
     Returns:

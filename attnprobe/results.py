@@ -94,6 +94,11 @@ class LayerResult:
     sample_mass: Tensor | None = None
     """``[N, H, Gq, Gk]`` per-sample mass, in the order samples were seen
     (``per_sample=True``); NaN where a sample has no query of that group."""
+    sample_key_mean: Tensor | None = None
+    """``[N, Hk, Gk, D]`` per-sample mean key of each group (``per_sample=True`` with
+    ``key_stats``); NaN where a sample has no token of that group."""
+    sample_query_mean: Tensor | None = None
+    """``[N, H, Gq, D]`` per-sample mean query of each query group (same conditions)."""
     maps: tuple[Tensor, ...] | None = None
     """Full attention maps ``[B, H, Lq, Lk]`` per call (``store_maps=True``)."""
 
@@ -205,6 +210,8 @@ class LayerResult:
             key_sample=key_sample,
             key_sample_priority=key_priority,
             sample_mass=_cat(self.sample_mass, other.sample_mass),
+            sample_key_mean=_cat(self.sample_key_mean, other.sample_key_mean),
+            sample_query_mean=_cat(self.sample_query_mean, other.sample_query_mean),
             maps=maps,
         )
 

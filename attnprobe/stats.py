@@ -36,13 +36,13 @@ class SumAccumulator:
         self._synced = False
 
     def update(self, values: Mapping[str, Tensor]) -> None:
-        """Add ``values`` (each converted to float64 on CPU) to the running sums."""
+        """Add ``values`` (each converted to float64) to the running sums, which stay on the
+        device of their first update (no host-device copy per batch)."""
         self._synced = False
         for name, value in values.items():
-            value = value.detach().to("cpu", torch.float64)
             current = self._sums.get(name)
             if current is None:
-                self._sums[name] = value.clone()
+                self._sums[name] = value.detach().to(torch.float64, copy=True)
             elif current.shape != value.shape:
                 raise AttnProbeError(
                     f"accumulator entry {name!r}: expected shape {list(current.shape)}, received "
@@ -50,11 +50,11 @@ class SumAccumulator:
                     "size between batches. Call reset() before probing a different model."
                 )
             else:
-                current.add_(value)
+                current.add_(value.detach().to(current.device, torch.float64))
 
     def compute(self) -> dict[str, Tensor]:
-        """A copy of the current sums."""
-        return {name: value.clone() for name, value in self._sums.items()}
+        """A copy of the current sums, on the CPU."""
+        return {name: value.to("cpu", copy=True) for name, value in self._sums.items()}
 
     def reset(self) -> None:
         """Forget everything."""
@@ -73,7 +73,11 @@ class SumAccumulator:
             return
         names = sorted(self._sums)
         flat = torch.cat([self._sums[n].reshape(-1) for n in names])  # (N,)
+        device = flat.device
+        if dist.get_backend(group) == "gloo":  # type: ignore[arg-type]
+            flat = flat.cpu()  # gloo reduces CPU tensors
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)  # type: ignore[arg-type]
+        flat = flat.to(device)
         offset = 0
         for name in names:
             size = self._sums[name].numel()

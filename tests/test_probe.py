@@ -292,6 +292,22 @@ def test_sdpa_mass_matches_hand_written_softmax(kv_heads: int, masking: str) -> 
     assert layer.num_heads == 4 and layer.num_kv_heads == kv_heads
 
 
+def test_spans_layout_with_gap_matches_reference() -> None:
+    block = SdpaBlock()
+    x = torch.randn(2, 8, 16)
+    layout = ap.ModalityLayout.from_spans({"text": slice(0, 3), "image": slice(4, 8)}, 8)
+    with ap.probe(block, modalities=layout) as p:
+        block(x)
+    layer = p.result().layers[0]
+    labels = layout.labels(2, 8)
+    q, k, _ = block.project(x)
+    weights = reference_attention(q, k)
+    ref, n = _per_query_group(reference_group_mass(weights, labels, 2), labels, 2)
+    np.testing.assert_allclose(layer.mass.numpy(), ref, atol=1e-6, rtol=0)
+    assert n.tolist() == [6, 8]  # position 3 (the gap) is neither a query nor a key group
+    np.testing.assert_allclose(layer.residual.numpy(), 1 - ref.sum(-1), atol=1e-6)
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("mask", ["padding", "causal_attn_mask", "float_attn_mask"])
 def test_mha_mass_matches_need_weights(batch_first: bool, mask: str) -> None:
@@ -363,9 +379,10 @@ def test_encoder_layers_match_their_own_weights() -> None:
 def test_key_statistics_and_cosines_match_direct_computation() -> None:
     layer = FusionAttention(16, 2, dropout=0.0).eval()
     x = torch.randn(4, 7, 16)
-    with ap.probe(layer, modalities=LAYOUT, second_moment=True) as p:
+    with ap.probe(layer, modalities=LAYOUT, second_moment=True, per_sample=True) as p:
         layer(x)
     res = p.result().layers[0]
+    assert res.sample_key_mean is not None and res.sample_query_mean is not None
     full = torch.cat([layer.cls.expand(4, 1, 16), x], 1)  # (B, 8, d)
     k = layer.k_proj(full).view(4, 8, 2, 8).transpose(1, 2).double().detach()  # (B, H, L, hd)
     q = layer.q_proj(full).view(4, 8, 2, 8).transpose(1, 2).double().detach()
@@ -379,6 +396,10 @@ def test_key_statistics_and_cosines_match_direct_computation() -> None:
         # AIR building block: E_i cos(q_cls_i, mean key of group g in sample i)
         cos = F.cosine_similarity(q[:, :, 0], k[:, :, sl].mean(2), dim=-1).mean(0)  # (H,)
         torch.testing.assert_close(res.mean_cosine[:, 0, g], cos)
+        torch.testing.assert_close(
+            res.sample_key_mean[:, :, g], k[:, :, sl].mean(2).float(), atol=1e-6, rtol=1e-6
+        )
+    torch.testing.assert_close(res.sample_query_mean[:, :, 0], q[:, :, 0].float())
     stats = p.result().stats_frame()
     assert list(stats.columns) == list(ap.results.STATS_COLUMNS)
     assert set(stats["kind"]) == {"key", "query"}

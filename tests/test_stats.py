@@ -98,6 +98,7 @@ def test_sync_twice_does_not_double_count(monkeypatch) -> None:  # type: ignore[
 
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
     monkeypatch.setattr(dist, "all_reduce", lambda t, op=None, group=None: calls.append(1))
     acc = SumAccumulator()
     acc.update({"s": torch.ones(2)})
