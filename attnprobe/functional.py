@@ -27,6 +27,7 @@ __all__ = [
     "group_attention_mass",
     "group_indicator",
     "group_moments",
+    "indicator_values",
     "mean_cosines",
     "reduce_mass",
     "select_query_rows",
@@ -54,6 +55,23 @@ def group_indicator(labels: Tensor, num_groups: int, dtype: torch.dtype) -> Tens
     """
     groups = torch.arange(num_groups, device=labels.device)  # (G,)
     return (labels.unsqueeze(-1) == groups).to(dtype)  # (B, L, G)
+
+
+def indicator_values(labels: Tensor, num_groups: int, dtype: torch.dtype, width: int) -> Tensor:
+    """The value matrix of the indicator pass: `group_indicator` zero-padded to ``width``.
+
+    Returns:
+        ``[B, 1, L, width]`` (broadcast over heads by the caller).
+
+    Example:
+        >>> import torch
+        >>> indicator_values(torch.tensor([[1, -1]]), 2, torch.float32, 3).tolist()
+        [[[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]]
+    """
+    indicator = group_indicator(labels, num_groups, dtype)  # (B, L, G)
+    if width > num_groups:
+        indicator = F.pad(indicator, (0, width - num_groups))  # (B, L, W)
+    return indicator.unsqueeze(1)  # (B, 1, L, W)
 
 
 def _call_kernel(
@@ -91,6 +109,7 @@ def group_attention_mass(
     enable_gqa: bool = False,
     kernel: Kernel | None = None,
     pad_to_head_dim: bool = True,
+    values: Tensor | None = None,
 ) -> Tensor:
     """Attention mass of every query row on every key group, by one kernel call.
 
@@ -111,6 +130,8 @@ def group_attention_mass(
         kernel: the attention function to run, default ``F.scaled_dot_product_attention``.
         pad_to_head_dim: zero-pad the indicator to width ``D`` so that the value width equals the
             query width; on CPU this keeps SDPA on its fast kernel (``CAPTURE.md``, measured).
+        values: the indicator values from `indicator_values` for these labels, when the caller
+            keeps them between calls (they depend on the labels, dtype and width only).
 
     Returns:
         ``[B, H, Lq, G]`` masses in the dtype of ``query``.
@@ -124,11 +145,10 @@ def group_attention_mass(
         (torch.Size([1, 2, 3, 2]), True)
     """
     batch, kv_heads, key_len, head_dim = key.shape
-    width = head_dim if pad_to_head_dim and num_groups <= head_dim else num_groups
-    indicator = group_indicator(key_labels, num_groups, query.dtype)  # (B, Lk, G)
-    if width > num_groups:
-        indicator = F.pad(indicator, (0, width - num_groups))  # (B, Lk, D)
-    value = indicator.unsqueeze(1).expand(batch, kv_heads, key_len, width)  # (B, Hk, Lk, W)
+    if values is None:
+        width = head_dim if pad_to_head_dim and num_groups <= head_dim else num_groups
+        values = indicator_values(key_labels, num_groups, query.dtype, width)  # (B, 1, Lk, W)
+    value = values.expand(batch, kv_heads, key_len, values.shape[-1])  # (B, Hk, Lk, W)
     out = _call_kernel(
         kernel or F.scaled_dot_product_attention,
         query,
@@ -281,7 +301,14 @@ class MassSums:
     """``[B, Gq]`` kept query rows per sample and query group."""
 
 
-def reduce_mass(mass: Tensor, query_labels: Tensor, num_query_groups: int) -> MassSums:
+def reduce_mass(
+    mass: Tensor,
+    query_labels: Tensor,
+    num_query_groups: int,
+    *,
+    onehot: Tensor | None = None,
+    has_ignored: bool | None = None,
+) -> MassSums:
     """Sum masses over the query rows of each query group, in float64.
 
     Rows labelled ``-1`` (padding) are dropped, whatever the kernel wrote there (eager kernels
@@ -291,6 +318,8 @@ def reduce_mass(mass: Tensor, query_labels: Tensor, num_query_groups: int) -> Ma
         mass: ``[B, H, Lq, Gk]`` from `group_attention_mass`.
         query_labels: ``[B, Lq]`` group labels of the query rows.
         num_query_groups: ``Gq``.
+        onehot: ``group_indicator(query_labels, Gq, torch.float64)``, when the caller keeps it.
+        has_ignored: whether ``query_labels`` holds ``-1`` (None: check).
 
     Example:
         >>> import torch
@@ -299,10 +328,13 @@ def reduce_mass(mass: Tensor, query_labels: Tensor, num_query_groups: int) -> Ma
         >>> sums.total.tolist(), sums.count.tolist()
         ([[[0.75, 1.25]]], [2.0])
     """
-    valid = (query_labels >= 0).unsqueeze(1).unsqueeze(-1)  # (B, 1, Lq, 1)
-    mass64 = torch.where(valid, mass.double(), 0.0)  # (B, H, Lq, Gk)
-    onehot = group_indicator(query_labels, num_query_groups, torch.float64)  # (B, Lq, Gq)
-    sample_total = torch.einsum("bhqk,bqg->bhgk", mass64, onehot)  # (B, H, Gq, Gk)
+    mass64 = mass.double()  # (B, H, Lq, Gk)
+    if has_ignored is None or has_ignored:  # NaN * 0 is NaN: zero padded rows first
+        valid = (query_labels >= 0).unsqueeze(1).unsqueeze(-1)  # (B, 1, Lq, 1)
+        mass64 = torch.where(valid, mass64, 0.0)  # (B, H, Lq, Gk)
+    if onehot is None:
+        onehot = group_indicator(query_labels, num_query_groups, torch.float64)  # (B, Lq, Gq)
+    sample_total = onehot.transpose(1, 2).unsqueeze(1) @ mass64  # (B, H, Gq, Gk)
     sample_count = onehot.sum(1)  # (B, Gq)
     return MassSums(sample_total.sum(0), sample_count.sum(0), sample_total, sample_count)
 

@@ -15,7 +15,7 @@ import difflib
 import fnmatch
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -45,6 +45,14 @@ class _Labels:
     rows_cpu: Tensor | None
     keys_ignored: bool  # some key is labelled -1
     queries_ignored: bool  # some kept query row is labelled -1 in some sample
+    memo: dict[tuple[object, ...], Tensor] = field(default_factory=dict, compare=False)
+    """Indicator tensors built from these labels, kept between calls."""
+
+    def get(self, key: tuple[object, ...], make: Callable[[], Tensor]) -> Tensor:
+        value = self.memo.get(key)
+        if value is None:
+            value = self.memo[key] = make()
+        return value
 
 
 class _CallState:
@@ -209,6 +217,11 @@ class _LayerRecorder:
                 onehot = AF.group_indicator(key_labels, num_groups, maps.dtype)  # (B, Lk, G)
                 mass = torch.einsum("bhqk,bkg->bhqg", maps, onehot)  # (B, H, R, G)
             else:
+                width = head_dim if num_groups <= head_dim else num_groups
+                values = labels.get(
+                    ("values", query.dtype, width),
+                    lambda: AF.indicator_values(key_labels, num_groups, query.dtype, width),
+                )  # (B, 1, Lk, W)
                 mass = AF.group_attention_mass(
                     query,
                     key,
@@ -219,9 +232,20 @@ class _LayerRecorder:
                     scale=inputs.scale,
                     enable_gqa=inputs.enable_gqa,
                     kernel=kernel,
+                    values=values,
                 )  # (B, H, R, G)
 
-        sums = AF.reduce_mass(mass, query_labels, num_qgroups)
+        query_onehot = labels.get(
+            ("query_onehot",),
+            lambda: AF.group_indicator(query_labels, num_qgroups, torch.float64),
+        )  # (B, R, Gq)
+        sums = AF.reduce_mass(
+            mass,
+            query_labels,
+            num_qgroups,
+            onehot=query_onehot,
+            has_ignored=labels.queries_ignored,
+        )
         update = {"mass": sums.total, "queries": sums.count}
         if probe.per_sample:
             state.samples.append(
