@@ -21,6 +21,7 @@ __all__ = [
     "Recorder",
     "adapter_for",
     "adapters",
+    "install_hooks",
     "register_adapter",
 ]
 
@@ -162,14 +163,25 @@ class Adapter:
             finally:
                 recorder.end()
 
-        stack.callback(module.register_forward_pre_hook(pre_hook).remove)
-        handle = module.register_forward_hook(hook, with_kwargs=True, always_call=True)
-        stack.callback(handle.remove)
+        install_hooks(module, pre_hook, hook, stack)
 
     def prepare_model(
         self, model: nn.Module, probed: list[nn.Module], stack: contextlib.ExitStack
     ) -> None:
         """Change model-level flags that the probed modules of this family need (optional)."""
+
+
+def install_hooks(
+    module: nn.Module,
+    pre_hook: Callable[[nn.Module, tuple[Any, ...]], None],
+    hook: Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None],
+    stack: contextlib.ExitStack,
+) -> None:
+    """Register a forward pre-hook and an always-called forward hook (with kwargs; it gets
+    ``out=None`` when forward raised), both removed when ``stack`` unwinds. Hooks return None,
+    so they never replace the module's output (``CAPTURE.md``, pitfall 3)."""
+    stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+    stack.callback(module.register_forward_hook(hook, with_kwargs=True, always_call=True).remove)
 
 
 _REGISTRY: list[Adapter] = []

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from attnprobe.capture._base import Adapter, AttentionInputs, Recorder
+from attnprobe.capture._base import Adapter, AttentionInputs, Recorder, install_hooks
 
 __all__ = ["SdpaAdapter", "handle_sdpa_call", "sdpa_inputs"]
 
@@ -129,7 +129,7 @@ class SdpaAdapter(Adapter):
             mode.__enter__()  # type: ignore[no-untyped-call]
             active.append(mode)
 
-        def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             try:
                 if active:
                     active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
@@ -141,5 +141,4 @@ class SdpaAdapter(Adapter):
                 active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
         stack.callback(leave_all)
-        stack.callback(module.register_forward_pre_hook(pre_hook).remove)
-        stack.callback(module.register_forward_hook(hook, always_call=True).remove)
+        install_hooks(module, pre_hook, hook, stack)

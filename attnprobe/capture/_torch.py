@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnprobe.capture._base import Adapter, Recorder
+from attnprobe.capture._base import Adapter, Recorder, install_hooks
 from attnprobe.capture._sdpa import handle_sdpa_call, sdpa_inputs
 
 __all__ = ["MultiheadAttentionAdapter"]
@@ -115,9 +115,7 @@ class MultiheadAttentionAdapter(Adapter):
                 patches.pop().close()
 
         stack.callback(unpatch_all)
-        stack.callback(module.register_forward_pre_hook(pre_hook).remove)
-        handle = module.register_forward_hook(hook, with_kwargs=True, always_call=True)
-        stack.callback(handle.remove)
+        install_hooks(module, pre_hook, hook, stack)
 
     def prepare_model(
         self, model: nn.Module, probed: list[nn.Module], stack: contextlib.ExitStack
