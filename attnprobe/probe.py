@@ -42,7 +42,6 @@ class _Labels:
     keys: Tensor  # (B, Lk) on the device of the call, -1 = ignored
     queries: Tensor  # (B, R) query-group labels of the kept rows, on the device
     rows: Tensor | None  # (R,) kept query rows on the device; None = all rows
-    rows_cpu: Tensor | None
     keys_ignored: bool  # some key is labelled -1
     queries_ignored: bool  # some kept query row is labelled -1 in some sample
     memo: dict[tuple[object, ...], Tensor] = field(default_factory=dict, compare=False)
@@ -106,9 +105,6 @@ class _LayerRecorder:
         self.forwards += 1
         self._call_index = 0
         self._captured = False
-
-    def end(self) -> None:
-        pass
 
     def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
         with torch.no_grad():
@@ -646,7 +642,6 @@ class Probe:
             keys=keys.to(device),
             queries=queries.to(device),
             rows=None if rows_cpu is None else rows_cpu.to(device),
-            rows_cpu=rows_cpu,
             keys_ignored=bool((keys < 0).any()),
             queries_ignored=bool((queries < 0).any()),
         )

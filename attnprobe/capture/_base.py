@@ -72,9 +72,6 @@ class Recorder(Protocol):
         """Capture one call and return the kernel output computed with ``V' = [V, E]``."""
         ...
 
-    def end(self) -> None:
-        """Called when the layer's forward ends (also after an exception)."""
-
     @property
     def wants_fused(self) -> bool:
         """Whether this probe runs the fused single call where the adapter supports it."""
@@ -153,15 +150,12 @@ class Adapter:
             recorder.begin()
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            # always_call: also runs (with out=None) when forward raised; then only end()
-            try:
-                if out is not None:
-                    with torch.no_grad():
-                        inputs = self.extract(mod, args, kwargs, out)
-                    if inputs is not None:
-                        recorder.record(inputs, None)
-            finally:
-                recorder.end()
+            if out is None:  # forward raised (the hook is always called)
+                return
+            with torch.no_grad():
+                inputs = self.extract(mod, args, kwargs, out)
+            if inputs is not None:
+                recorder.record(inputs, None)
 
         install_hooks(module, pre_hook, hook, stack)
 

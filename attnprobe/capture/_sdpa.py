@@ -130,11 +130,8 @@ class SdpaAdapter(Adapter):
             active.append(mode)
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            try:
-                if active:
-                    active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
-            finally:
-                recorder.end()
+            if active:
+                active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
         def leave_all() -> None:  # a forward interrupted before its hook ran
             while active:

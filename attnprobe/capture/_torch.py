@@ -94,21 +94,19 @@ class MultiheadAttentionAdapter(Adapter):
             patches.append(scope)
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            try:
-                if patches:
-                    patches.pop().close()
-                if out is not None and not recorder.captured_this_call:
-                    bound = signature.bind(*args, **kwargs)
-                    bound.arguments["need_weights"] = False
-                    with (
-                        torch.no_grad(),
-                        _fastpath_disabled(),
-                        _patched_sdpa(capture_only),
-                        contextlib.suppress(_Captured),
-                    ):
-                        mod.forward(*bound.args, **bound.kwargs)
-            finally:
-                recorder.end()
+            if patches:
+                patches.pop().close()
+            if out is not None and not recorder.captured_this_call:
+                # the fast path or need_weights=True never reached SDPA: capture by a re-run
+                bound = signature.bind(*args, **kwargs)
+                bound.arguments["need_weights"] = False
+                with (
+                    torch.no_grad(),
+                    _fastpath_disabled(),
+                    _patched_sdpa(capture_only),
+                    contextlib.suppress(_Captured),
+                ):
+                    mod.forward(*bound.args, **bound.kwargs)
 
         def unpatch_all() -> None:
             while patches:
