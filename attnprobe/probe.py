@@ -108,18 +108,18 @@ class _LayerRecorder:
 
     def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
         with torch.no_grad():
-            self._reduce(inputs, kernel, None)
+            self._reduce(inputs, kernel, None, self._labels(inputs))
 
     def fused(
         self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
     ) -> Tensor:
         assert inputs.value is not None
-        labels = self._labels(inputs).keys
+        labels = self._labels(inputs)
         out, mass = AF.fused_attention(
             inputs.query,
             inputs.key,
             inputs.value,
-            labels,
+            labels.keys,
             len(self._probe.layout.names),
             attn_mask=inputs.attn_mask,
             dropout_p=dropout_p,
@@ -129,7 +129,7 @@ class _LayerRecorder:
             kernel=kernel,
         )  # (B, H, Lq, Dv), (B, H, Lq, G)
         with torch.no_grad():
-            self._reduce(inputs, kernel, mass.detach())
+            self._reduce(inputs, kernel, mass.detach(), labels)
         return out
 
     # -- reduction --------------------------------------------------------------------------
@@ -152,7 +152,11 @@ class _LayerRecorder:
             raise ModalityLayoutError(f"layer {self.name!r}: {exc}") from None
 
     def _reduce(
-        self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None, mass: Tensor | None
+        self,
+        inputs: AttentionInputs,
+        kernel: Callable[..., Tensor] | None,
+        mass: Tensor | None,
+        labels: _Labels,
     ) -> None:
         probe = self._probe
         state = self._state()
@@ -172,7 +176,6 @@ class _LayerRecorder:
                 "probing attention with different query and key sequences is not supported "
                 "yet: select self-attention layers."
             )
-        labels = self._labels(inputs)
         key_labels, query_labels = labels.keys, labels.queries  # (B, Lk), (B, R)
         num_groups = len(probe.layout.names)
         num_qgroups = len(probe.query_groups)
