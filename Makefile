@@ -1,10 +1,15 @@
 # attnprobe — set-up and checks. `make demo` and `make test` work on a fresh machine: they create
-# .venv, install the pinned torch first (torch==2.13.0: the CPU build on these machines, where pip
-# finds it on disk; override TORCH_SPEC for another build, e.g. a CUDA one), then the package with
-# its extras.
+# .venv, install the pinned torch first, then the package with its extras.
+# - TORCH_SPEC (demo, library): torch==2.13.0, the CPU build that pip finds on disk on these
+#   machines.
+# - TORCH_DEV_SPEC (tests): timm needs torchvision, and PyPI's torchvision does not load beside
+#   that CPU build, so the test environment takes the matching pair torch 2.14.1 /
+#   torchvision 0.29.1 (also on disk here; a CUDA build, which runs on the CPU).
+# Override either for another build, e.g. `make test TORCH_DEV_SPEC="torch torchvision"`.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_DEV_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
@@ -19,6 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) install $(TORCH_DEV_SPEC)
 	$(PIP) install -e ".[dev]"
 	touch $@
 

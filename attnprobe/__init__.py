@@ -20,7 +20,9 @@ from attnprobe._errors import (
     ModalityLayoutError,
     ProbeConfigError,
 )
+from attnprobe.auto import InputLayout, TokenLayout, VisionLayout, auto_layout
 from attnprobe.capture import Adapter, AttentionInputs, register_adapter
+from attnprobe.check import SelfCheck, self_check
 from attnprobe.layout import ModalityLayout
 from attnprobe.probe import Probe, probe
 from attnprobe.results import LayerResult, ProbeResult
@@ -33,13 +35,19 @@ __all__ = [
     "AttnProbeError",
     "AttnProbeWarning",
     "CaptureError",
+    "InputLayout",
     "LayerResult",
     "ModalityLayout",
     "ModalityLayoutError",
     "Probe",
     "ProbeConfigError",
     "ProbeResult",
+    "SelfCheck",
+    "TokenLayout",
+    "VisionLayout",
     "__version__",
+    "auto_layout",
     "probe",
     "register_adapter",
+    "self_check",
 ]

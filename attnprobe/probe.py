@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from attnprobe import functional as AF
 from attnprobe._errors import AttnProbeWarning, CaptureError, ModalityLayoutError, ProbeConfigError
+from attnprobe.auto import InputLayout
 from attnprobe.capture import Adapter, AttentionInputs, SdpaAdapter, adapter_for
 from attnprobe.layout import IGNORE, ModalityLayout, _check_label_tensor
 from attnprobe.results import LayerResult, ProbeResult
@@ -101,6 +102,11 @@ class _LayerRecorder:
     def captured_this_call(self) -> bool:
         return self._captured
 
+    @property
+    def restricts_queries(self) -> bool:
+        probe = self._probe
+        return probe.store_maps or len(probe.query_groups) != len(probe.layout.names)
+
     def begin(self) -> None:
         self.forwards += 1
         self._call_index = 0
@@ -143,10 +149,14 @@ class _LayerRecorder:
         return self.states[index]
 
     def _labels(self, inputs: AttentionInputs) -> _Labels:
-        batch, key_len = inputs.key.shape[0], inputs.key.shape[2]
+        batch, key_len, query_len = inputs.key.shape[0], inputs.key.shape[2], inputs.query.shape[2]
         try:
             return self._probe._resolve_labels(
-                batch, key_len - inputs.appended_keys, inputs.appended_keys, inputs.key.device
+                batch,
+                key_len - inputs.appended_keys,
+                query_len,
+                inputs.appended_keys,
+                inputs.key.device,
             )
         except ModalityLayoutError as exc:
             raise ModalityLayoutError(f"layer {self.name!r}: {exc}") from None
@@ -167,15 +177,8 @@ class _LayerRecorder:
                 f"layer {self.name!r}: expected query and key of shape [B, H, L, D], received "
                 f"{list(query.shape)} and {list(key.shape)}; an adapter must reshape to heads."
             )
-        _, heads, query_len, head_dim = query.shape
+        _, heads, _, head_dim = query.shape
         kv_heads, key_len = key.shape[1], key.shape[2]
-        if query_len != key_len - inputs.appended_keys:
-            raise ModalityLayoutError(
-                f"layer {self.name!r}: {query_len} query tokens attend to "
-                f"{key_len - inputs.appended_keys} key tokens (cross-attention or a KV cache); "
-                "probing attention with different query and key sequences is not supported "
-                "yet: select self-attention layers."
-            )
         key_labels, query_labels = labels.keys, labels.queries  # (B, Lk), (B, R)
         num_groups = len(probe.layout.names)
         num_qgroups = len(probe.query_groups)
@@ -460,7 +463,7 @@ class Probe:
         self,
         model: nn.Module,
         *,
-        modalities: ModalityLayout | Mapping[str, int],
+        modalities: ModalityLayout | Mapping[str, int] | InputLayout,
         layers: LayerSelector = None,
         queries: Sequence[str] | str | None = None,
         method: Method = "second_pass",
@@ -471,12 +474,20 @@ class Probe:
         per_sample: bool = False,
         store_maps: bool = False,
     ) -> None:
+        self._rule: InputLayout | None = None
+        if isinstance(modalities, InputLayout):
+            self._rule = modalities
+            names = list(modalities.names)
+            modalities = ModalityLayout.from_labels(torch.empty(0, 0, dtype=torch.long), names)
+            if layers is None:
+                layers = self._rule.layers
         if isinstance(modalities, Mapping):
             modalities = ModalityLayout(modalities)
         if not isinstance(modalities, ModalityLayout):
             raise ProbeConfigError(
-                "probe: expected modalities as an attnprobe.ModalityLayout or a mapping of "
-                f"name -> length, received {type(modalities).__name__}."
+                "probe: expected modalities as an attnprobe.ModalityLayout, a mapping of "
+                "name -> length or an attnprobe.InputLayout (e.g. attnprobe.auto_layout(model)), "
+                f"received {type(modalities).__name__}."
             )
         if method not in ("second_pass", "fused"):
             raise ProbeConfigError(
@@ -513,6 +524,8 @@ class Probe:
         self.per_sample = per_sample
         self.store_maps = store_maps
         self._batch_labels: Tensor | None = None  # (B, L) on the CPU
+        self._query_offset: int | None = None  # position of the first query (KV cache)
+        self._rule_labels: Tensor | None = None  # (B, L) labels of the cached sequence
         self._label_cache: dict[tuple[object, ...], _Labels] = {}
         self._selection = _select(self.model, layers)
         # the root module has the empty path; name it by its class in results
@@ -554,6 +567,9 @@ class Probe:
                 by_adapter.setdefault(id(adapter), (adapter, []))[1].append(module)
             for adapter, modules in by_adapter.values():
                 adapter.prepare_model(self.model, modules, stack)
+            if self._rule is not None:
+                handle = self.model.register_forward_pre_hook(self._rule_hook, with_kwargs=True)
+                stack.callback(handle.remove)
         except BaseException:
             stack.close()
             raise
@@ -573,6 +589,38 @@ class Probe:
         self.close()
 
     # -- labels ------------------------------------------------------------------------------
+    def _rule_hook(
+        self, module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> None:
+        """Labels of this forward from its inputs (an `InputLayout`); with a KV cache the new
+        tokens' labels are appended to those of the cached ones."""
+        assert self._rule is not None
+        past = self._rule.past_length(args, kwargs)  # type: ignore[arg-type]
+        new = (
+            _check_label_tensor(
+                self._rule.labels(args, kwargs),  # type: ignore[arg-type]
+                len(self.layout.names),
+                f"{type(self._rule).__name__}.labels",
+            )
+            .detach()
+            .to("cpu", torch.long)
+        )  # (B, Lnew)
+        if past:
+            previous = self._rule_labels
+            if previous is None or previous.shape[0] != new.shape[0] or previous.shape[1] < past:
+                seen = "none" if previous is None else f"shape {list(previous.shape)}"
+                raise ModalityLayoutError(
+                    f"the model's KV cache holds {past} tokens per sample but the probe saw "
+                    f"labels for {seen} (batch {new.shape[0]}); attach the probe before the "
+                    "first forward of the generation (beam search, which reorders the cache, "
+                    "is not supported)."
+                )
+            new = torch.cat([previous[:, :past], new], dim=1)  # (B, past + Lnew)
+        self._rule_labels = new
+        self._label_cache.clear()
+        self._batch_labels = new
+        self._query_offset = past
+
     def set_labels(self, labels: Tensor | ModalityLayout | None) -> None:
         """Per-sample group labels for the following forward passes (until changed).
 
@@ -593,6 +641,7 @@ class Probe:
             >>> p.close()
         """
         self._label_cache.clear()
+        self._query_offset = None
         if labels is None:
             self._batch_labels = None
             return
@@ -613,28 +662,57 @@ class Probe:
         )
 
     def _resolve_labels(
-        self, batch: int, length: int, appended: int, device: torch.device
+        self, batch: int, length: int, query_len: int, appended: int, device: torch.device
     ) -> _Labels:
         """Key and query labels of a call, computed on the CPU once per (shape, device) and
-        moved to the device, so that the hot path has no host-device synchronisation."""
-        cache_key = (batch, length, appended, device)
+        moved to the device, so that the hot path has no host-device synchronisation.
+
+        The keys are the ``length`` labelled tokens; the queries are ``query_len`` consecutive
+        tokens of the same sequence: the last ones (a KV cache holds the earlier keys), or
+        from the offset an `InputLayout` read from the cache."""
+        cache_key = (batch, length, query_len, appended, device)
         cached = self._label_cache.get(cache_key)
         if cached is not None:
             return cached
         if self._batch_labels is not None:
             if tuple(self._batch_labels.shape) != (batch, length):
+                source = "the InputLayout" if self._rule is not None else "set_labels"
                 raise ModalityLayoutError(
-                    f"the labels from set_labels have shape {list(self._batch_labels.shape)} "
-                    f"but the batch has shape [batch={batch}, length={length}]; call "
-                    "set_labels with the labels of this batch."
+                    f"the labels from {source} have shape {list(self._batch_labels.shape)} "
+                    f"but the attention call has [batch={batch}, keys={length}]; "
+                    + (
+                        "is this layer on another sequence (another tower, cross-attention, "
+                        "a sliding-window or static cache)? Select the layers that attend over "
+                        "the sequence the layout describes."
+                        if self._rule is not None
+                        else "call set_labels with the labels of this batch."
+                    )
                 )
             keys = self._batch_labels  # (B, L)
+        elif self._rule is not None:
+            raise ModalityLayoutError(
+                f"the probe's {type(self._rule).__name__} computes labels from the inputs of "
+                f"{type(self.model).__name__}.forward, which has not run; call the probed model "
+                "itself, not one of its submodules (or probe the submodule)."
+            )
         else:
             keys = self.layout.labels(batch, length)  # (B, L)
-        queries = keys
+        # without a tracked cache offset, queries and keys must be the same tokens
+        offset = 0 if self._query_offset is None else self._query_offset
+        fits = query_len == length if self._query_offset is None else offset + query_len <= length
+        if not fits:
+            raise ModalityLayoutError(
+                f"{query_len} query tokens attend to {length} key tokens"
+                + (f" from position {offset}" if self._query_offset is not None else "")
+                + ": probing attention whose queries and keys are different sequences "
+                "(cross-attention) is not supported; select self-attention layers. For a KV "
+                "cache, give the probe an InputLayout (attnprobe.auto_layout(model) for "
+                "HuggingFace models): it follows the cache."
+            )
+        queries = keys[:, offset : offset + query_len]  # (B, Lq)
         if len(self.query_groups) != len(self.layout.names):
-            queries = self._query_remap[keys + 1]  # (B, L): query-group index or -1
-        keep = (queries >= 0).any(0)  # (L,)
+            queries = self._query_remap[queries + 1]  # (B, Lq): query-group index or -1
+        keep = (queries >= 0).any(0)  # (Lq,)
         rows_cpu = None
         if not bool(keep.all()):
             rows_cpu = keep.nonzero().squeeze(-1)  # (R,)
@@ -736,7 +814,7 @@ class Probe:
 def probe(
     model: nn.Module,
     *,
-    modalities: ModalityLayout | Mapping[str, int],
+    modalities: ModalityLayout | Mapping[str, int] | InputLayout,
     layers: LayerSelector = None,
     queries: Sequence[str] | str | None = None,
     method: Method = "second_pass",
@@ -753,8 +831,12 @@ def probe(
         model: any ``nn.Module`` (a DDP wrapper is unwrapped; ``DataParallel`` and compiled
             models are refused with an explanation).
         modalities: the token layout of the attention layers' sequences: a
-            `ModalityLayout` or a mapping ``name -> length`` (contiguous, in order).
-        layers: which modules to probe: None (every attention module found: torch
+            `ModalityLayout`, a mapping ``name -> length`` (contiguous, in order), or an
+            `InputLayout` that derives each forward's labels from the model's inputs
+            (``attnprobe.auto_layout(model)`` for HuggingFace and timm models; it also
+            follows a KV cache through ``generate``).
+        layers: which modules to probe: None (every attention module found — with an
+            `InputLayout`, those its ``layers`` method accepts — torch
             ``MultiheadAttention``, modules calling ``F.scaled_dot_product_attention``, and
             modules of registered adapters), a glob on ``named_modules()`` paths
             (``"encoder.layers.*.self_attn"``), a list of paths, or a predicate

@@ -45,3 +45,33 @@ def reference_group_mass(weights: np.ndarray, key_labels: torch.Tensor, groups: 
         for g in range(groups):
             out[b, :, :, g] = weights[b][:, :, labels[b] == g].sum(-1)
     return out
+
+
+def masses_from_weights(
+    weights: torch.Tensor,
+    key_labels: torch.Tensor,
+    query_labels: torch.Tensor,
+    key_groups: int,
+    query_groups: int,
+) -> np.ndarray:
+    """Per-(head, query group, key group) attention mass from full attention weights, by loops
+    in float64 numpy: the mean over the (sample, query row) pairs of each query group of the
+    weight summed over each key group's columns (``OVERVIEW.md``, "Attention mass").
+
+    weights ``[B, H, Lq, Lk]``; key_labels ``[B, Lk]``; query_labels ``[B, Lq]`` (-1 = dropped).
+    Returns ``[H, Gq, Gk]`` (NaN for a query group with no row)."""
+    w = weights.detach().double().numpy()
+    keys, queries = key_labels.numpy(), query_labels.numpy()
+    heads = w.shape[1]
+    total = np.zeros((heads, query_groups, key_groups))
+    count = np.zeros(query_groups)
+    for b in range(w.shape[0]):
+        for i in range(w.shape[2]):
+            gq = queries[b, i]
+            if gq < 0:
+                continue
+            count[gq] += 1
+            for gk in range(key_groups):
+                total[:, gq, gk] += w[b][:, i][:, keys[b] == gk].sum(-1)  # (H,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count[None, :, None]

@@ -640,8 +640,8 @@ def test_layout_errors_name_the_layer() -> None:
             model(torch.randn(2, 9, 16))
         with _raises(
             ModalityLayoutError,
-            "the labels from set_labels have shape [3, 8] but the batch has shape [batch=2, "
-            "length=8]",
+            "the labels from set_labels have shape [3, 8] but the attention call has [batch=2, "
+            "keys=8]",
         ):
             p.set_labels(torch.zeros(3, 8, dtype=torch.long))
             model(torch.randn(2, 8, 16))

@@ -1,8 +1,9 @@
 """Adapters that find the attention kernel call of each model family.
 
 Nothing outside this package knows a model family. Built-in adapters, tried after any
-registered with `register_adapter`: ``torch.nn.MultiheadAttention``, then any module whose
-forward calls ``F.scaled_dot_product_attention``.
+registered with `register_adapter`: ``torch.nn.MultiheadAttention``, HuggingFace attention
+modules that dispatch through ``AttentionInterface``, then any module whose forward calls
+``F.scaled_dot_product_attention`` (timm ``Attention`` included).
 """
 
 from attnprobe.capture._base import (
@@ -14,14 +15,16 @@ from attnprobe.capture._base import (
     adapters,
     register_adapter,
 )
+from attnprobe.capture._hf import HuggingFaceAdapter
 from attnprobe.capture._sdpa import SdpaAdapter
 from attnprobe.capture._torch import MultiheadAttentionAdapter
 
-_REGISTRY.extend([MultiheadAttentionAdapter(), SdpaAdapter()])
+_REGISTRY.extend([MultiheadAttentionAdapter(), HuggingFaceAdapter(), SdpaAdapter()])
 
 __all__ = [
     "Adapter",
     "AttentionInputs",
+    "HuggingFaceAdapter",
     "MultiheadAttentionAdapter",
     "Recorder",
     "SdpaAdapter",

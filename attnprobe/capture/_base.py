@@ -82,6 +82,12 @@ class Recorder(Protocol):
         """Whether `record` or `fused` ran since the last `begin`."""
         ...
 
+    @property
+    def restricts_queries(self) -> bool:
+        """Whether the probe keeps only some query rows or stores full maps (both need a dense
+        ``[B, H, Lq, Lk]``-broadcastable mask from the adapter)."""
+        ...
+
 
 class Adapter:
     """Base class for adapters: subclass it to probe an attention module attnprobe does not

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
@@ -118,7 +119,7 @@ class SdpaAdapter(Adapter):
     def matches(self, module: nn.Module) -> bool:
         if isinstance(module, nn.MultiheadAttention):
             return False
-        return _calls_sdpa(type(module).forward)
+        return _calls_sdpa(inspect.unwrap(type(module).forward))
 
     def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
         active: list[_Intercept] = []

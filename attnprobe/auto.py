@@ -1,0 +1,465 @@
+"""Layouts derived from each forward's inputs: `InputLayout` and `auto_layout`.
+
+A `ModalityLayout` is fixed when the probe is created (or replaced per batch with
+``Probe.set_labels``). An `InputLayout` instead computes the labels of every forward from the
+inputs the model is called with — ``input_ids`` against an image token, ``token_type_ids``,
+``mm_token_type_ids``, ``attention_mask`` padding, the shape of ``pixel_values`` — in a forward
+pre-hook on the probed model. With a KV cache (``model.generate``) the labels of the new tokens
+are appended to those of the cached ones, so cached keys keep their groups while decoding
+(``CAPTURE.md``, pitfall 10).
+
+`auto_layout` builds the right one for HuggingFace text, vision and vision-language models and
+for timm Vision Transformers. Subclass `InputLayout` for other input conventions.
+
+Nothing here imports ``transformers`` or ``timm``: models are recognised by their attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnprobe._errors import ModalityLayoutError, ProbeConfigError
+from attnprobe.layout import IGNORE, ModalityLayout, _check_names
+
+__all__ = ["InputLayout", "TokenLayout", "VisionLayout", "auto_layout"]
+
+
+def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str, position: int) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > position:
+        return args[position]
+    return None
+
+
+class InputLayout:
+    """Group labels computed from the inputs of each forward of the probed model.
+
+    Pass an instance as ``probe(model, modalities=...)``; the probe calls `labels` in a forward
+    pre-hook on ``model`` before every forward. Subclasses set `names` and implement
+    `labels`; `past_length` and `layers` have defaults for HuggingFace-style models.
+
+    Example:
+        Labels from a modality-id tensor that the model receives as a keyword:
+
+        >>> import torch, attnprobe as ap
+        >>> from torch import nn
+        >>> class FromIds(ap.InputLayout):
+        ...     names = ("audio", "video")
+        ...     def labels(self, args, kwargs):
+        ...         return kwargs["modality_ids"]  # (B, L), -1 = padding
+        >>> class Model(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        ...     def forward(self, x, modality_ids):
+        ...         return self.attn(x, x, x)[0]
+        >>> model = Model()
+        >>> ids = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+        >>> with ap.probe(model, modalities=FromIds()) as p:
+        ...     _ = model(torch.randn(2, 5, 8), modality_ids=ids)
+        >>> p.result().layers[0].num_queries.tolist()
+        [3.0, 7.0]
+    """
+
+    names: tuple[str, ...] = ()
+    """Group names, fixed for the life of the probe."""
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        """``[B, L]`` labels of the tokens this forward adds (``-1`` = ignored): the whole
+        sequence, or only the new tokens when `past_length` is non-zero."""
+        raise NotImplementedError(f"{type(self).__name__} must implement labels(args, kwargs)")
+
+    def past_length(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """Tokens already in the model's KV cache before this forward (0 without a cache).
+
+        The default reads ``get_seq_length()`` of the HuggingFace cache passed as ``cache``
+        (transformers ≥ 5.2x) or ``past_key_values``."""
+        for name in ("cache", "past_key_values"):
+            cache = kwargs.get(name)
+            if cache is not None and hasattr(cache, "get_seq_length"):
+                return int(cache.get_seq_length())
+        return 0
+
+    def layers(self, name: str, module: nn.Module) -> bool:
+        """Which attention modules see the sequence these labels describe (used when the probe
+        is created with ``layers=None``); default: all of them."""
+        return True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ModalityLayout:
+        """The labels of one batch as a per-sample `ModalityLayout` (call it with the model's
+        forward arguments)."""
+        return ModalityLayout.from_labels(self.labels(args, kwargs), self.names)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(groups={', '.join(self.names)})"
+
+
+class TokenLayout(InputLayout):
+    """Labels of a token sequence from HuggingFace-style inputs (text and vision-language
+    models). Build it with `auto_layout` or directly.
+
+    Every non-padding token gets one group, in this order of precedence:
+
+    1. ``attention_mask == 0`` → ignored (left or right padding);
+    2. ``special`` (``"cls"``/``"bos"``): the first non-padding token of each sample, when
+       ``special_first`` is set, or when it equals ``special_token_id``;
+    3. ``mm_token_type_ids`` (Qwen-VL style): 1 → ``"image"``, 2 → ``"video"``;
+    4. ``input_ids == image_token_id`` → ``"image"``; ``== video_token_id`` → ``"video"``
+       (counts may differ per sample: nothing is assumed about them);
+    5. ``token_type_ids`` (sentence pairs): 0 → ``"segment_a"``, 1 → ``"segment_b"``;
+    6. otherwise ``"text"``.
+
+    Groups that cannot occur with the given options are left out of `names`.
+
+    Args:
+        image_token_id: id of the image placeholder token (LLaVA-style models).
+        video_token_id: id of the video placeholder token.
+        segments: label sentence pairs by ``token_type_ids``.
+        mm_token_types: read ``mm_token_type_ids`` (Qwen-VL style) instead of token ids.
+        special: name of the first-token group (``"cls"``, ``"bos"``) or None for none.
+        special_first: the first non-padding token is always ``special`` (encoders with CLS).
+        special_token_id: otherwise, only a first token equal to this id is ``special``.
+        prefix: only attention modules under this module path see this sequence (the language
+            model of a vision-language model); None = all.
+
+    Example:
+        >>> import torch, attnprobe as ap
+        >>> layout = ap.TokenLayout(image_token_id=9, special="bos", special_token_id=1)
+        >>> layout.names
+        ('bos', 'text', 'image')
+        >>> ids = torch.tensor([[0, 1, 9, 9, 5], [1, 5, 9, 9, 9]])
+        >>> mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+        >>> layout(input_ids=ids, attention_mask=mask).labels(2, 5).tolist()
+        [[-1, 0, 2, 2, 1], [0, 1, 2, 2, 2]]
+    """
+
+    def __init__(
+        self,
+        *,
+        image_token_id: int | None = None,
+        video_token_id: int | None = None,
+        segments: bool = False,
+        mm_token_types: bool = False,
+        special: str | None = None,
+        special_first: bool = False,
+        special_token_id: int | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        if segments and (image_token_id is not None or mm_token_types):
+            raise ProbeConfigError(
+                "TokenLayout: expected either sentence segments (token_type_ids) or image "
+                "tokens, received both; pick the one the model's inputs carry."
+            )
+        names: list[str] = []
+        if special is not None:
+            names.append(special)
+        if segments:
+            names += ["segment_a", "segment_b"]
+        else:
+            names.append("text")
+            if image_token_id is not None or mm_token_types:
+                names.append("image")
+            if video_token_id is not None or mm_token_types:
+                names.append("video")
+        self.names = _check_names(names, "TokenLayout")
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+        self.segments = segments
+        self.mm_token_types = mm_token_types
+        self.special = special
+        self.special_first = special_first
+        self.special_token_id = special_token_id
+        self.prefix = prefix
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        ids = _argument(args, kwargs, "input_ids", 0)
+        if not isinstance(ids, Tensor) or ids.dim() != 2:
+            raise ModalityLayoutError(
+                "TokenLayout: expected the model to be called with input_ids of shape [B, L], "
+                f"received {type(ids).__name__}"
+                + (f" of shape {list(ids.shape)}" if isinstance(ids, Tensor) else "")
+                + "; with inputs_embeds, pass labels with probe.set_labels or a ModalityLayout."
+            )
+        ids = ids.detach().cpu()
+        batch, length = ids.shape
+        index = {name: i for i, name in enumerate(self.names)}
+        if self.segments:
+            types = kwargs.get("token_type_ids")
+            if types is None:
+                labels = torch.full((batch, length), index["segment_a"], dtype=torch.long)
+            else:
+                types = types.detach().cpu().long()  # (B, L)
+                labels = torch.where(types > 0, index["segment_b"], index["segment_a"])
+        else:
+            labels = torch.full((batch, length), index["text"], dtype=torch.long)  # (B, L)
+            if self.mm_token_types and kwargs.get("mm_token_type_ids") is not None:
+                types = kwargs["mm_token_type_ids"].detach().cpu().long()  # (B, L)
+                labels[types == 1] = index["image"]
+                labels[types == 2] = index["video"]
+            if self.image_token_id is not None:
+                labels[ids == self.image_token_id] = index["image"]
+            if self.video_token_id is not None:
+                labels[ids == self.video_token_id] = index["video"]
+        mask = kwargs.get("attention_mask")
+        keep = torch.ones(batch, length, dtype=torch.bool)  # (B, L)
+        if isinstance(mask, Tensor) and mask.dim() == 2:
+            keep = mask.detach().cpu()[:, -length:] != 0  # (B, L): the new tokens' columns
+        if self.special is not None and self.past_length(args, kwargs) == 0:
+            first = keep.long().argmax(dim=1)  # (B,) first non-padding position
+            rows = torch.arange(batch)
+            is_special = keep[rows, first]  # (B,)
+            if not self.special_first:
+                token = self.special_token_id
+                is_special = is_special & (
+                    ids[rows, first] == token if token is not None else False
+                )
+            labels[rows[is_special], first[is_special]] = index[self.special]
+        labels[~keep] = IGNORE
+        return labels
+
+    def layers(self, name: str, module: nn.Module) -> bool:
+        return self.prefix is None or name == self.prefix or name.startswith(self.prefix + ".")
+
+
+class VisionLayout(InputLayout):
+    """Labels of a Vision Transformer's token sequence: prefix tokens (CLS, registers) then
+    patches, with the number of patches read from each batch's image size.
+
+    Args:
+        patch_size: ``(height, width)`` of a patch in pixels.
+        cls_tokens: number of class tokens before the patches (0 for SigLIP-style models).
+        register_tokens: number of register tokens after the class token.
+        prefix: only attention modules under this module path see this sequence; None = all.
+        image_argument: name (and position) of the image argument of the model's forward.
+
+    Example:
+        >>> import torch, attnprobe as ap
+        >>> layout = ap.VisionLayout(patch_size=(16, 16), cls_tokens=1, register_tokens=2)
+        >>> layout.names
+        ('cls', 'registers', 'patches')
+        >>> layout(torch.zeros(1, 3, 32, 48)).labels(1, 9).tolist()
+        [[0, 1, 1, 2, 2, 2, 2, 2, 2]]
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int | Sequence[int],
+        cls_tokens: int = 1,
+        register_tokens: int = 0,
+        prefix: str | None = None,
+        image_argument: tuple[str, int] = ("pixel_values", 0),
+    ) -> None:
+        size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ProbeConfigError(
+                f"VisionLayout: expected patch_size as a positive int or (height, width), "
+                f"received {patch_size!r}."
+            )
+        self.patch_size = (int(size[0]), int(size[1]))
+        self.cls_tokens = cls_tokens
+        self.register_tokens = register_tokens
+        self.prefix = prefix
+        self.image_argument = image_argument
+        names = (["cls"] if cls_tokens else []) + (["registers"] if register_tokens else [])
+        self.names = _check_names([*names, "patches"], "VisionLayout")
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        image = _argument(args, kwargs, *self.image_argument)
+        if not isinstance(image, Tensor) or image.dim() != 4:
+            raise ModalityLayoutError(
+                f"VisionLayout: expected images of shape [B, C, H, W] as argument "
+                f"{self.image_argument[0]!r}, received {type(image).__name__}"
+                + (f" of shape {list(image.shape)}" if isinstance(image, Tensor) else "")
+                + "."
+            )
+        batch, _, height, width = image.shape
+        grid = (height // self.patch_size[0]) * (width // self.patch_size[1])
+        counts = {"cls": self.cls_tokens, "registers": self.register_tokens, "patches": grid}
+        return ModalityLayout({n: counts[n] for n in self.names}).labels(
+            batch, sum(counts[n] for n in self.names)
+        )  # (B, L)
+
+    def layers(self, name: str, module: nn.Module) -> bool:
+        return self.prefix is None or name == self.prefix or name.startswith(self.prefix + ".")
+
+
+def _find(model: nn.Module, names: Sequence[str]) -> str | None:
+    """Path of the first submodule whose last path component is one of ``names``."""
+    for path, _ in model.named_modules():
+        if path.rsplit(".", 1)[-1] in names:
+            return str(path)
+    return None
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def auto_layout(model: nn.Module, *, tower: str | None = None) -> InputLayout:
+    """The layout of a HuggingFace or timm model's token sequence, derived from its inputs.
+
+    - timm Vision Transformers and HF vision models (ViT, DINOv2, CLIP/SigLIP vision):
+      `VisionLayout` — ``cls`` and ``registers`` (when the model has them) vs ``patches``.
+    - HF text models: `TokenLayout` — ``cls`` for encoders (BERT-like; with
+      ``segment_a``/``segment_b`` from ``token_type_ids`` when the model has token types),
+      ``bos`` for decoders whose first token is the BOS token, ``text``; padding ignored.
+    - HF vision-language models (LLaVA-style ``image_token_id``, Qwen-VL-style
+      ``mm_token_type_ids``): the language model's sequence — ``bos``, ``text``, ``image``
+      (and ``video``) — and, by default, only the language model's attention layers.
+    - Dual encoders (CLIP, SigLIP): pick ``tower="text"`` or ``tower="vision"``; to watch
+      both, use two probes.
+
+    Args:
+        model: the model the probe is attached to (its forward receives the inputs).
+        tower: ``"text"`` or ``"vision"`` for models with both; default: the language model
+            of a vision-language model.
+
+    Returns:
+        An `InputLayout` to pass as ``probe(model, modalities=...)``; calling it on a batch
+        (``layout(**inputs)``) gives that batch's `ModalityLayout`.
+
+    Raises:
+        ProbeConfigError: the model's inputs are not recognised, or a dual encoder without
+            ``tower``.
+
+    Example:
+        >>> import torch, attnprobe as ap
+        >>> from transformers import BertConfig, BertModel
+        >>> bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...                             num_attention_heads=2, intermediate_size=64))
+        >>> layout = ap.auto_layout(bert)
+        >>> layout.names
+        ('cls', 'segment_a', 'segment_b')
+        >>> ids = torch.tensor([[101, 7, 8, 102, 9, 102]])
+        >>> types = torch.tensor([[0, 0, 0, 0, 1, 1]])
+        >>> with ap.probe(bert, modalities=layout) as p:
+        ...     _ = bert(input_ids=ids, token_type_ids=types)
+        >>> p.result().layers[0].num_queries.tolist()
+        [1.0, 3.0, 2.0]
+    """
+    if tower not in (None, "text", "vision"):
+        raise ProbeConfigError(
+            f"auto_layout: expected tower 'text', 'vision' or None, received {tower!r}."
+        )
+    if hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens"):  # timm ViT
+        vit: Any = model
+        registers = int(getattr(vit, "num_reg_tokens", 0))
+        cls = int(vit.num_prefix_tokens) - registers
+        return VisionLayout(
+            patch_size=_pair(vit.patch_embed.patch_size),
+            cls_tokens=cls,
+            register_tokens=registers,
+            image_argument=("x", 0),
+        )
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise ProbeConfigError(
+            f"auto_layout: expected a HuggingFace transformers model or a timm Vision "
+            f"Transformer, received {type(model).__name__}; build a ModalityLayout or subclass "
+            "attnprobe.InputLayout for other models."
+        )
+    text_config = getattr(config, "text_config", None)
+    vision_config = getattr(config, "vision_config", None)
+    image_token = getattr(config, "image_token_id", None)
+    if image_token is None:
+        image_token = getattr(config, "image_token_index", None)
+    video_token = getattr(config, "video_token_id", None)
+    if video_token is None:
+        video_token = getattr(config, "video_token_index", None)
+    multimodal_tokens = image_token is not None or video_token is not None
+    if text_config is not None and vision_config is not None:
+        if tower is None and not multimodal_tokens:
+            raise ProbeConfigError(
+                f"auto_layout: {type(model).__name__} has a text and a vision tower that run on "
+                "different sequences; pass tower='text' or tower='vision' (use two probes to "
+                "watch both)."
+            )
+        if tower == "vision":
+            prefix = _find(model, ("vision_model", "vision_tower", "visual", "vision_encoder"))
+            return _vision_layout(vision_config, prefix)
+        prefix = _find(model, ("language_model", "text_model", "text_encoder"))
+        if multimodal_tokens:
+            return TokenLayout(
+                image_token_id=image_token,
+                video_token_id=video_token,
+                special="bos",
+                special_token_id=_bos(text_config)
+                if _bos(text_config) is not None
+                else _bos(config),
+                prefix=prefix,
+            )
+        return _text_layout(text_config, prefix)
+    if tower == "text" or (tower is None and not hasattr(config, "patch_size")):
+        return _text_layout(config, None)
+    return _vision_layout(vision_config or config, None)
+
+
+def _bos(config: Any) -> int | None:
+    value = getattr(config, "bos_token_id", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def _text_layout(config: Any, prefix: str | None) -> TokenLayout:
+    decoder = (
+        bool(getattr(config, "is_decoder", False))
+        or "CausalLM" in " ".join(getattr(config, "architectures", None) or [])
+        or getattr(config, "model_type", "") in _DECODER_TYPES
+    )
+    if decoder:
+        return TokenLayout(special="bos", special_token_id=_bos(config), prefix=prefix)
+    segments = int(getattr(config, "type_vocab_size", 0) or 0) > 1
+    return TokenLayout(segments=segments, special="cls", special_first=True, prefix=prefix)
+
+
+_DECODER_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+        "gptj",
+        "opt",
+        "falcon",
+        "olmo",
+        "olmo2",
+        "starcoder2",
+        "clip_text_model",
+        "siglip_text_model",
+        "granite",
+        "cohere",
+        "stablelm",
+    }
+)
+
+
+def _vision_layout(config: Any, prefix: str | None) -> VisionLayout:
+    patch = getattr(config, "patch_size", None)
+    if patch is None:
+        raise ProbeConfigError(
+            f"auto_layout: expected a vision config with patch_size, received "
+            f"{type(config).__name__}; build a VisionLayout yourself."
+        )
+    model_type = getattr(config, "model_type", "")
+    cls = 0 if "siglip" in model_type else 1
+    return VisionLayout(
+        patch_size=_pair(patch),
+        cls_tokens=cls,
+        register_tokens=int(getattr(config, "num_register_tokens", 0) or 0),
+        prefix=prefix,
+    )

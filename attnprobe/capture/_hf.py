@@ -1,0 +1,308 @@
+"""Capture on HuggingFace ``transformers`` attention modules, on the model's own backend.
+
+HF attention modules look their attention function up at call time:
+``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)``
+(transformers ≥ 4.48). While a module is probed, its config's implementation name ``X`` is
+switched to ``"attnprobe:X"``, registered in ``AttentionInterface`` as a wrapper that calls the
+original function ``X`` unchanged (the model's output is bit-for-bit the same) and then runs the
+indicator pass through that same function, with ``V = E``, on the exact post-RoPE ``q``, the
+key/value-head ``k`` (grouped-query attention is left to the backend, as for the model), the
+mask and the scale it received. The same name is registered in ``AttentionMaskInterface`` with
+the original's mask function: without it HF builds no mask at all for an unknown name
+(``CAPTURE.md``). Both registrations and every config change are reference-counted across
+probes and undone when the last probe using them closes.
+
+Backends: ``eager`` (the modeling file's own ``eager_attention_forward``, so soft-capping and
+sinks are the model's) and ``sdpa`` are fully supported; other registered backends (flash,
+flex, custom) get the full-sequence indicator pass through their own function, while query
+restriction and stored maps, which need a dense mask, are refused with an explanation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from attnprobe._errors import CaptureError
+from attnprobe.capture._base import Adapter, AttentionInputs, Recorder
+from attnprobe.capture._sdpa import _code_names
+
+__all__ = ["PREFIX", "HuggingFaceAdapter"]
+
+PREFIX = "attnprobe:"
+"""Prefix of the attention implementation names attnprobe registers while probing."""
+
+_DENSE_MASK_BACKENDS = ("eager", "sdpa")
+_LOCK = threading.RLock()
+# module -> recorders of the probes attached to it (several probes may share a module)
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Recorder]] = weakref.WeakKeyDictionary()
+_NAME_USERS: dict[str, int] = {}  # registered wrapper name -> number of configs using it
+_CONFIG_USERS: dict[int, tuple[Any, str, int]] = {}  # id(config) -> (config, original, users)
+
+
+def _forward(module: nn.Module) -> Callable[..., Any]:
+    """The module's ``forward`` function under any decorators (HF wraps some in
+    ``deprecate_kwarg``), whose code and globals are the modeling file's."""
+    forward: Callable[..., Any] = inspect.unwrap(type(module).forward)
+    return forward
+
+
+def _is_hf_attention(module: nn.Module) -> bool:
+    code = getattr(_forward(module), "__code__", None)
+    if code is None or not hasattr(getattr(module, "config", None), "_attn_implementation"):
+        return False
+    if getattr(module, "is_cross_attention", False) or "CrossAttention" in type(module).__name__:
+        return False  # keys from another sequence: not supported (see probe._resolve_labels)
+    return "ALL_ATTENTION_FUNCTIONS" in _code_names(code)
+
+
+@functools.lru_cache(maxsize=256)
+def _original_function(forward: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """The function the module's ``forward`` would call for implementation ``name``: looked up
+    in the interface its own modeling file sees (which may override entries locally), and for
+    ``eager`` the modeling file's ``eager_attention_forward``."""
+    namespace: dict[str, Any] = getattr(forward, "__globals__", {})
+    if name == "eager":
+        eager = namespace.get("eager_attention_forward")
+        if eager is None:
+            raise CaptureError(
+                f"{forward.__qualname__} runs eager attention but its modeling file defines no "
+                "eager_attention_forward for attnprobe to call; probe the model with "
+                'attn_implementation="sdpa", or register an adapter for it.'
+            )
+        return eager  # type: ignore[no-any-return]
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    interface = namespace.get("ALL_ATTENTION_FUNCTIONS", ALL_ATTENTION_FUNCTIONS)
+    try:
+        return interface[name]  # type: ignore[no-any-return]
+    except KeyError:
+        raise CaptureError(
+            f"attention implementation {name!r} is not registered in transformers' "
+            "AttentionInterface (was it unregistered while the probe was attached?)."
+        ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(function: Callable[..., Any]) -> tuple[str, ...]:
+    return tuple(inspect.signature(function).parameters)
+
+
+def _make_wrapper(original_name: str) -> Callable[..., Any]:
+    """The function registered as ``"attnprobe:" + original_name``."""
+
+    def attnprobe_attention(
+        module: nn.Module,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        original = _original_function(_forward(module), original_name)
+        recorders = _ACTIVE.get(module)
+        if not recorders:
+            return original(module, query, key, value, attention_mask, *args, **kwargs)
+        if args:  # HF passes everything after the mask by keyword; normalise anyway
+            names = _parameters(original)[5 : 5 + len(args)]
+            kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
+        inputs, kernel = _capture_inputs(
+            module, original, original_name, query, key, value, attention_mask, kwargs
+        )
+        dropout = float(kwargs.get("dropout", 0.0) or 0.0)
+        if (
+            original_name == "sdpa"
+            and dropout == 0.0
+            and len(recorders) == 1
+            and recorders[0].wants_fused
+        ):
+            out = recorders[0].fused(inputs, kernel, 0.0)  # (B, H, Lq, Dv)
+            return out.transpose(1, 2).contiguous(), None  # (B, Lq, H, Dv), as HF returns
+        result = original(module, query, key, value, attention_mask, **kwargs)
+        for recorder in recorders:
+            recorder.record(inputs, kernel)
+        return result
+
+    attnprobe_attention.__qualname__ = f"attnprobe_attention[{original_name}]"
+    return attnprobe_attention
+
+
+def _capture_inputs(
+    module: nn.Module,
+    original: Callable[..., Any],
+    original_name: str,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Any,
+    kwargs: dict[str, Any],
+) -> tuple[AttentionInputs, Callable[..., Tensor]]:
+    """The call as ``AttentionInputs`` in SDPA terms, and an SDPA-signature kernel that runs the
+    model's own backend function with another value matrix."""
+    query_len = query.shape[2]
+    if original_name == "sdpa":
+        flag = kwargs.get("is_causal")
+        causal = bool(getattr(module, "is_causal", True) if flag is None else flag)
+        # what sdpa_attention_forward hands to the kernel (transformers/integrations/sdpa_attention)
+        is_causal = query_len > 1 and attention_mask is None and causal
+    elif original_name == "eager":
+        is_causal = False  # eager applies the (always materialised) mask and nothing else
+    else:
+        is_causal = (
+            query_len > 1 and attention_mask is None and bool(getattr(module, "is_causal", False))
+        )
+    passthrough = {k: v for k, v in kwargs.items() if k not in ("dropout", "output_attentions")}
+
+    def kernel(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attn_mask: Any = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> Tensor:
+        call = dict(passthrough, dropout=dropout_p, scaling=scale)
+        if original_name == "sdpa" or "is_causal" in passthrough:
+            call["is_causal"] = is_causal
+        out = original(module, q, k, v, attn_mask, **call)[0]  # (B, Lq, H, W)
+        return out.transpose(1, 2)  # type: ignore[no-any-return]  # (B, H, Lq, W)
+
+    inputs = AttentionInputs(
+        query=query,  # (B, H, Lq, D), post-RoPE
+        key=key,  # (B, Hk, Lk, D), before any repetition for grouped-query attention
+        value=value,
+        attn_mask=attention_mask,
+        is_causal=is_causal,
+        scale=kwargs.get("scaling"),
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    return inputs, kernel
+
+
+def _register(name: str, original_name: str) -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    users = _NAME_USERS.get(name, 0)
+    if users == 0:
+        AttentionInterface.register(name, _make_wrapper(original_name))
+        masks = _mask_interface()
+        if masks is not None and original_name in masks._global_mapping:
+            masks.register(name, masks._global_mapping[original_name])
+    _NAME_USERS[name] = users + 1
+
+
+def _unregister(name: str) -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    users = _NAME_USERS.get(name, 0) - 1
+    if users > 0:
+        _NAME_USERS[name] = users
+        return
+    _NAME_USERS.pop(name, None)
+    AttentionInterface._global_mapping.pop(name, None)
+    masks = _mask_interface()
+    if masks is not None:
+        masks._global_mapping.pop(name, None)
+
+
+def _mask_interface() -> Any:
+    try:
+        from transformers.masking_utils import AttentionMaskInterface
+    except ImportError:  # transformers < 4.53 builds masks without an interface
+        return None
+    return AttentionMaskInterface
+
+
+def _use_config(config: Any) -> Callable[[], None]:
+    """Switch ``config`` to the attnprobe wrapper of its implementation; returns the undo."""
+    with _LOCK:
+        entry = _CONFIG_USERS.get(id(config))
+        if entry is not None:
+            _CONFIG_USERS[id(config)] = (config, entry[1], entry[2] + 1)
+        else:
+            original = config._attn_implementation
+            if original is None:
+                original = "eager"
+            if original.startswith(PREFIX):
+                raise CaptureError(
+                    f"the model's attention implementation is {original!r}, left over from a "
+                    "probe that was not closed in this process; set it back with "
+                    "model.set_attn_implementation(...)."
+                )
+            name = PREFIX + original
+            _register(name, original)
+            config._attn_implementation_internal = name
+            _CONFIG_USERS[id(config)] = (config, original, 1)
+
+    def release() -> None:
+        with _LOCK:
+            config_, original_, users = _CONFIG_USERS[id(config)]
+            if users > 1:
+                _CONFIG_USERS[id(config)] = (config_, original_, users - 1)
+                return
+            del _CONFIG_USERS[id(config)]
+            config._attn_implementation_internal = original_
+            _unregister(PREFIX + original_)
+
+    return release
+
+
+class HuggingFaceAdapter(Adapter):
+    """Attention modules of HuggingFace ``transformers`` models that dispatch through
+    ``AttentionInterface`` (BERT, ViT, CLIP/SigLIP, Llama/Qwen/Mistral, LLaVA-style models, …)."""
+
+    name = "transformers"
+
+    def matches(self, module: nn.Module) -> bool:
+        return _is_hf_attention(module)
+
+    def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
+        config: Any = module.config
+        implementation: str = config._attn_implementation or "eager"
+        if implementation.startswith(PREFIX):
+            implementation = implementation[len(PREFIX) :]
+        if implementation not in _DENSE_MASK_BACKENDS and recorder.restricts_queries:
+            raise CaptureError(
+                f"layer {recorder.name!r} runs attention implementation {implementation!r}, "
+                "whose masks are not dense tensors: query restriction (queries=...) and "
+                "store_maps need eager or sdpa; call model.set_attn_implementation('sdpa') "
+                "before probing, or probe all queries without stored maps."
+            )
+
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            recorder.begin()
+
+        with _LOCK:
+            _ACTIVE.setdefault(module, []).append(recorder)
+
+        def detach() -> None:
+            with _LOCK:
+                recorders = _ACTIVE.get(module, [])
+                if recorder in recorders:
+                    recorders.remove(recorder)
+                if not recorders:
+                    _ACTIVE.pop(module, None)
+
+        stack.callback(detach)
+        stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+
+    def prepare_model(
+        self, model: nn.Module, probed: list[nn.Module], stack: contextlib.ExitStack
+    ) -> None:
+        seen: set[int] = set()
+        for module in probed:
+            config = module.config
+            if id(config) in seen:
+                continue
+            seen.add(id(config))
+            stack.callback(_use_config(config))

@@ -1,0 +1,228 @@
+"""`self_check`: compare the probe's masses on a user's own model with an eager reference.
+
+Run it once on one small batch before trusting a long experiment: it probes the model as it is
+configured (its own attention kernel), then recomputes every probed layer's attention weights
+the slow, explicit way and sums them per group:
+
+- HuggingFace modules: the model's ``eager`` implementation, weights read from each attention
+  module's output (what ``output_attentions`` returns);
+- timm ``Attention``: timm's non-fused path (``fused_attn = False``), weights read at its
+  attention dropout;
+- any other module: full maps through the math SDPA kernel with ``V = I`` (``store_maps``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from attnprobe._errors import ProbeConfigError
+from attnprobe.auto import InputLayout
+from attnprobe.capture import HuggingFaceAdapter
+from attnprobe.functional import group_indicator
+from attnprobe.layout import ModalityLayout
+from attnprobe.probe import LayerSelector, probe
+
+__all__ = ["SelfCheck", "self_check"]
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """What `self_check` measured: the largest absolute difference per probed layer between
+    the probe's masses and the reference's."""
+
+    layers: tuple[str, ...]
+    """Names of the compared layers."""
+    references: tuple[str, ...]
+    """How each layer's reference weights were computed."""
+    max_abs_diff: tuple[float, ...]
+    """Largest ``|mass − reference|`` over heads and group pairs, per layer."""
+    atol: float
+    """The tolerance `passed` applies."""
+
+    @property
+    def worst(self) -> float:
+        """The largest difference over all layers."""
+        return max(self.max_abs_diff, default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        """Whether every layer is within `atol`."""
+        return self.worst <= self.atol
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer: ``layer``, ``reference``, ``max_abs_diff``, ``passed``."""
+        return pd.DataFrame(
+            {
+                "layer": list(self.layers),
+                "reference": list(self.references),
+                "max_abs_diff": list(self.max_abs_diff),
+                "passed": [d <= self.atol for d in self.max_abs_diff],
+            }
+        )
+
+    def __repr__(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"SelfCheck({verdict}: largest difference {self.worst:.2e} over "
+            f"{len(self.layers)} layers, tolerance {self.atol:.0e})"
+        )
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _labels_of(modalities: Any, inputs: Any, batch: int, length: int) -> Tensor:
+    """``[B, L]`` labels the probe applied to this batch."""
+    if isinstance(modalities, InputLayout):
+        if isinstance(inputs, Mapping):
+            layout = modalities(**inputs)
+        else:
+            layout = modalities(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+    elif isinstance(modalities, Mapping):
+        layout = ModalityLayout(modalities)
+    else:
+        layout = modalities
+    return layout.labels(batch, length)
+
+
+def _masses(weights: Tensor, labels: Tensor, groups: int) -> Tensor:
+    """``[H, G, G]`` masses from weights ``[B, H, L, L]`` in float64 (``OVERVIEW.md``)."""
+    onehot = group_indicator(labels.to(weights.device), groups, torch.float64)  # (B, L, G)
+    per_row = torch.einsum("bhqk,bkg->bhqg", weights.double(), onehot)  # (B, H, L, G)
+    per_row = torch.nan_to_num(per_row) * onehot.sum(-1)[:, None, :, None]  # drop padded rows
+    totals = torch.einsum("bhqg,bqG->hGg", per_row, onehot)  # (H, Gq, Gk)
+    counts = onehot.sum((0, 1))  # (Gq,)
+    return totals / counts.view(1, -1, 1)
+
+
+@contextlib.contextmanager
+def _eager_reference(
+    modules: dict[str, nn.Module], weights: dict[str, Tensor]
+) -> Iterator[dict[str, str]]:
+    """Switch each module to an explicit attention computation and record its weights."""
+    how: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        for name, module in modules.items():
+            attention: Any = module
+            if HuggingFaceAdapter().matches(module):
+                config = attention.config
+                before = config._attn_implementation_internal
+                config._attn_implementation_internal = "eager"
+                stack.callback(setattr, config, "_attn_implementation_internal", before)
+                hook: Callable[..., None] = lambda m, a, out, n=name: weights.__setitem__(
+                    n, out[1].detach()
+                )
+                stack.callback(module.register_forward_hook(hook).remove)
+                how[name] = "HF eager attention weights"
+            elif hasattr(module, "fused_attn") and isinstance(
+                getattr(module, "attn_drop", None), nn.Module
+            ):
+                before_fused = attention.fused_attn
+                attention.fused_attn = False
+                stack.callback(setattr, attention, "fused_attn", before_fused)
+                hook = lambda m, a, out, n=name: weights.__setitem__(n, a[0].detach())
+                stack.callback(attention.attn_drop.register_forward_hook(hook).remove)
+                how[name] = "timm non-fused attention weights"
+        yield how
+
+
+def self_check(
+    model: nn.Module,
+    inputs: Any,
+    modalities: ModalityLayout | Mapping[str, int] | InputLayout,
+    *,
+    layers: LayerSelector = None,
+    atol: float = 1e-5,
+) -> SelfCheck:
+    """Compare the probe's per-group masses with an eager reference on one batch.
+
+    Args:
+        model: the model, configured as it will be probed (its attention implementation is
+            restored afterwards).
+        inputs: one small batch: a mapping of keyword arguments, a tuple of positional
+            arguments, or a single tensor.
+        modalities: the layout the probe will use (`ModalityLayout`, mapping or
+            `InputLayout`).
+        layers: the layers to check (as for `probe`); default: all.
+        atol: tolerance for `SelfCheck.passed` (fp32 kernels agree to ~1e-6; use ~1e-2 in
+            bf16).
+
+    Returns:
+        A `SelfCheck` with the largest difference per layer.
+
+    Example:
+        >>> import torch, attnprobe as ap
+        >>> from torch import nn
+        >>> model = nn.TransformerEncoder(
+        ...     nn.TransformerEncoderLayer(16, 2, batch_first=True), 2, enable_nested_tensor=False
+        ... ).eval()
+        >>> check = ap.self_check(model, torch.randn(2, 6, 16), {"a": 2, "b": 4})
+        >>> check.passed, len(check.layers)
+        (True, 2)
+    """
+    was_training = model.training
+    model.eval()  # dropout off: the reference must see the probe's pre-dropout distribution
+    try:
+        with (
+            probe(model, modalities=modalities, layers=layers, key_stats=False) as p,
+            torch.no_grad(),
+        ):
+            _call(model, inputs)
+        result = p.result()
+        modules = dict(model.named_modules())
+        selected = {name: modules[name] for name in p.layers}
+        weights: dict[str, Tensor] = {}
+        with _eager_reference(selected, weights) as how, torch.no_grad():
+            _call(model, inputs)
+        rest = tuple(name for name in p.layers if name not in weights)
+        if rest:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with (
+                probe(model, modalities=modalities, layers=list(rest), store_maps=True) as maps,
+                sdpa_kernel(SDPBackend.MATH),
+                torch.no_grad(),
+            ):
+                _call(model, inputs)
+            for layer in maps.result().layers:
+                if layer.maps is not None and ":" not in layer.name:
+                    weights[layer.name] = torch.cat(list(layer.maps))
+                    how[layer.name] = "math SDPA maps (V = I)"
+    finally:
+        model.train(was_training)
+    names, references, diffs = [], [], []
+    for layer in result.layers:
+        base = layer.name.split(":call")[0]
+        if base not in weights or layer.name != base:
+            continue
+        w = weights[base]  # (B, H, L, L)
+        if w.shape[-1] != w.shape[-2]:
+            raise ProbeConfigError(
+                f"self_check: layer {base!r} attends from {w.shape[-2]} to {w.shape[-1]} tokens; "
+                "only self-attention over the whole sequence can be checked."
+            )
+        labels = _labels_of(modalities, inputs, w.shape[0], w.shape[-1])
+        expected = _masses(w, labels, len(layer.key_groups))
+        got = layer.mass.double()
+        both = ~(torch.isnan(got) | torch.isnan(expected))
+        diff = (got - expected.to(got.device)).abs()[both]
+        mismatch = bool((torch.isnan(got) != torch.isnan(expected)).any())
+        names.append(layer.name)
+        references.append(how[base])
+        diffs.append(math.inf if mismatch else float(diff.max()) if diff.numel() else 0.0)
+    if not names:
+        raise ProbeConfigError("self_check: no probed layer could be compared.")
+    return SelfCheck(tuple(names), tuple(references), tuple(diffs), atol)
