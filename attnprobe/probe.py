@@ -475,11 +475,13 @@ class Probe:
         store_maps: bool = False,
     ) -> None:
         self._rule: InputLayout | None = None
+        rule_selects = False
         if isinstance(modalities, InputLayout):
             self._rule = modalities
             names = list(modalities.names)
             modalities = ModalityLayout.from_labels(torch.empty(0, 0, dtype=torch.long), names)
-            if layers is None:
+            rule_selects = layers is None
+            if rule_selects:
                 layers = self._rule.layers
         if isinstance(modalities, Mapping):
             modalities = ModalityLayout(modalities)
@@ -527,7 +529,16 @@ class Probe:
         self._query_offset: int | None = None  # position of the first query (KV cache)
         self._rule_labels: Tensor | None = None  # (B, L) labels of the cached sequence
         self._label_cache: dict[tuple[object, ...], _Labels] = {}
-        self._selection = _select(self.model, layers)
+        try:
+            self._selection = _select(self.model, layers)
+        except ProbeConfigError as exc:
+            if self._rule is None or not rule_selects:
+                raise
+            raise ProbeConfigError(
+                f"{exc} The {type(self._rule).__name__} selects the layers that see its "
+                "sequence by their path in the model it was built from: build it from the model "
+                "you probe (auto_layout(model)), or pass layers=... yourself."
+            ) from None
         # the root module has the empty path; name it by its class in results
         self._recorders = [
             _LayerRecorder(n or type(m).__name__, self) for n, m, _ in self._selection

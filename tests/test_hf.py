@@ -548,3 +548,11 @@ def test_self_check_reports_a_wrong_probe() -> None:
         unregister()
     assert not check.passed and check.worst > 1e-3
     assert "FAILED" in repr(check)
+
+
+def test_auto_layout_from_another_model_is_explained() -> None:
+    model = llava()
+    with pytest.raises(ap.ProbeConfigError, match="build it from the model you probe"):
+        ap.probe(model.model.language_model, modalities=ap.auto_layout(model))
+    with pytest.raises(ap.ProbeConfigError, match="expected a HuggingFace"):
+        ap.auto_layout(nn.Linear(2, 2))
