@@ -53,8 +53,9 @@ docs: install-dev
 
 test: lint typecheck unit notebooks docs
 
-bench: install
+bench: install-dev
 	$(BIN)/python benchmarks/probe_overhead.py
+	$(BIN)/python benchmarks/hf_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

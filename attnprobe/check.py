@@ -217,8 +217,9 @@ def self_check(
         labels = _labels_of(modalities, inputs, w.shape[0], w.shape[-1])
         expected = _masses(w, labels, len(layer.key_groups))
         got = layer.mass.double()
+        expected = expected.to(got.device)
         both = ~(torch.isnan(got) | torch.isnan(expected))
-        diff = (got - expected.to(got.device)).abs()[both]
+        diff = (got - expected).abs()[both]
         mismatch = bool((torch.isnan(got) != torch.isnan(expected)).any())
         names.append(layer.name)
         references.append(how[base])

@@ -364,6 +364,7 @@ def group_moments(
     *,
     second_moment: bool = False,
     has_ignored: bool | None = None,
+    onehot: Tensor | None = None,
 ) -> GroupMoments:
     """Per-group token counts, sums, sums of squares (and ``Σ x xᵀ``) in float64.
 
@@ -373,6 +374,8 @@ def group_moments(
         num_groups: ``G``.
         second_moment: also return ``Σ x xᵀ`` per head and group (``D × D`` each).
         has_ignored: whether ``labels`` holds ``-1`` (None: check, which synchronises a GPU).
+        onehot: ``group_indicator(labels, G, torch.float64)`` ``[B, L, G]``, when the caller
+            keeps it between calls (saves kernel launches on a GPU).
 
     Example:
         >>> import torch
@@ -383,12 +386,13 @@ def group_moments(
     """
     batch, heads, length, dim = x.shape
     x64 = x.transpose(1, 2).reshape(batch, length, heads * dim).double()  # (B, L, H·D)
-    ignored = labels < 0  # (B, L)
     if has_ignored is None:
-        has_ignored = bool(ignored.any())
+        has_ignored = bool((labels < 0).any())
     if has_ignored:  # whatever sits at ignored positions (inf, NaN) must not leak
-        x64 = x64.masked_fill(ignored.unsqueeze(-1), 0.0)  # (B, L, H·D)
-    onehot_t = group_indicator(labels, num_groups, torch.float64).transpose(1, 2)  # (B, G, L)
+        x64 = x64.masked_fill((labels < 0).unsqueeze(-1), 0.0)  # (B, L, H·D)
+    if onehot is None:
+        onehot = group_indicator(labels, num_groups, torch.float64)  # (B, L, G)
+    onehot_t = onehot.transpose(1, 2)  # (B, G, L)
     sample_total = torch.bmm(onehot_t, x64)  # (B, G, H·D)
     total_sq = torch.bmm(onehot_t, torch.square(x64)).sum(0)  # (G, H·D)
     outer = None

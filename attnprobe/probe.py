@@ -260,9 +260,17 @@ class _LayerRecorder:
                 num_groups,
                 second_moment=probe.second_moment,
                 has_ignored=labels.keys_ignored,
+                onehot=labels.get(
+                    ("key_onehot",),
+                    lambda: AF.group_indicator(key_labels, num_groups, torch.float64),
+                ),  # (B, Lk, G)
             )
             qm = AF.group_moments(
-                query, query_labels, num_qgroups, has_ignored=labels.queries_ignored
+                query,
+                query_labels,
+                num_qgroups,
+                has_ignored=labels.queries_ignored,
+                onehot=query_onehot,
             )
             cos_total, cos_count = AF.mean_cosines(
                 qm.sample_total, qm.sample_count, km.sample_total, km.sample_count

@@ -39,6 +39,14 @@ class SumAccumulator:
         """Add ``values`` (each converted to float64) to the running sums, which stay on the
         device of their first update (no host-device copy per batch)."""
         self._synced = False
+        currents = [self._sums[name] for name in values if name in self._sums]
+        updates = [v.detach() for v in values.values()]
+        if len(currents) == len(updates) and all(
+            c.shape == v.shape and c.device == v.device and c.dtype == v.dtype
+            for c, v in zip(currents, updates, strict=True)
+        ):  # the steady state: one fused launch for all entries
+            torch._foreach_add_(currents, updates)
+            return
         for name, value in values.items():
             current = self._sums.get(name)
             if current is None:
