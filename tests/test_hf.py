@@ -556,3 +556,22 @@ def test_auto_layout_from_another_model_is_explained() -> None:
         ap.probe(model.model.language_model, modalities=ap.auto_layout(model))
     with pytest.raises(ap.ProbeConfigError, match="expected a HuggingFace"):
         ap.auto_layout(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_query_restriction_on_a_gqa_decoder(backend: str, left_pad: bool) -> None:
+    """One BOS row per sample (the single-query GQA path of HF's sdpa) equals the full run."""
+    torch.manual_seed(0)
+    model = llama()
+    model.set_attn_implementation(backend)
+    inputs = text_inputs(left_pad=left_pad)
+    if not left_pad:
+        inputs = {"input_ids": inputs["input_ids"][1:].repeat(2, 1)}
+    layout = ap.auto_layout(model)
+    _, _, full = run(model, inputs, modalities=layout)
+    _, _, bos = run(model, inputs, modalities=layout, queries="bos")
+    for a, b in zip(full.layers, bos.layers, strict=True):
+        assert b.query_groups == ("bos",)
+        torch.testing.assert_close(b.mass[:, 0], a.mass[:, 0], atol=1e-6, rtol=0)
+    assert_restored(model, backend)

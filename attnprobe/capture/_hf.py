@@ -172,6 +172,9 @@ def _capture_inputs(
         enable_gqa: bool = False,
     ) -> Tensor:
         call = dict(passthrough, dropout=dropout_p, scaling=scale)
+        if isinstance(attn_mask, Tensor) and attn_mask.dim() < 4:
+            # a row-selection mask [R, Lk]: HF backends expect [B | 1, H | 1, Lq, Lk]
+            attn_mask = attn_mask.view((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
         if original_name == "sdpa" or "is_causal" in passthrough:
             call["is_causal"] = is_causal
         out = original(module, q, k, v, attn_mask, **call)[0]  # (B, Lq, H, W)
