@@ -686,9 +686,9 @@ class Probe:
         """Key and query labels of a call, computed on the CPU once per (shape, device) and
         moved to the device, so that the hot path has no host-device synchronisation.
 
-        The keys are the ``length`` labelled tokens; the queries are ``query_len`` consecutive
-        tokens of the same sequence: the last ones (a KV cache holds the earlier keys), or
-        from the offset an `InputLayout` read from the cache."""
+        The keys are the ``length`` labelled tokens. The queries are the same tokens, or, when
+        an `InputLayout` follows a KV cache, the ``query_len`` new tokens from the position it
+        read from the cache."""
         cache_key = (batch, length, query_len, appended, device)
         cached = self._label_cache.get(cache_key)
         if cached is not None:
