@@ -126,7 +126,7 @@ class _LayerRecorder:
             inputs.key,
             inputs.value,
             labels.keys,
-            len(self._probe.layout.names),
+            len(self._probe.key_names),
             attn_mask=inputs.attn_mask,
             dropout_p=dropout_p,
             is_causal=inputs.is_causal,
@@ -180,10 +180,10 @@ class _LayerRecorder:
         _, heads, _, head_dim = query.shape
         kv_heads, key_len = key.shape[1], key.shape[2]
         key_labels, query_labels = labels.keys, labels.queries  # (B, Lk), (B, R)
-        num_groups = len(probe.layout.names)
+        num_groups = len(probe.key_names)
         num_qgroups = len(probe.query_groups)
 
-        shape = (heads, kv_heads, head_dim, probe.query_groups, probe.layout.names)
+        shape = (heads, kv_heads, head_dim, probe.query_groups, probe.key_names)
         if state.shape is None:
             state.shape = shape
         elif state.shape != shape:
@@ -388,9 +388,13 @@ def _strip_wrapper_prefix(name: str) -> str:
     return name[len("module.") :] if name.startswith("module.") else name
 
 
-def _select(model: nn.Module, layers: LayerSelector) -> list[tuple[str, nn.Module, Adapter]]:
+def _select(
+    model: nn.Module, layers: LayerSelector, cross: bool = False, automatic: bool = False
+) -> list[tuple[str, nn.Module, Adapter]]:
     modules = dict(model.named_modules())
     candidates = [(n, m, a) for n, m in modules.items() if (a := adapter_for(m)) is not None]
+    if layers is None or automatic:  # self- or cross-attention, as the probe expects
+        candidates = [(n, m, a) for n, m, a in candidates if a.is_cross_attention(m) == cross]
     # keep the innermost attention modules: a block whose own forward mentions SDPA but which
     # contains a matched attention module is not itself the attention call site
     names = {n for n, _, _ in candidates}
@@ -403,6 +407,12 @@ def _select(model: nn.Module, layers: LayerSelector) -> list[tuple[str, nn.Modul
 
     if layers is None:
         chosen = candidates
+        if not chosen and cross:
+            raise ProbeConfigError(
+                "probe: key_modalities is given but no module is known to be cross-attention; "
+                "select the cross-attention layers by name (e.g. layers='layers.*.multihead_attn' "
+                "for nn.TransformerDecoder)."
+            )
         if not chosen:
             raise ProbeConfigError(
                 "probe: no attention modules found in the model (torch MultiheadAttention, "
@@ -474,6 +484,7 @@ class Probe:
         modalities: ModalityLayout | Mapping[str, int] | InputLayout,
         layers: LayerSelector = None,
         queries: Sequence[str] | str | None = None,
+        key_modalities: ModalityLayout | Mapping[str, int] | None = None,
         method: Method = "second_pass",
         key_stats: bool = True,
         second_moment: bool = False,
@@ -482,6 +493,15 @@ class Probe:
         per_sample: bool = False,
         store_maps: bool = False,
     ) -> None:
+        if isinstance(key_modalities, Mapping):
+            key_modalities = ModalityLayout(key_modalities)
+        if key_modalities is not None and not isinstance(key_modalities, ModalityLayout):
+            raise ProbeConfigError(
+                "probe: expected key_modalities as an attnprobe.ModalityLayout, a mapping of "
+                f"name -> length or None, received {type(key_modalities).__name__}."
+            )
+        self.key_layout: ModalityLayout | None = key_modalities
+        """The layout of the keys of cross-attention layers (None: self-attention)."""
         self._rule: InputLayout | None = None
         rule_selects = False
         if isinstance(modalities, InputLayout):
@@ -509,6 +529,10 @@ class Probe:
             )
         self.model = _unwrap(model)
         self.layout = modalities
+        self.key_names: tuple[str, ...] = (
+            modalities.names if key_modalities is None else key_modalities.names
+        )
+        """Key groups: the layout's, or those of ``key_modalities`` for cross-attention."""
         if isinstance(queries, str):
             queries = [queries]
         if queries is None:
@@ -534,11 +558,14 @@ class Probe:
         self.per_sample = per_sample
         self.store_maps = store_maps
         self._batch_labels: Tensor | None = None  # (B, L) on the CPU
+        self._batch_key_labels: Tensor | None = None  # (B, Lk) on the CPU (cross-attention)
         self._query_offset: int | None = None  # position of the first query (KV cache)
         self._rule_labels: Tensor | None = None  # (B, L) labels of the cached sequence
         self._label_cache: dict[tuple[object, ...], _Labels] = {}
         try:
-            self._selection = _select(self.model, layers)
+            self._selection = _select(
+                self.model, layers, cross=key_modalities is not None, automatic=rule_selects
+            )
         except ProbeConfigError as exc:
             if self._rule is None or not rule_selects:
                 raise
@@ -680,21 +707,74 @@ class Probe:
             .to("cpu", torch.long)
         )
 
+    def _different_sequences(self, query_len: int, length: int, offset: int | None = None) -> None:
+        raise ModalityLayoutError(
+            f"{query_len} query tokens attend to {length} key tokens"
+            + (f" from position {offset}" if self._query_offset is not None else "")
+            + ": the queries and keys are different sequences. For cross-attention, give the "
+            "probe key_modalities (the layout of the keys) and select the cross-attention "
+            "layers; for a KV cache, give it an InputLayout (attnprobe.auto_layout(model) for "
+            "HuggingFace models), which follows the cache."
+        )
+
+    def set_key_labels(self, labels: Tensor | ModalityLayout | None) -> None:
+        """Per-sample labels of the keys of cross-attention layers for the following forward
+        passes (until changed); the probe must have been created with ``key_modalities``.
+
+        Args:
+            labels: a ``[B, Lk]`` integer tensor of indices into the key modality names
+                (``-1`` = ignore, e.g. padded memory), a `ModalityLayout` with the same names,
+                or None to go back to ``key_modalities``.
+        """
+        if self.key_layout is None:
+            raise ProbeConfigError(
+                "set_key_labels: this probe has no key_modalities (it probes self-attention); "
+                "create it with key_modalities=... to probe cross-attention layers."
+            )
+        self._label_cache.clear()
+        if labels is None:
+            self._batch_key_labels = None
+            return
+        if isinstance(labels, ModalityLayout):
+            if labels.names != self.key_layout.names:
+                raise ModalityLayoutError(
+                    f"set_key_labels: expected a layout with modalities "
+                    f"{list(self.key_layout.names)}, received {list(labels.names)}; the groups "
+                    "of a probe are fixed when it is created."
+                )
+            self._batch_key_labels = None
+            self.key_layout = labels
+            return
+        self._batch_key_labels = (
+            _check_label_tensor(labels, len(self.key_layout.names), "set_key_labels")
+            .detach()
+            .to("cpu", torch.long)
+        )
+
     def _resolve_labels(
         self, batch: int, length: int, query_len: int, appended: int, device: torch.device
     ) -> _Labels:
         """Key and query labels of a call, computed on the CPU once per (shape, device) and
         moved to the device, so that the hot path has no host-device synchronisation.
 
-        The keys are the ``length`` labelled tokens. The queries are the same tokens, or, when
-        an `InputLayout` follows a KV cache, the ``query_len`` new tokens from the position it
-        read from the cache."""
+        Self-attention: the keys are the ``length`` labelled tokens, the queries the same
+        tokens or, when an `InputLayout` follows a KV cache, the ``query_len`` new tokens from
+        the position it read from the cache. Cross-attention (``key_modalities``): the keys are
+        labelled by the key layout, the queries by the probe's layout."""
         cache_key = (batch, length, query_len, appended, device)
         cached = self._label_cache.get(cache_key)
         if cached is not None:
             return cached
+        cross = self.key_layout is not None
+        if not cross and self._query_offset is None and query_len != length:
+            self._different_sequences(query_len, length)
+        # the labelled sequence the queries come from (and, for self-attention, the keys)
+        sequence = query_len if cross and self._query_offset is None else length
         if self._batch_labels is not None:
-            if tuple(self._batch_labels.shape) != (batch, length):
+            expected = (batch, self._batch_labels.shape[1] if cross else sequence)
+            if self._batch_labels.shape[0] != batch or (
+                not cross and tuple(self._batch_labels.shape) != expected
+            ):
                 source = "the InputLayout" if self._rule is not None else "set_labels"
                 raise ModalityLayoutError(
                     f"the labels from {source} have shape {list(self._batch_labels.shape)} "
@@ -702,12 +782,13 @@ class Probe:
                     + (
                         "is this layer on another sequence (another tower, cross-attention, "
                         "a sliding-window or static cache)? Select the layers that attend over "
-                        "the sequence the layout describes."
+                        "the sequence the layout describes, or give cross-attention layers "
+                        "key_modalities."
                         if self._rule is not None
                         else "call set_labels with the labels of this batch."
                     )
                 )
-            keys = self._batch_labels  # (B, L)
+            labels = self._batch_labels  # (B, L)
         elif self._rule is not None:
             raise ModalityLayoutError(
                 f"the probe's {type(self._rule).__name__} computes labels from the inputs of "
@@ -715,20 +796,29 @@ class Probe:
                 "itself, not one of its submodules (or probe the submodule)."
             )
         else:
-            keys = self.layout.labels(batch, length)  # (B, L)
-        # without a tracked cache offset, queries and keys must be the same tokens
+            labels = self.layout.labels(batch, sequence)  # (B, L)
+        if cross:
+            assert self.key_layout is not None
+            if self._batch_key_labels is not None:
+                if tuple(self._batch_key_labels.shape) != (batch, length):
+                    raise ModalityLayoutError(
+                        f"the key labels from set_key_labels have shape "
+                        f"{list(self._batch_key_labels.shape)} but the attention call has "
+                        f"[batch={batch}, keys={length}]; call set_key_labels with the key "
+                        "labels of this batch."
+                    )
+                keys = self._batch_key_labels  # (B, Lk)
+            else:
+                keys = self.key_layout.labels(batch, length)  # (B, Lk)
+        else:
+            keys = labels  # (B, L)
+        # without a tracked cache offset, the queries are the whole labelled sequence
         offset = 0 if self._query_offset is None else self._query_offset
-        fits = query_len == length if self._query_offset is None else offset + query_len <= length
+        total = labels.shape[1]
+        fits = query_len == total if self._query_offset is None else offset + query_len <= total
         if not fits:
-            raise ModalityLayoutError(
-                f"{query_len} query tokens attend to {length} key tokens"
-                + (f" from position {offset}" if self._query_offset is not None else "")
-                + ": probing attention whose queries and keys are different sequences "
-                "(cross-attention) is not supported; select self-attention layers. For a KV "
-                "cache, give the probe an InputLayout (attnprobe.auto_layout(model) for "
-                "HuggingFace models): it follows the cache."
-            )
-        queries = keys[:, offset : offset + query_len]  # (B, Lq)
+            self._different_sequences(query_len, length, offset)
+        queries = labels[:, offset : offset + query_len]  # (B, Lq)
         if len(self.query_groups) != len(self.layout.names):
             queries = self._query_remap[queries + 1]  # (B, Lq): query-group index or -1
         keep = (queries >= 0).any(0)  # (Lq,)
@@ -836,6 +926,7 @@ def probe(
     modalities: ModalityLayout | Mapping[str, int] | InputLayout,
     layers: LayerSelector = None,
     queries: Sequence[str] | str | None = None,
+    key_modalities: ModalityLayout | Mapping[str, int] | None = None,
     method: Method = "second_pass",
     key_stats: bool = True,
     second_moment: bool = False,
@@ -862,6 +953,11 @@ def probe(
             ``(name, module) -> bool`` over the attention modules.
         queries: restrict capture to the query rows of these groups (e.g. ``"cls"``); the
             indicator pass then costs a few rows instead of a second full attention.
+        key_modalities: for cross-attention layers (queries from one sequence, keys from
+            another, e.g. a decoder attending to an encoder's output): the layout of the keys;
+            ``modalities`` then describes the queries, and ``layers=None`` selects the modules
+            known to be cross-attention (HuggingFace's). Per-batch key labels go through
+            `Probe.set_key_labels`.
         method: ``"second_pass"`` (default; the model's outputs are bit-for-bit unchanged) or
             ``"fused"`` (one kernel call with ``V' = [V, E]``; outputs equal up to rounding).
         key_stats: accumulate per-(head, group) key and query moments and per-sample mean-key
@@ -897,6 +993,7 @@ def probe(
         modalities=modalities,
         layers=layers,
         queries=queries,
+        key_modalities=key_modalities,
         method=method,
         key_stats=key_stats,
         second_moment=second_moment,

@@ -133,6 +133,11 @@ class Adapter:
         """Whether this adapter handles ``module``."""
         return False
 
+    def is_cross_attention(self, module: nn.Module) -> bool:
+        """Whether ``module`` attends from one sequence to another (its keys need
+        ``key_modalities``); automatic layer selection uses it. Default: False."""
+        return False
+
     def prepare(self, module: nn.Module) -> Callable[[], None] | None:
         """Change what the module needs changed while probed; return a function that undoes it."""
         return None

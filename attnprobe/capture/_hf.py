@@ -58,8 +58,6 @@ def _is_hf_attention(module: nn.Module) -> bool:
     code = getattr(_forward(module), "__code__", None)
     if code is None or not hasattr(getattr(module, "config", None), "_attn_implementation"):
         return False
-    if getattr(module, "is_cross_attention", False) or "CrossAttention" in type(module).__name__:
-        return False  # keys from another sequence: not supported (see probe._resolve_labels)
     return "ALL_ATTENTION_FUNCTIONS" in _code_names(code)
 
 
@@ -268,6 +266,11 @@ class HuggingFaceAdapter(Adapter):
 
     def matches(self, module: nn.Module) -> bool:
         return _is_hf_attention(module)
+
+    def is_cross_attention(self, module: nn.Module) -> bool:
+        return bool(getattr(module, "is_cross_attention", False)) or (
+            "CrossAttention" in type(module).__name__
+        )
 
     def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
         config: Any = module.config
