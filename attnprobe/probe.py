@@ -914,8 +914,9 @@ class Probe:
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
+        keys = "" if self.key_layout is None else f", key groups={list(self.key_names)}"
         return (
-            f"Probe({len(self._selection)} layers, groups={list(self.layout.names)}, "
+            f"Probe({len(self._selection)} layers, groups={list(self.layout.names)}{keys}, "
             f"method={self.method!r}, {state})"
         )
 
