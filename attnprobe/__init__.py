@@ -20,6 +20,7 @@ from attnprobe._errors import (
     ModalityLayoutError,
     ProbeConfigError,
 )
+from attnprobe.analysis import History, ModalityBias, modality_bias
 from attnprobe.auto import InputLayout, TokenLayout, VisionLayout, auto_layout
 from attnprobe.capture import Adapter, AttentionInputs, register_adapter
 from attnprobe.check import SelfCheck, self_check
@@ -35,8 +36,10 @@ __all__ = [
     "AttnProbeError",
     "AttnProbeWarning",
     "CaptureError",
+    "History",
     "InputLayout",
     "LayerResult",
+    "ModalityBias",
     "ModalityLayout",
     "ModalityLayoutError",
     "Probe",
@@ -47,6 +50,7 @@ __all__ = [
     "VisionLayout",
     "__version__",
     "auto_layout",
+    "modality_bias",
     "probe",
     "register_adapter",
     "self_check",

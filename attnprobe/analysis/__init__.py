@@ -1,0 +1,10 @@
+"""Analyzers: modality bias, key-distribution gap, dynamic adaptability, history over training.
+
+Pure functions of a `ProbeResult` (and, for adaptability, of a model run under a probe);
+formulas in ``shared/design/METRICS.md``.
+"""
+
+from attnprobe.analysis.bias import BIAS_COLUMNS, LayerBias, ModalityBias, modality_bias
+from attnprobe.analysis.history import History
+
+__all__ = ["BIAS_COLUMNS", "History", "LayerBias", "ModalityBias", "modality_bias"]
