@@ -14,13 +14,14 @@ Example:
 """
 
 from attnprobe._errors import (
+    AnalysisError,
     AttnProbeError,
     AttnProbeWarning,
     CaptureError,
     ModalityLayoutError,
     ProbeConfigError,
 )
-from attnprobe.analysis import History, ModalityBias, modality_bias
+from attnprobe.analysis import History, KeyGap, ModalityBias, key_gap, modality_bias
 from attnprobe.auto import InputLayout, TokenLayout, VisionLayout, auto_layout
 from attnprobe.capture import Adapter, AttentionInputs, register_adapter
 from attnprobe.check import SelfCheck, self_check
@@ -32,12 +33,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "AnalysisError",
     "AttentionInputs",
     "AttnProbeError",
     "AttnProbeWarning",
     "CaptureError",
     "History",
     "InputLayout",
+    "KeyGap",
     "LayerResult",
     "ModalityBias",
     "ModalityLayout",
@@ -50,6 +53,7 @@ __all__ = [
     "VisionLayout",
     "__version__",
     "auto_layout",
+    "key_gap",
     "modality_bias",
     "probe",
     "register_adapter",

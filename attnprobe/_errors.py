@@ -8,6 +8,7 @@ Messages follow one pattern: what was expected, what was received, how to fix it
 from __future__ import annotations
 
 __all__ = [
+    "AnalysisError",
     "AttnProbeError",
     "AttnProbeWarning",
     "CaptureError",
@@ -26,6 +27,10 @@ class ModalityLayoutError(AttnProbeError, ValueError):
 
 class ProbeConfigError(AttnProbeError, ValueError):
     """A probe was configured with arguments that cannot work (bad selection, bad model)."""
+
+
+class AnalysisError(AttnProbeError, ValueError):
+    """An analyzer received data it cannot work with (too few samples, bad shapes, NaN)."""
 
 
 class CaptureError(AttnProbeError, RuntimeError):

@@ -5,6 +5,16 @@ formulas in ``shared/design/METRICS.md``.
 """
 
 from attnprobe.analysis.bias import BIAS_COLUMNS, LayerBias, ModalityBias, modality_bias
+from attnprobe.analysis.gap import GAP_METRICS, KeyGap, key_gap
 from attnprobe.analysis.history import History
 
-__all__ = ["BIAS_COLUMNS", "History", "LayerBias", "ModalityBias", "modality_bias"]
+__all__ = [
+    "BIAS_COLUMNS",
+    "GAP_METRICS",
+    "History",
+    "KeyGap",
+    "LayerBias",
+    "ModalityBias",
+    "key_gap",
+    "modality_bias",
+]
