@@ -21,7 +21,16 @@ from attnprobe._errors import (
     ModalityLayoutError,
     ProbeConfigError,
 )
-from attnprobe.analysis import History, KeyGap, ModalityBias, key_gap, modality_bias
+from attnprobe.analysis import (
+    History,
+    KeyGap,
+    ModalityBias,
+    NoiseSweep,
+    corrupt,
+    key_gap,
+    modality_bias,
+    noise_sweep,
+)
 from attnprobe.auto import InputLayout, TokenLayout, VisionLayout, auto_layout
 from attnprobe.capture import Adapter, AttentionInputs, register_adapter
 from attnprobe.check import SelfCheck, self_check
@@ -45,6 +54,7 @@ __all__ = [
     "ModalityBias",
     "ModalityLayout",
     "ModalityLayoutError",
+    "NoiseSweep",
     "Probe",
     "ProbeConfigError",
     "ProbeResult",
@@ -53,8 +63,10 @@ __all__ = [
     "VisionLayout",
     "__version__",
     "auto_layout",
+    "corrupt",
     "key_gap",
     "modality_bias",
+    "noise_sweep",
     "probe",
     "register_adapter",
     "self_check",

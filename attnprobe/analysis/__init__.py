@@ -4,6 +4,7 @@ Pure functions of a `ProbeResult` (and, for adaptability, of a model run under a
 formulas in ``shared/design/METRICS.md``.
 """
 
+from attnprobe.analysis.adaptability import NoiseSweep, corrupt, noise_sweep
 from attnprobe.analysis.bias import BIAS_COLUMNS, LayerBias, ModalityBias, modality_bias
 from attnprobe.analysis.gap import GAP_METRICS, KeyGap, key_gap
 from attnprobe.analysis.history import History
@@ -15,6 +16,9 @@ __all__ = [
     "KeyGap",
     "LayerBias",
     "ModalityBias",
+    "NoiseSweep",
+    "corrupt",
     "key_gap",
     "modality_bias",
+    "noise_sweep",
 ]
