@@ -198,7 +198,8 @@ def key_gap(
 
     Args:
         result: the probe's result.
-        a, b: key modality names.
+        a: the first key modality (AIR is positive when it is favoured).
+        b: the second key modality.
         query: the query group AIR is measured for (e.g. ``"cls"``); None skips AIR.
         metrics: the metrics to compute (default: those the result has data for).
         max_points: subsample size per modality for MMD.
