@@ -25,6 +25,7 @@ __all__ = [
     "attention_maps",
     "fused_attention",
     "group_attention_mass",
+    "group_entropy",
     "group_indicator",
     "group_moments",
     "indicator_values",
@@ -259,6 +260,42 @@ def attention_maps(
         scale,
         enable_gqa,
     )  # (B, H, Lq, Lk)
+
+
+def group_entropy(weights: Tensor, key_labels: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Entropy of the attention inside each key group, per query row.
+
+    With the row's weights renormalised inside group ``m``, ``ã_j = a_j / M_m`` for
+    ``j ∈ T_m``: ``H_m = −Σ_{j∈T_m} ã_j log ã_j = log M_m − (Σ_{j∈T_m} a_j log a_j) / M_m``
+    (``METRICS.md``, "entropy within m"; 0 when the row looks at one token of ``m``,
+    ``log L_m`` when it spreads evenly). Rows with no mass on ``m`` have no entropy there.
+
+    Args:
+        weights: ``[B, H, R, Lk]`` post-softmax attention weights.
+        key_labels: ``[B, Lk]`` key group labels (``-1`` = no group).
+        num_groups: ``G``.
+
+    Returns:
+        ``(entropy [B, H, R, G], defined [B, H, R, G])`` in float64; ``entropy`` is 0 where
+        ``defined`` is False.
+
+    Example:
+        >>> import torch, math
+        >>> w = torch.tensor([[[[0.5, 0.25, 0.25]]]])  # one row; keys: group 0, then group 1 ×2
+        >>> h, ok = group_entropy(w, torch.tensor([[0, 1, 1]]), 2)
+        >>> [round(x, 6) for x in h.flatten().tolist()], round(math.log(2), 6)
+        ([0.0, 0.693147], 0.693147)
+    """
+    w = weights.double()  # (B, H, R, Lk)
+    onehot = group_indicator(key_labels, num_groups, torch.float64).unsqueeze(1)  # (B, 1, Lk, G)
+    plogp = torch.where(w > 0, w * torch.log(w.clamp_min(1e-300)), 0.0)  # (B, H, R, Lk)
+    mass = w @ onehot  # (B, H, R, G)
+    total = plogp @ onehot  # (B, H, R, G)
+    defined = mass > 0
+    safe = torch.where(defined, mass, 1.0)
+    entropy = torch.where(defined, torch.log(safe) - total / safe, 0.0)  # (B, H, R, G)
+    entropy = entropy.clamp_min(0.0)  # ≥ 0 exactly; rounding can leave −1e-17
+    return entropy, defined
 
 
 def select_query_rows(

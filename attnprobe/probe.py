@@ -33,6 +33,8 @@ from attnprobe.stats import Reservoir, SumAccumulator
 __all__ = ["Method", "Probe", "probe"]
 
 Method = Literal["second_pass", "fused"]
+ENTROPY_CHUNK_ELEMENTS = 1 << 22
+"""Attention weights held at once while computing within-group entropies (``entropy=True``)."""
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 
@@ -197,11 +199,11 @@ class _LayerRecorder:
         # rows of the queries to keep (a query-group restriction makes capture nearly free)
         attn_mask, is_causal = inputs.attn_mask, inputs.is_causal
         if labels.rows is not None:
-            if mass is None:
+            if mass is None or probe.entropy:
                 query, attn_mask, is_causal = AF.select_query_rows(
                     query, attn_mask, is_causal, labels.rows, key_len
                 )  # (B, H, R, D)
-            else:
+            if mass is not None:
                 mass = mass.index_select(2, labels.rows)  # (B, H, R, G)
 
         if mass is None:
@@ -241,6 +243,10 @@ class _LayerRecorder:
             ("query_onehot",),
             lambda: AF.group_indicator(query_labels, num_qgroups, torch.float64),
         )  # (B, R, Gq)
+        if probe.entropy:
+            update_entropy = self._entropy(
+                query, key, attn_mask, is_causal, inputs, kernel, key_labels, query_onehot
+            )
         sums = AF.reduce_mass(
             mass,
             query_labels,
@@ -249,6 +255,8 @@ class _LayerRecorder:
             has_ignored=labels.queries_ignored,
         )
         update = {"mass": sums.total, "queries": sums.count}
+        if probe.entropy:
+            update.update(update_entropy)
         if probe.per_sample:
             state.samples.append(
                 (sums.sample_total / sums.sample_count.unsqueeze(1).unsqueeze(-1)).float().cpu()
@@ -308,6 +316,47 @@ class _LayerRecorder:
             for g, reservoir in enumerate(state.reservoirs):
                 reservoir.update(tokens[key_labels == g])  # (n, Hk, D), sample-major order
 
+    def _entropy(
+        self,
+        query: Tensor,
+        key: Tensor,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+        inputs: AttentionInputs,
+        kernel: Callable[..., Tensor] | None,
+        key_labels: Tensor,
+        query_onehot: Tensor,
+    ) -> dict[str, Tensor]:
+        """Σ over query rows of the within-group entropy (``functional.group_entropy``), from
+        the model's kernel with ``V = I``, a chunk of rows at a time so that memory stays
+        ``O(chunk · Lk)``."""
+        batch, heads, rows, _ = query.shape
+        key_len = key.shape[2]
+        groups = len(self._probe.key_names)
+        chunk = max(1, ENTROPY_CHUNK_ELEMENTS // max(1, batch * heads * key_len))
+        total = torch.zeros(heads, query_onehot.shape[-1], groups, dtype=torch.float64)
+        count = torch.zeros_like(total)
+        total, count = total.to(query.device), count.to(query.device)
+        for start in range(0, rows, chunk):
+            index = torch.arange(start, min(start + chunk, rows), device=query.device)  # (C,)
+            q_c, mask_c, causal_c = AF.select_query_rows(
+                query, attn_mask, is_causal, index, key_len
+            )  # (B, H, C, D)
+            weights = AF.attention_maps(
+                q_c,
+                key,
+                attn_mask=mask_c,
+                is_causal=causal_c,
+                scale=inputs.scale,
+                enable_gqa=inputs.enable_gqa,
+                kernel=kernel,
+            )  # (B, H, C, Lk)
+            entropy, defined = AF.group_entropy(weights, key_labels, groups)  # (B, H, C, G)
+            rows_onehot = query_onehot.index_select(1, index)  # (B, C, Gq)
+            total += torch.einsum("bhcg,bcq->hqg", entropy, rows_onehot)
+            count += torch.einsum("bhcg,bcq->hqg", defined.double(), rows_onehot)
+        return {"entropy_total": total, "entropy_count": count}
+
     def results(self) -> list[LayerResult]:
         out = []
         for state in self.states:
@@ -342,6 +391,8 @@ class _LayerRecorder:
                     query_total_sq=sums.get("query_total_sq"),
                     cosine_total=sums.get("cosine_total"),
                     cosine_count=sums.get("cosine_count"),
+                    entropy_total=sums.get("entropy_total"),
+                    entropy_count=sums.get("entropy_count"),
                     key_sample=samples,
                     key_sample_priority=priorities,
                     reservoir_size=state.reservoir_size,
@@ -492,6 +543,7 @@ class Probe:
         seed: int = 0,
         per_sample: bool = False,
         store_maps: bool = False,
+        entropy: bool = False,
     ) -> None:
         if isinstance(key_modalities, Mapping):
             key_modalities = ModalityLayout(key_modalities)
@@ -557,6 +609,7 @@ class Probe:
         self.seed = seed
         self.per_sample = per_sample
         self.store_maps = store_maps
+        self.entropy = entropy
         self._batch_labels: Tensor | None = None  # (B, L) on the CPU
         self._batch_key_labels: Tensor | None = None  # (B, Lk) on the CPU (cross-attention)
         self._query_offset: int | None = None  # position of the first query (KV cache)
@@ -935,6 +988,7 @@ def probe(
     seed: int = 0,
     per_sample: bool = False,
     store_maps: bool = False,
+    entropy: bool = False,
 ) -> Probe:
     """Probe the attention layers of ``model`` per modality.
 
@@ -971,6 +1025,11 @@ def probe(
             with ``key_stats``, its mean key ``[Hk, Gk, D]`` and mean query ``[H, Gq, D]`` per
             group (per-sample AIR); memory grows with the number of samples.
         store_maps: keep full attention maps (small inputs only: ``O(L²)`` memory per layer).
+        entropy: also accumulate the entropy of the attention inside each key group
+            (``functional.group_entropy``; `LayerResult.entropy`). It needs the attention
+            weights themselves, so it runs the kernel with ``V = I`` over chunks of query rows:
+            memory stays bounded, but the cost is that of a full attention with ``Lk`` value
+            columns (restrict ``queries`` to keep it cheap).
 
     Returns:
         A `Probe`, not yet attached: use it in a ``with`` block or call ``attach()``.
@@ -1002,4 +1061,5 @@ def probe(
         seed=seed,
         per_sample=per_sample,
         store_maps=store_maps,
+        entropy=entropy,
     )

@@ -85,6 +85,10 @@ class LayerResult:
     """``[H, Gq, Gk]`` Σ over samples of ``cos(q̄_i, k̄_i)`` (per-sample mean query and key)."""
     cosine_count: Tensor | None = None
     """``[Gq, Gk]`` samples with tokens in both groups."""
+    entropy_total: Tensor | None = None
+    """``[H, Gq, Gk]`` Σ over query rows of the within-group entropy (``entropy=True``)."""
+    entropy_count: Tensor | None = None
+    """``[H, Gq, Gk]`` query rows with attention on the group (the entropy's denominator)."""
     key_sample: tuple[Tensor, ...] | None = None
     """Per key group, a seeded uniform reservoir sample of key vectors ``[n, Hk, D]``."""
     key_sample_priority: tuple[Tensor, ...] | None = None
@@ -114,12 +118,11 @@ class LayerResult:
         renormalised away)."""
         return 1.0 - self.mass.sum(-1)
 
-    def _need(self, value: Tensor | None, what: str) -> Tensor:
+    def _need(
+        self, value: Tensor | None, what: str, fix: str = "probe with key_stats=True (the default)"
+    ) -> Tensor:
         if value is None:
-            raise AttnProbeError(
-                f"layer {self.name!r}: {what} was not collected; probe with key_stats=True "
-                "(the default)."
-            )
+            raise AttnProbeError(f"layer {self.name!r}: {what} was not collected; {fix}.")
         return value
 
     @property
@@ -140,6 +143,14 @@ class LayerResult:
         """``[H, Gq, D]`` mean query per head and query group."""
         count = self._need(self.query_count, "query statistics")
         return _ratio(self._need(self.query_total, "query sums"), count.view(1, -1, 1))
+
+    @property
+    def entropy(self) -> Tensor:
+        """``[H, Gq, Gk]`` mean over query rows of the entropy of the attention renormalised
+        inside each key group (``METRICS.md``; probe with ``entropy=True``)."""
+        fix = "probe with entropy=True"
+        count = self._need(self.entropy_count, "the within-group entropy", fix)
+        return _ratio(self._need(self.entropy_total, "the within-group entropy", fix), count)
 
     @property
     def mean_cosine(self) -> Tensor:
@@ -207,6 +218,8 @@ class LayerResult:
             query_total_sq=_add(self.query_total_sq, other.query_total_sq),
             cosine_total=_add(self.cosine_total, other.cosine_total),
             cosine_count=_add(self.cosine_count, other.cosine_count),
+            entropy_total=_add(self.entropy_total, other.entropy_total),
+            entropy_count=_add(self.entropy_count, other.entropy_count),
             key_sample=key_sample,
             key_sample_priority=key_priority,
             sample_mass=_cat(self.sample_mass, other.sample_mass),

@@ -152,3 +152,67 @@ def test_history_round_trip(tmp_path: Path) -> None:
         ap.History.load(tmp_path / "missing.csv")
     with pytest.raises(ap.AttnProbeError, match="already has columns"):
         history.add(frame.head(1), step=1)
+
+
+def reference_entropy(weights: np.ndarray, labels: torch.Tensor) -> np.ndarray:
+    """Mean within-group entropy per (head, query group, key group), by loops."""
+    rows = labels.numpy()
+    heads = weights.shape[1]
+    total, count = np.zeros((heads, 3, 3)), np.zeros((heads, 3, 3))
+    for b in range(weights.shape[0]):
+        for i in range(weights.shape[2]):
+            gq = rows[b, i]
+            if gq < 0:
+                continue
+            for h in range(heads):
+                for gk in range(3):
+                    a = weights[b, h, i, rows[b] == gk]
+                    if a.sum() <= 0:
+                        continue
+                    p = a / a.sum()
+                    p = p[p > 0]
+                    total[h, gq, gk] += -(p * np.log(p)).sum()
+                    count[h, gq, gk] += 1
+    return total / count
+
+
+def test_within_group_entropy_matches_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    # `attnprobe.probe` is the function; the module is in sys.modules. Two rows a chunk:
+    probe_module = sys.modules["attnprobe.probe"]
+    monkeypatch.setattr(probe_module, "ENTROPY_CHUNK_ELEMENTS", 3 * 4 * 9 * 2)
+    torch.manual_seed(4)
+    block = SdpaBlock(dim=16, heads=4).eval()
+    x = torch.randn(3, 9, 16) * 2.0
+    labels = torch.tensor(
+        [
+            [0, 1, 1, 1, 2, 2, 2, 2, 2],
+            [0, 1, 1, 2, 2, 2, 2, 2, -1],
+            [0, 1, 1, 1, 1, 1, 2, 2, -1],
+        ]
+    )
+    mask = (labels >= 0).view(3, 1, 1, 9)
+    for queries in (None, ["cls", "video"]):
+        with (
+            ap.probe(
+                block, modalities={"cls": 1, "audio": 3, "video": 5}, entropy=True, queries=queries
+            ) as p,
+            torch.no_grad(),
+        ):
+            p.set_labels(labels)
+            block(x, mask)
+            q, k, _ = block.project(x)
+        weights = reference_attention(q, k, mask)
+        want = reference_entropy(weights, labels)  # (H, 3, 3)
+        layer = p.result().layers[0]
+        rows = [NAMES.index(g) for g in layer.query_groups]
+        np.testing.assert_allclose(layer.entropy.numpy(), want[:, rows], atol=1e-6)
+    bias = ap.modality_bias(p.result())
+    frame = bias.to_frame("head")
+    got = frame[(frame["head"] == 1) & (frame["query_modality"] == "video")]["entropy"]
+    np.testing.assert_allclose(got.to_numpy(), want[1, 2], atol=1e-6)
+    no_entropy = ap.modality_bias(probed_block()[0]).to_frame()
+    assert no_entropy["entropy"].isna().all()
+    with pytest.raises(ap.AttnProbeError, match="entropy=True"):
+        _ = probed_block()[0].layers[0].entropy

@@ -30,6 +30,7 @@ BIAS_COLUMNS = (
     "share",
     "token_share",
     "normalised_mass",
+    "entropy",
     "num_queries",
 )
 """Columns of `ModalityBias.to_frame` at ``level="head"`` (coarser levels drop ``head``, then
@@ -55,6 +56,8 @@ class LayerBias:
     """``[Gk]`` ``L_m / Σ_n L_n`` over the included key groups (NaN where unknown)."""
     included: NDArray[np.bool_]
     """``[Gk]`` key groups that take part in shares (not excluded)."""
+    entropy: NDArray[np.float64]
+    """``[H, Gq + 1, Gk]`` within-group entropy (NaN unless probed with ``entropy=True``)."""
 
     @property
     def share(self) -> NDArray[np.float64]:
@@ -89,6 +92,15 @@ def _layer_bias(layer: LayerResult, exclude: tuple[str, ...]) -> LayerBias:
         token_share[~included] = np.nan
     else:
         token_share = np.full(len(layer.key_groups), np.nan)
+    if layer.entropy_total is not None and layer.entropy_count is not None:
+        e_total = layer.entropy_total.double().numpy()  # (H, Gq, Gk)
+        e_count = layer.entropy_count.double().numpy()
+        e_total = np.concatenate([e_total, e_total.sum(1, keepdims=True)], axis=1)
+        e_count = np.concatenate([e_count, e_count.sum(1, keepdims=True)], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            entropy = np.where(e_count > 0, e_total / np.where(e_count > 0, e_count, 1), np.nan)
+    else:
+        entropy = np.full(mass.shape, np.nan)
     return LayerBias(
         name=layer.name,
         query_groups=(*layer.query_groups, ALL_QUERIES),
@@ -97,6 +109,7 @@ def _layer_bias(layer: LayerResult, exclude: tuple[str, ...]) -> LayerBias:
         num_queries=counts,
         token_share=token_share,
         included=included,
+        entropy=entropy,
     )
 
 
@@ -114,7 +127,7 @@ class ModalityBias:
         >>> frame = bias.to_frame(level="layer")
         >>> sorted(frame["query_modality"].unique())
         ['all', 'audio', 'cls', 'video']
-        >>> shares = frame[frame["query_modality"] == "cls"].dropna()["share"]
+        >>> shares = frame[frame["query_modality"] == "cls"]["share"].dropna()
         >>> round(float(shares.sum()), 6)
         1.0
     """
@@ -144,7 +157,10 @@ class ModalityBias:
         ``query_modality == "all"`` rows pool every query token of the layer (token-weighted);
         ``share`` is ``M_m / Σ_n M_n`` over the non-excluded key groups, ``token_share`` is
         ``L_m / Σ_n L_n`` (key tokens, from the probe's key statistics), and
-        ``normalised_mass = share / token_share`` (1 = fair share by token count).
+        ``normalised_mass = share / token_share`` (1 = fair share by token count);
+        ``entropy`` is the entropy of the attention renormalised inside the key group, in nats
+        (0 = one token stared at, ``log L_m`` = spread evenly; probe with ``entropy=True``,
+        NaN otherwise).
         """
         if level not in ("head", "layer", "model"):
             raise AttnProbeError(
@@ -153,8 +169,11 @@ class ModalityBias:
         rows = []
         for layer in self.layers:
             mass, share, norm = layer.mass, layer.share, layer.normalised_mass  # (H, Gq+1, Gk)
+            entropy = layer.entropy
             if level != "head":
-                mass, share, norm = (x.mean(0, keepdims=True) for x in (mass, share, norm))
+                mass, share, norm, entropy = (
+                    x.mean(0, keepdims=True) for x in (mass, share, norm, entropy)
+                )
             for h in range(mass.shape[0]):
                 for q, query in enumerate(layer.query_groups):
                     for k, key in enumerate(layer.key_groups):
@@ -168,6 +187,7 @@ class ModalityBias:
                                 share[h, q, k],
                                 layer.token_share[k],
                                 norm[h, q, k],
+                                entropy[h, q, k],
                                 int(layer.num_queries[q]),
                             )
                         )
@@ -184,7 +204,7 @@ class ModalityBias:
                 "and key groups in every layer; use level='layer'."
             )
         keys = ["query_modality", "key_modality"]
-        values = ["mass", "share", "token_share", "normalised_mass"]
+        values = ["mass", "share", "token_share", "normalised_mass", "entropy"]
         model = frame.groupby(keys, sort=False)[values].mean().reset_index()
         model["num_queries"] = frame.groupby(keys, sort=False)["num_queries"].sum().to_numpy()
         return model
