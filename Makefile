@@ -36,8 +36,8 @@ demo: install
 	$(BIN)/attnprobe demo
 
 lint: install-dev
-	$(BIN)/ruff check attnprobe tests benchmarks examples
-	$(BIN)/ruff format --check attnprobe tests benchmarks examples
+	$(BIN)/ruff check attnprobe tests benchmarks examples docs/scripts
+	$(BIN)/ruff format --check attnprobe tests benchmarks examples docs/scripts
 
 typecheck: install-dev
 	$(BIN)/mypy

@@ -40,6 +40,17 @@ from attnprobe.results import LayerResult, ProbeResult
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``attnprobe.plot`` loads on first use, so that ``import attnprobe`` does not import
+    matplotlib and seaborn."""
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("attnprobe.plot")
+    raise AttributeError(f"module 'attnprobe' has no attribute {name!r}")
+
+
 __all__ = [
     "Adapter",
     "AnalysisError",

@@ -127,7 +127,7 @@ class ModalityBias:
         >>> frame = bias.to_frame(level="layer")
         >>> sorted(frame["query_modality"].unique())
         ['all', 'audio', 'cls', 'video']
-        >>> shares = frame[frame["query_modality"] == "cls"]["share"].dropna()
+        >>> shares = frame.loc[frame["query_modality"] == "cls", "share"].dropna()
         >>> round(float(shares.sum()), 6)
         1.0
     """
