@@ -144,6 +144,8 @@ def test_history_round_trip(tmp_path: Path) -> None:
         check_dtype=False,
     )
     assert not list(tmp_path.glob("*.tmp"))
+    parquet = ap.History.load(history.save(tmp_path / "history.parquet")).to_frame()
+    pd.testing.assert_frame_equal(parquet, frame)
     with pytest.raises(ap.AttnProbeError, match=r"step=\.\.\. or epoch"):
         history.add(result)
     with pytest.raises(ap.AttnProbeError, match=r"\.csv or \.parquet"):
