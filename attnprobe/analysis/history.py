@@ -155,9 +155,9 @@ class History:
 
 
 def _need_parquet(what: str) -> None:
-    try:
-        import pyarrow  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
         raise AttnProbeError(
             f"History.{what}: Parquet needs pyarrow (pip install pyarrow); or use a .csv path."
-        ) from None
+        )
