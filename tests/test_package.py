@@ -12,7 +12,7 @@ from attnprobe.cli import main
 def test_import_is_light() -> None:
     code = (
         "import sys, attnprobe; "
-        "heavy = ('matplotlib', 'seaborn', 'transformers', 'timm'); "
+        "heavy = ('matplotlib', 'seaborn', 'scipy', 'transformers', 'timm'); "
         "heavy = [m for m in heavy if m in sys.modules]; "
         "print(heavy)"
     )

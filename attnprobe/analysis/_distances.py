@@ -29,7 +29,6 @@ from typing import TypeAlias
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from scipy.stats import rankdata
 
 from attnprobe._errors import AnalysisError
 
@@ -583,6 +582,8 @@ def rank_auc(scores_x: Array, scores_y: Array) -> float:
     """
     sx, sy = _vector("scores_x", scores_x), _vector("scores_y", scores_y)
     n, m = sx.shape[0], sy.shape[0]
+    from scipy.stats import rankdata  # scipy loads on first use: `import attnprobe` stays light
+
     ranks = rankdata(np.concatenate([sx, sy]))  # (n + m,) average ranks for ties
     rank_sum_y = float(ranks[n:].sum())
     return float((rank_sum_y - m * (m + 1) / 2.0) / (n * m))

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from attnprobe._errors import AnalysisError
@@ -97,6 +96,8 @@ class NoiseSweep:
         """Per corrupted modality ``m``: Pearson ``r`` and Spearman ``rho`` (with p-values) over
         (sample, level) pairs between the share given to ``m`` and its quality ``1 − λ``, and
         ``delta_mass = M_m(lowest level) − M_m(highest level)``."""
+        from scipy import stats  # loads on first use: `import attnprobe` stays light
+
         rows = []
         for modality, part in self.samples.groupby("corrupted", sort=False):
             own = part[part["key_modality"] == modality]
