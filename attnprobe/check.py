@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from attnprobe._calls import call_model
 from attnprobe._errors import ProbeConfigError
 from attnprobe.auto import InputLayout
 from attnprobe.capture import HuggingFaceAdapter
@@ -76,21 +77,11 @@ class SelfCheck:
         )
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
-
-
 def _labels_of(modalities: Any, inputs: Any, batch: int, length: int) -> Tensor:
     """``[B, L]`` labels the probe applied to this batch."""
+    layout: ModalityLayout
     if isinstance(modalities, InputLayout):
-        if isinstance(inputs, Mapping):
-            layout = modalities(**inputs)
-        else:
-            layout = modalities(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+        layout = call_model(modalities, inputs)
     elif isinstance(modalities, Mapping):
         layout = ModalityLayout(modalities)
     else:
@@ -180,13 +171,13 @@ def self_check(
             probe(model, modalities=modalities, layers=layers, key_stats=False) as p,
             torch.no_grad(),
         ):
-            _call(model, inputs)
+            call_model(model, inputs)
         result = p.result()
         modules = dict(model.named_modules())
         selected = {name: modules[name] for name in p.layers}
         weights: dict[str, Tensor] = {}
         with _eager_reference(selected, weights) as how, torch.no_grad():
-            _call(model, inputs)
+            call_model(model, inputs)
         rest = tuple(name for name in p.layers if name not in weights)
         if rest:
             from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -196,7 +187,7 @@ def self_check(
                 sdpa_kernel(SDPBackend.MATH),
                 torch.no_grad(),
             ):
-                _call(model, inputs)
+                call_model(model, inputs)
             for layer in maps.result().layers:
                 if layer.maps is not None and ":" not in layer.name:
                     weights[layer.name] = torch.cat(list(layer.maps))

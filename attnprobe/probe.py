@@ -824,9 +824,9 @@ class Probe:
         # the labelled sequence the queries come from (and, for self-attention, the keys)
         sequence = query_len if cross and self._query_offset is None else length
         if self._batch_labels is not None:
-            expected = (batch, self._batch_labels.shape[1] if cross else sequence)
+            # cross-attention queries are checked against query_len below
             if self._batch_labels.shape[0] != batch or (
-                not cross and tuple(self._batch_labels.shape) != expected
+                not cross and self._batch_labels.shape[1] != sequence
             ):
                 source = "the InputLayout" if self._rule is not None else "set_labels"
                 raise ModalityLayoutError(

@@ -79,11 +79,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
-import ctypes.util
 import gc
 import json
-import math
 import os
 import platform
 import resource
@@ -101,6 +98,13 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+from _common import contention as _contention
+from _common import cpu_snapshot as _cpu_snapshot
+from _common import fmt as _fmt
+from _common import ratio as _ratio
+from _common import release_free_memory as _release_free_memory
+from _common import status_kib as _status_kib
 
 import attnprobe as ap
 
@@ -298,52 +302,12 @@ def time_variants(runners: dict[str, Runner], rounds: int) -> dict[str, list[flo
     return times
 
 
-def _cpu_snapshot() -> tuple[float, float, float, float] | None:
-    """(machine busy, machine steal, machine total, this process) CPU seconds so far."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    hz = float(os.sysconf("SC_CLK_TCK"))
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
-    busy = (user + nice + system + irq + softirq) / hz
-    total = busy + (idle + iowait + steal) / hz
-    own = os.times()
-    return busy, steal / hz, total, own.user + own.system
-
-
-def _contention(start: tuple[float, ...] | None, end: tuple[float, ...] | None) -> str:
-    if start is None or end is None:
-        return "n/a"
-    busy, steal, total, own = (b - a for a, b in zip(start, end, strict=True))
-    others = max(busy - own, 0.0)
-    return (
-        f"other processes used {others:.1f} CPU-s of {total:.1f} "
-        f"({100 * others / max(total, 1e-9):.0f}%), steal {100 * steal / max(total, 1e-9):.0f}%"
-    )
-
-
 # -- peak memory (child processes) ------------------------------------------------------------
-def _status_kib(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{name} not in /proc/self/status")
 
 
 def _maxrss_bytes() -> float:
     scale = 1.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def _release_free_memory() -> None:
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(libc_name).malloc_trim(0)
 
 
 def _peak_growth(runner: Runner) -> tuple[float, str]:
@@ -415,16 +379,6 @@ class Row:
     spread: float | None = None
     peak: float | None = None
     note: str = ""
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    if value is None or base is None or base <= 0:
-        return None
-    return value / base
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:{spec}}{suffix}"
 
 
 def table(rows: list[Row], markdown: bool) -> str:

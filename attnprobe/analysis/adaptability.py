@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from attnprobe._calls import call_model
 from attnprobe._errors import AnalysisError
 from attnprobe.auto import InputLayout
 from attnprobe.layout import ModalityLayout
@@ -145,14 +146,6 @@ class NoiseSweep:
         )
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
-
-
 def _logits(output: Any) -> Tensor:
     if isinstance(output, Tensor):
         return output
@@ -243,7 +236,7 @@ def noise_sweep(
                 ):
                     for batch in batches:
                         inputs, targets = prepare(batch, modality, level, generator)
-                        output = _call(model, inputs)
+                        output = call_model(model, inputs)
                         if targets is not None:
                             predicted = (logits or _logits)(output).argmax(-1)
                             correct.append((predicted.cpu() == targets.cpu()).float())

@@ -47,10 +47,17 @@ _NAME_USERS: dict[str, int] = {}  # registered wrapper name -> number of configs
 _CONFIG_USERS: dict[int, tuple[Any, str, int]] = {}  # id(config) -> (config, original, users)
 
 
+_FORWARDS: dict[type, Callable[..., Any]] = {}
+
+
 def _forward(module: nn.Module) -> Callable[..., Any]:
     """The module's ``forward`` function under any decorators (HF wraps some in
-    ``deprecate_kwarg``), whose code and globals are the modeling file's."""
-    forward: Callable[..., Any] = inspect.unwrap(type(module).forward)
+    ``deprecate_kwarg``), whose code and globals are the modeling file's; looked up once per
+    class, since the wrapper calls this on every attention call."""
+    cls = type(module)
+    forward = _FORWARDS.get(cls)
+    if forward is None:
+        forward = _FORWARDS[cls] = inspect.unwrap(cls.forward)
     return forward
 
 
