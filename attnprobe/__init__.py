@@ -37,17 +37,18 @@ from attnprobe.check import SelfCheck, self_check
 from attnprobe.layout import ModalityLayout
 from attnprobe.probe import Probe, probe
 from attnprobe.results import LayerResult, ProbeResult
+from attnprobe.rollingq import RollingQ
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``attnprobe.plot`` loads on first use, so that ``import attnprobe`` does not import
-    matplotlib and seaborn."""
-    if name == "plot":
+    """``attnprobe.plot`` and ``attnprobe.training`` load on first use, so that
+    ``import attnprobe`` does not import matplotlib, seaborn or tqdm."""
+    if name in ("plot", "training"):
         import importlib
 
-        return importlib.import_module("attnprobe.plot")
+        return importlib.import_module(f"attnprobe.{name}")
     raise AttributeError(f"module 'attnprobe' has no attribute {name!r}")
 
 
@@ -69,6 +70,7 @@ __all__ = [
     "Probe",
     "ProbeConfigError",
     "ProbeResult",
+    "RollingQ",
     "SelfCheck",
     "TokenLayout",
     "VisionLayout",

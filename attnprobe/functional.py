@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ __all__ = [
     "indicator_values",
     "mean_cosines",
     "reduce_mass",
+    "rollingq_anchor",
+    "rotation_between",
     "select_query_rows",
 ]
 
@@ -475,3 +477,127 @@ def mean_cosines(
     valid = present.unsqueeze(1) & (norms > 0)  # (B, H, Gq, Gk)
     cos = torch.where(valid, dots / torch.where(valid, norms, 1.0), 0.0)  # (B, H, Gq, Gk)
     return cos.sum(0), present.sum(0).double()
+
+
+# -- RollingQ rotations (Ni et al., ICML 2025, arXiv 2506.11465; ``shared/design/ROLLINGQ.md``) --
+
+RotationMethod = Literal["plane", "svd"]
+"""How `rotation_between` builds the rotation."""
+
+
+def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> Tensor:
+    """The rotation ``W`` (orthogonal, ``det W = +1``) that turns the direction of ``x`` into
+    the direction of ``y``: ``W x/‖x‖ = y/‖y‖``, so ``‖W x‖ = ‖x‖``.
+
+    RollingQ (``ROLLINGQ.md``, step d) offers two constructions, which agree on ``x``:
+
+    - ``"plane"``: the minimal rotation, acting only in ``span{x, y}``:
+      ``G = I + (cos φ − 1)(u uᵀ + w wᵀ) + sin φ (w uᵀ − u wᵀ)`` with ``u = x̂``, ``w`` the unit
+      component of ``ŷ`` orthogonal to ``u``, ``cos φ = x̂ᵀŷ``. Deterministic; the identity
+      when ``x`` and ``y`` are parallel; for antiparallel vectors a half-turn in a plane
+      through ``x`` and the coordinate axis least aligned with it.
+    - ``"svd"`` (the reference code's construction): ``U S Vᵀ = svd(ŷ x̂ᵀ)``, ``W = U Vᵀ``,
+      with the last column of ``U`` negated when ``det W < 0``. It maps ``x̂`` to ``ŷ`` too,
+      but acts arbitrarily on the orthogonal complement of ``span{x, y}``.
+
+    Computed in float64 and returned in float64.
+
+    Args:
+        x: ``[..., D]`` the vectors to rotate (non-zero), ``D ≥ 2``.
+        y: ``[..., D]`` the target directions (non-zero).
+        method: ``"plane"`` or ``"svd"``.
+
+    Returns:
+        ``[..., D, D]`` rotations.
+
+    Example:
+        >>> import torch
+        >>> x, y = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 2.0, 0.0])
+        >>> w = rotation_between(x, y)
+        >>> (w @ x.double()).tolist()
+        [0.0, 1.0, 0.0]
+        >>> round(float(torch.linalg.det(w)), 12)
+        1.0
+    """
+    if method not in ("plane", "svd"):
+        raise ValueError(
+            f"rotation_between: expected method 'plane' or 'svd', received {method!r}."
+        )
+    if x.shape != y.shape or x.shape[-1] < 2:
+        raise ValueError(
+            "rotation_between: expected x and y of the same shape [..., D] with D >= 2, received "
+            f"{tuple(x.shape)} and {tuple(y.shape)}."
+        )
+    x64, y64 = x.double(), y.double()
+    x_norm, y_norm = x64.norm(dim=-1, keepdim=True), y64.norm(dim=-1, keepdim=True)  # (..., 1)
+    if bool((x_norm == 0).any()) or bool((y_norm == 0).any()):
+        raise ValueError("rotation_between: x and y must be non-zero vectors.")
+    u, v = x64 / x_norm, y64 / y_norm  # (..., D) unit vectors
+    dim = u.shape[-1]
+    eye = torch.eye(dim, dtype=torch.float64, device=u.device).expand(*u.shape[:-1], dim, dim)
+    if method == "svd":
+        m = v.unsqueeze(-1) * u.unsqueeze(-2)  # (..., D, D) = ŷ x̂ᵀ
+        left, _, right_t = torch.linalg.svd(m)  # (..., D, D) each
+        w = left @ right_t  # (..., D, D)
+        flip = torch.linalg.det(w) < 0  # (...)
+        left = torch.where(
+            flip.unsqueeze(-1).unsqueeze(-1),
+            torch.cat([left[..., :-1], -left[..., -1:]], dim=-1),
+            left,
+        )  # (..., D, D)
+        return left @ right_t
+    cos = (u * v).sum(-1, keepdim=True).clamp(-1.0, 1.0)  # (..., 1)
+    w = v - cos * u  # (..., D) component of ŷ orthogonal to x̂
+    sin = w.norm(dim=-1, keepdim=True)  # (..., 1)
+    # antiparallel (sin = 0, cos < 0): any unit vector orthogonal to u spans the half-turn plane
+    axis = torch.nn.functional.one_hot(u.abs().argmin(-1), dim).double()  # (..., D)
+    fallback = axis - (axis * u).sum(-1, keepdim=True) * u  # (..., D)
+    fallback = fallback / fallback.norm(dim=-1, keepdim=True)
+    tiny = sin <= 1e-12
+    w = torch.where(tiny, fallback, w / torch.where(tiny, 1.0, sin))  # (..., D) unit
+    sin = torch.where(tiny, 0.0, sin)
+    uu = u.unsqueeze(-1) * u.unsqueeze(-2)  # (..., D, D)
+    ww = w.unsqueeze(-1) * w.unsqueeze(-2)
+    wu = w.unsqueeze(-1) * u.unsqueeze(-2)  # w uᵀ
+    c, s = cos.unsqueeze(-1), sin.unsqueeze(-1)  # (..., 1, 1)
+    return eye + (c - 1.0) * (uu + ww) + s * (wu - wu.transpose(-1, -2))
+
+
+def rollingq_anchor(
+    key_means: Tensor, query_mean: Tensor, cosines: Tensor, rho: float
+) -> tuple[Tensor, Tensor]:
+    """The RollingQ anchor query and the modality weights ``α`` (``ROLLINGQ.md``, steps b–c).
+
+    Two modalities (the paper): ``α = ½(1 + tanh(−ρ·AIR))`` with ``AIR = cos_a − cos_b``, and
+    the anchor direction ``a = α μ_a/‖μ_a‖ + (1 − α) μ_b/‖μ_b‖``. More than two modalities (an
+    extension): ``α = softmax_m(−2ρ (cosᵐ − mean_n cosⁿ))`` and ``a = Σ_m α_m μ_m/‖μ_m‖``, which
+    is the paper's formula for two modalities (``softmax(−ρ·AIR, +ρ·AIR)₁ = ½(1 + tanh(−ρ·AIR))``).
+    The anchor is ``q_b = ‖q̄‖·a/‖a‖``: scaled to the mean query's norm, as a rotation of ``q̄``
+    must be (``a`` itself is shorter than 1 unless the mean keys are parallel). With ``ρ = 0``
+    it points along the bisector of the normalised mean keys.
+
+    Args:
+        key_means: ``[..., M, D]`` mean key of each modality.
+        query_mean: ``[..., D]`` mean query ``q̄``.
+        cosines: ``[..., M]`` ``E_i cos(q, k̄ᵐ_i)`` per modality (AIR is their difference).
+        rho: the sharpness ``ρ`` (the reference code calls it ``sigma``).
+
+    Returns:
+        ``(anchor [..., D], alpha [..., M])`` in float64.
+
+    Example:
+        >>> import torch
+        >>> mu = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+        >>> q_bar, cos = torch.tensor([2.0, 0.0]), torch.tensor([0.5, 0.1])
+        >>> anchor, alpha = rollingq_anchor(mu, q_bar, cos, rho=0.0)
+        >>> alpha.tolist(), [round(v, 6) for v in anchor.tolist()]
+        ([0.5, 0.5], [1.414214, 1.414214])
+    """
+    means = key_means.double()  # (..., M, D)
+    cos = cosines.double()  # (..., M)
+    alpha = torch.softmax(-2.0 * rho * (cos - cos.mean(-1, keepdim=True)), dim=-1)  # (..., M)
+    unit = means / means.norm(dim=-1, keepdim=True)  # (..., M, D)
+    direction = (alpha.unsqueeze(-1) * unit).sum(-2)  # (..., D)
+    direction = direction / direction.norm(dim=-1, keepdim=True)  # NaN if the means cancel
+    anchor = direction * query_mean.double().norm(dim=-1, keepdim=True)  # (..., D)
+    return anchor, alpha

@@ -18,12 +18,18 @@ from torch import Tensor, nn
 __all__ = [
     "Adapter",
     "AttentionInputs",
+    "QueryEdit",
     "Recorder",
     "adapter_for",
     "adapters",
     "install_hooks",
     "register_adapter",
+    "with_query",
 ]
+
+QueryEdit = Callable[[Tensor], Tensor]
+"""A change of the query an attention kernel receives: ``[B, H, Lq, D] -> [B, H, Lq, D]``
+(RollingQ's rotation). It runs in the model's forward, so gradients flow through it."""
 
 
 @dataclass
@@ -175,18 +181,72 @@ class Adapter:
     ) -> None:
         """Change model-level flags that the probed modules of this family need (optional)."""
 
+    def edit_query(
+        self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str
+    ) -> None:
+        """Make ``module`` call its attention kernel with ``edit(query)`` instead of ``query``
+        (every call, until ``stack`` unwinds). A probe attached to the same module sees the
+        edited query, whichever was attached first. Built-in adapters implement it; the
+        default refuses.
+
+        Args:
+            module: the attention module.
+            edit: the change, `QueryEdit`.
+            stack: where every undo is registered.
+            name: the module's path, for error messages.
+        """
+        from attnprobe._errors import CaptureError
+
+        raise CaptureError(
+            f"cannot change the query of {name!r} ({type(module).__name__}): its adapter "
+            f"{type(self).__name__} does not implement edit_query; use a module that calls "
+            "F.scaled_dot_product_attention, torch.nn.MultiheadAttention or a HuggingFace "
+            "attention module, or implement Adapter.edit_query."
+        )
+
 
 def install_hooks(
     module: nn.Module,
     pre_hook: Callable[[nn.Module, tuple[Any, ...]], None],
     hook: Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None],
     stack: contextlib.ExitStack,
+    *,
+    inner: bool = False,
 ) -> None:
     """Register a forward pre-hook and an always-called forward hook (with kwargs; it gets
     ``out=None`` when forward raised), both removed when ``stack`` unwinds. Hooks return None,
-    so they never replace the module's output (``CAPTURE.md``, pitfall 3)."""
-    stack.callback(module.register_forward_pre_hook(pre_hook).remove)
-    stack.callback(module.register_forward_hook(hook, with_kwargs=True, always_call=True).remove)
+    so they never replace the module's output (``CAPTURE.md``, pitfall 3).
+
+    What the hooks enter (a ``TorchFunctionMode``, a patched kernel) nests by hook order:
+    capture hooks are *outer* (the pre-hook runs first, the forward hook last), query edits
+    (``inner=True``) are *inner* (pre-hook last, forward hook first). So an edit always
+    reaches the kernel call before a probe's capture does, and the probe records the query
+    the kernel really received, whatever order they were attached in.
+    """
+    stack.callback(module.register_forward_pre_hook(pre_hook, prepend=not inner).remove)
+    stack.callback(
+        module.register_forward_hook(hook, with_kwargs=True, always_call=True, prepend=inner).remove
+    )
+
+
+def with_query(
+    args: tuple[Any, ...], kwargs: dict[str, Any], edit: QueryEdit
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of an SDPA-signature call with its query replaced by ``edit(query)``."""
+    if args:
+        return (edit(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "query": edit(kwargs["query"])}
+
+
+def edit_missed(name: str, module: nn.Module, hint: str) -> Exception:
+    """The error raised when a module ran without the attention call a query edit needs."""
+    from attnprobe._errors import CaptureError
+
+    return CaptureError(
+        f"{name!r} ({type(module).__name__}) ran without calling its attention kernel through "
+        f"the path attnprobe intercepts, so its query could not be changed (RollingQ would "
+        f"silently do nothing); {hint}"
+    )
 
 
 _REGISTRY: list[Adapter] = []

@@ -31,7 +31,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from attnprobe._errors import CaptureError
-from attnprobe.capture._base import Adapter, AttentionInputs, Recorder
+from attnprobe.capture._base import Adapter, AttentionInputs, QueryEdit, Recorder
 from attnprobe.capture._sdpa import _code_names
 
 __all__ = ["PREFIX", "HuggingFaceAdapter"]
@@ -43,6 +43,8 @@ _DENSE_MASK_BACKENDS = ("eager", "sdpa")
 _LOCK = threading.RLock()
 # module -> recorders of the probes attached to it (several probes may share a module)
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Recorder]] = weakref.WeakKeyDictionary()
+# module -> query edits (RollingQ) applied before the backend and any probe see the query
+_EDITS: weakref.WeakKeyDictionary[nn.Module, list[QueryEdit]] = weakref.WeakKeyDictionary()
 _NAME_USERS: dict[str, int] = {}  # registered wrapper name -> number of configs using it
 _CONFIG_USERS: dict[int, tuple[Any, str, int]] = {}  # id(config) -> (config, original, users)
 
@@ -113,6 +115,8 @@ def _make_wrapper(original_name: str) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         original = _original_function(_forward(module), original_name)
+        for edit in _EDITS.get(module, ()):
+            query = edit(query)  # (B, H, Lq, D)
         recorders = _ACTIVE.get(module)
         if not recorders:
             return original(module, query, key, value, attention_mask, *args, **kwargs)
@@ -319,3 +323,20 @@ class HuggingFaceAdapter(Adapter):
                 continue
             seen.add(id(config))
             stack.callback(_use_config(config))
+
+    def edit_query(
+        self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str
+    ) -> None:
+        with _LOCK:
+            _EDITS.setdefault(module, []).append(edit)
+
+        def remove() -> None:
+            with _LOCK:
+                edits = _EDITS.get(module, [])
+                if edit in edits:
+                    edits.remove(edit)
+                if not edits:
+                    _EDITS.pop(module, None)
+
+        stack.callback(remove)
+        stack.callback(_use_config(module.config))

@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from attnprobe.capture._base import Adapter, AttentionInputs, Recorder, install_hooks
+from attnprobe.capture._base import (
+    Adapter,
+    AttentionInputs,
+    QueryEdit,
+    Recorder,
+    edit_missed,
+    install_hooks,
+    with_query,
+)
 
 __all__ = ["SdpaAdapter", "handle_sdpa_call", "sdpa_inputs"]
 
@@ -83,6 +91,28 @@ class _Intercept(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _Edit(TorchFunctionMode):
+    """Replaces the query of SDPA calls (a query edit); counts the calls it changed."""
+
+    def __init__(self, edit: QueryEdit) -> None:
+        super().__init__()
+        self.edit = edit
+        self.calls = 0
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is SDPA:
+            self.calls += 1
+            args, kwargs = with_query(args, kwargs, self.edit)
+        return func(*args, **kwargs)
+
+
 def _code_names(code: CodeType) -> set[str]:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -140,3 +170,33 @@ class SdpaAdapter(Adapter):
 
         stack.callback(leave_all)
         install_hooks(module, pre_hook, hook, stack)
+
+    def edit_query(
+        self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str
+    ) -> None:
+        active: list[_Edit] = []
+
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            mode = _Edit(edit)
+            mode.__enter__()  # type: ignore[no-untyped-call]
+            active.append(mode)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            if not active:
+                return
+            mode = active.pop()
+            mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+            if out is not None and mode.calls == 0:
+                raise edit_missed(
+                    name,
+                    mod,
+                    "its forward did not call F.scaled_dot_product_attention (a timm block "
+                    "needs fused_attn=True).",
+                )
+
+        def leave_all() -> None:
+            while active:
+                active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+        stack.callback(leave_all)
+        install_hooks(module, pre_hook, hook, stack, inner=True)

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnprobe.capture._base import Adapter, Recorder, install_hooks
+from attnprobe.capture._base import (
+    Adapter,
+    QueryEdit,
+    Recorder,
+    edit_missed,
+    install_hooks,
+    with_query,
+)
 from attnprobe.capture._sdpa import handle_sdpa_call, sdpa_inputs
 
 __all__ = ["MultiheadAttentionAdapter"]
@@ -127,3 +134,37 @@ class MultiheadAttentionAdapter(Adapter):
             if any(id(m) in probed_ids for m in module.modules()):
                 module.use_nested_tensor = False
                 stack.callback(setattr, module, "use_nested_tensor", True)
+
+    def edit_query(
+        self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str
+    ) -> None:
+        scopes: list[contextlib.ExitStack] = []
+        calls = [0]
+
+        def edited(kernel: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+            calls[0] += 1
+            args, kwargs = with_query(args, kwargs, edit)
+            return kernel(*args, **kwargs)
+
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            calls[0] = 0
+            scope = contextlib.ExitStack()
+            scope.enter_context(_fastpath_disabled())  # the native fast path has no SDPA call
+            scope.enter_context(_patched_sdpa(edited))
+            scopes.append(scope)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            if not scopes:
+                return
+            scopes.pop().close()
+            if out is not None and calls[0] == 0:
+                raise edit_missed(
+                    name, mod, "call it with need_weights=False (as TransformerEncoderLayer does)."
+                )
+
+        def unpatch_all() -> None:
+            while scopes:
+                scopes.pop().close()
+
+        stack.callback(unpatch_all)
+        install_hooks(module, pre_hook, hook, stack, inner=True)

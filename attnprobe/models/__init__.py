@@ -4,6 +4,18 @@ Ni et al., *RollingQ: Reviving the Cooperation Dynamics in Multimodal Transforme
 arXiv 2506.11465 ("Vanilla MT"); see ``shared/design/ROLLINGQ.md``.
 """
 
-from attnprobe.models.fusion import FusionAttention, LateFusionTransformer, ModalityEncoder
+from attnprobe.models.fusion import (
+    ConcatFusion,
+    FusionAttention,
+    FusionOutput,
+    LateFusionTransformer,
+    ModalityEncoder,
+)
 
-__all__ = ["FusionAttention", "LateFusionTransformer", "ModalityEncoder"]
+__all__ = [
+    "ConcatFusion",
+    "FusionAttention",
+    "FusionOutput",
+    "LateFusionTransformer",
+    "ModalityEncoder",
+]

@@ -9,7 +9,8 @@ projection, and **no residual, no norm, no MLP**. A linear classifier reads the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,24 @@ from torch import Tensor, nn
 
 from attnprobe.layout import ModalityLayout
 
-__all__ = ["FusionAttention", "LateFusionTransformer", "ModalityEncoder"]
+__all__ = [
+    "ConcatFusion",
+    "FusionAttention",
+    "FusionOutput",
+    "LateFusionTransformer",
+    "ModalityEncoder",
+]
+
+
+@dataclass(frozen=True)
+class FusionOutput:
+    """What a fusion model returns when it has unimodal probe heads."""
+
+    logits: Tensor
+    """``[B, classes]`` the fused classifier's logits."""
+    unimodal_logits: dict[str, Tensor]
+    """Per modality, ``[B, classes]`` logits of a linear probe head on that encoder's *detached*
+    CLS feature: it measures what the encoder alone knows and never trains the encoder."""
 
 
 class FusionAttention(nn.Module):
@@ -30,12 +48,22 @@ class FusionAttention(nn.Module):
 
     Shapes: ``tokens`` ``[B, L, d]`` → output ``[B, 1 + L, d]``; row 0 is the fusion CLS.
 
+    RollingQ (`attnprobe.RollingQ`) attaches natively: ``RollingQ(...).attach(model, path)``
+    sets `rollingq`, which rotates the CLS query ``[B, H, D]`` before the attention kernel
+    (keys, values and the other tokens' queries untouched).
+
     Example:
         >>> import torch
         >>> layer = FusionAttention(dim=8, num_heads=2)
         >>> layer(torch.randn(3, 5, 8)).shape
         torch.Size([3, 6, 8])
     """
+
+    supports_query_rotation = True
+    """RollingQ sets `rollingq` instead of intercepting the kernel call."""
+
+    rollingq: Callable[[Tensor], Tensor] | None
+    """The query rotation (a `attnprobe.RollingQ` module) or None."""
 
     def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.2) -> None:
         super().__init__()
@@ -51,6 +79,7 @@ class FusionAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
         self.out_drop = nn.Dropout(dropout)
+        self.rollingq = None
 
     def forward(self, tokens: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """Attend over ``[CLS, tokens]``; ``key_padding_mask`` ``[B, L]`` is True at padding."""
@@ -62,6 +91,8 @@ class FusionAttention(nn.Module):
             return t.view(batch, length + 1, heads, head_dim).transpose(1, 2)  # (B, H, 1+L, dh)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        if self.rollingq is not None:
+            q = self.rollingq(q)  # (B, H, 1+L, dh), the CLS row rotated
         mask = None
         if key_padding_mask is not None:
             keep = ~key_padding_mask.bool()  # (B, L)
@@ -136,6 +167,9 @@ class LateFusionTransformer(nn.Module):
         heads: heads per encoder layer.
         fusion_heads: heads of the fusion layer (paper: 1).
         dropout: fusion dropout (paper: 0.2).
+        encoder_dropout: dropout inside the modality encoders.
+        unimodal_heads: add a linear probe head per modality on the encoder's detached CLS
+            output; the model then returns a `FusionOutput` instead of the logits tensor.
 
     Example:
         >>> import torch
@@ -156,35 +190,116 @@ class LateFusionTransformer(nn.Module):
         heads: int = 4,
         fusion_heads: int = 1,
         dropout: float = 0.2,
+        encoder_dropout: float = 0.1,
+        unimodal_heads: bool = False,
     ) -> None:
         super().__init__()
-        if list(input_dims) != list(lengths):
-            raise ValueError(
-                "LateFusionTransformer: input_dims and lengths must name the same modalities in "
-                f"the same order, received {list(input_dims)} and {list(lengths)}."
-            )
-        self.modalities = tuple(input_dims)
-        self.lengths = dict(lengths)
-        self.encoders = nn.ModuleDict(
-            {
-                m: ModalityEncoder(input_dims[m], lengths[m], dim, depth, heads)
-                for m in self.modalities
-            }
+        self.modalities, self.lengths = _check_modalities(
+            "LateFusionTransformer", input_dims, lengths
         )
+        self.encoders = _encoders(input_dims, lengths, dim, depth, heads, encoder_dropout)
         self.fusion = FusionAttention(dim, fusion_heads, dropout)
         self.head = nn.Linear(dim, num_classes)
+        self.unimodal = _probe_heads(self.modalities, dim, num_classes) if unimodal_heads else None
 
     def fusion_layout(self) -> ModalityLayout:
         """The token layout the fusion layer sees: ``cls`` then each modality (+ its CLS)."""
         return ModalityLayout({"cls": 1, **{m: self.lengths[m] + 1 for m in self.modalities}})
 
-    def forward(self, *inputs: Tensor) -> Tensor:
-        if len(inputs) != len(self.modalities):
-            raise ValueError(
-                f"LateFusionTransformer: expected {len(self.modalities)} inputs "
-                f"({', '.join(self.modalities)}), received {len(inputs)}."
-            )
-        tokens = [self.encoders[m](x) for m, x in zip(self.modalities, inputs, strict=True)]
+    def forward(self, *inputs: Tensor) -> Tensor | FusionOutput:
+        tokens = _encode(self, inputs)  # per modality (B, 1+L_m, d)
         fused = self.fusion(torch.cat(tokens, dim=1))  # (B, 1 + Σ(1+L_m), d)
         logits: Tensor = self.head(fused[:, 0])  # (B, classes)
+        return _with_unimodal(self, logits, tokens)
+
+
+class ConcatFusion(nn.Module):
+    """The static late-fusion baseline: the same encoders as `LateFusionTransformer`, their CLS
+    outputs concatenated, dropout, and a linear classifier ("Concat" in the RollingQ paper's
+    tables).
+
+    Example:
+        >>> import torch
+        >>> model = ConcatFusion({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
+        >>> model(torch.randn(2, 4, 6), torch.randn(2, 3, 8)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(
+        self,
+        input_dims: Mapping[str, int],
+        lengths: Mapping[str, int],
+        num_classes: int,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        dropout: float = 0.2,
+        encoder_dropout: float = 0.1,
+        unimodal_heads: bool = False,
+    ) -> None:
+        super().__init__()
+        self.modalities, self.lengths = _check_modalities("ConcatFusion", input_dims, lengths)
+        self.encoders = _encoders(input_dims, lengths, dim, depth, heads, encoder_dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(dim * len(self.modalities), num_classes)
+        self.unimodal = _probe_heads(self.modalities, dim, num_classes) if unimodal_heads else None
+
+    def forward(self, *inputs: Tensor) -> Tensor | FusionOutput:
+        tokens = _encode(self, inputs)  # per modality (B, 1+L_m, d)
+        features = torch.cat([t[:, 0] for t in tokens], dim=-1)  # (B, M·d)
+        logits: Tensor = self.head(self.drop(features))  # (B, classes)
+        return _with_unimodal(self, logits, tokens)
+
+
+def _check_modalities(
+    owner: str, input_dims: Mapping[str, int], lengths: Mapping[str, int]
+) -> tuple[tuple[str, ...], dict[str, int]]:
+    if list(input_dims) != list(lengths) or not input_dims:
+        raise ValueError(
+            f"{owner}: input_dims and lengths must name the same modalities in the same order, "
+            f"received {list(input_dims)} and {list(lengths)}."
+        )
+    return tuple(input_dims), dict(lengths)
+
+
+def _encoders(
+    input_dims: Mapping[str, int],
+    lengths: Mapping[str, int],
+    dim: int,
+    depth: int,
+    heads: int,
+    dropout: float,
+) -> nn.ModuleDict:
+    return nn.ModuleDict(
+        {
+            m: ModalityEncoder(input_dims[m], lengths[m], dim, depth, heads, dropout)
+            for m in input_dims
+        }
+    )
+
+
+def _probe_heads(modalities: tuple[str, ...], dim: int, num_classes: int) -> nn.ModuleDict:
+    return nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in modalities})
+
+
+def _encode(
+    model: LateFusionTransformer | ConcatFusion, inputs: tuple[Tensor, ...]
+) -> list[Tensor]:
+    if len(inputs) != len(model.modalities):
+        raise ValueError(
+            f"{type(model).__name__}: expected {len(model.modalities)} inputs "
+            f"({', '.join(model.modalities)}), received {len(inputs)}."
+        )
+    return [model.encoders[m](x) for m, x in zip(model.modalities, inputs, strict=True)]
+
+
+def _with_unimodal(
+    model: LateFusionTransformer | ConcatFusion, logits: Tensor, tokens: list[Tensor]
+) -> Tensor | FusionOutput:
+    if model.unimodal is None:
         return logits
+    unimodal = {
+        m: model.unimodal[m](t[:, 0].detach())  # (B, classes), no gradient into the encoder
+        for m, t in zip(model.modalities, tokens, strict=True)
+    }
+    return FusionOutput(logits, unimodal)
