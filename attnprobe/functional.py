@@ -545,7 +545,8 @@ def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> 
             torch.cat([left[..., :-1], -left[..., -1:]], dim=-1),
             left,
         )  # (..., D, D)
-        return left @ right_t
+        proper: Tensor = left @ right_t
+        return proper
     cos = (u * v).sum(-1, keepdim=True).clamp(-1.0, 1.0)  # (..., 1)
     w = v - cos * u  # (..., D) component of ŷ orthogonal to x̂
     sin = w.norm(dim=-1, keepdim=True)  # (..., 1)
@@ -560,7 +561,8 @@ def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> 
     ww = w.unsqueeze(-1) * w.unsqueeze(-2)
     wu = w.unsqueeze(-1) * u.unsqueeze(-2)  # w uᵀ
     c, s = cos.unsqueeze(-1), sin.unsqueeze(-1)  # (..., 1, 1)
-    return eye + (c - 1.0) * (uu + ww) + s * (wu - wu.transpose(-1, -2))
+    plane: Tensor = eye + (c - 1.0) * (uu + ww) + s * (wu - wu.transpose(-1, -2))
+    return plane
 
 
 def rollingq_anchor(

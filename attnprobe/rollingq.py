@@ -291,7 +291,7 @@ class RollingQ(nn.Module):
             return
         module, stack = attachment
         if stack is None:
-            module.rollingq = None
+            setattr(module, "rollingq", None)  # noqa: B010  (unregisters the submodule)
         else:
             stack.close()
 

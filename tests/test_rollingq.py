@@ -90,7 +90,10 @@ def test_anchor_is_the_papers_formula(rho: float) -> None:
     alpha = 0.5 * (1 + math.tanh(-rho * air))
     expected = unit(alpha * unit(mu_a) + (1 - alpha) * unit(mu_v)) * np.linalg.norm(q)
     anchor, weights = rollingq_anchor(
-        torch.tensor(np.stack([mu_a, mu_v])), torch.tensor(q), torch.tensor([cos_a, cos_v], dtype=torch.float64), rho
+        torch.tensor(np.stack([mu_a, mu_v])),
+        torch.tensor(q),
+        torch.tensor([cos_a, cos_v], dtype=torch.float64),
+        rho,
     )
     np.testing.assert_allclose(anchor.numpy(), expected, atol=1e-12)
     np.testing.assert_allclose(weights.numpy(), [alpha, 1 - alpha], atol=1e-12)
@@ -442,9 +445,9 @@ def test_huggingface_attention_module(backend: str) -> None:
         with_kwargs=True,
     )
     ids = torch.randint(3, 50, (2, 6))
-    with ap.probe(model, modalities={"cls": 1, "a": 2, "b": 3}, layers=path, queries="cls") as p:
-        with torch.no_grad():
-            model(input_ids=ids)
+    layout = {"cls": 1, "a": 2, "b": 3}
+    with ap.probe(model, modalities=layout, layers=path, queries="cls") as p, torch.no_grad():
+        model(input_ids=ids)
     x = seen["x"]
 
     def heads(t: torch.Tensor) -> torch.Tensor:

@@ -150,6 +150,14 @@ class History:
         history._frames = [frame]
         return history
 
+    def before(self, epoch: int) -> History:
+        """A history of the rows recorded for epochs before ``epoch`` (e.g. to drop what a
+        killed run logged after its last checkpoint)."""
+        frame = self.to_frame()
+        history = History(exclude=self.exclude)
+        history._frames = [frame[frame["epoch"] < epoch].reset_index(drop=True)]
+        return history
+
     def __repr__(self) -> str:
         return f"History({len(self)} results, {len(self.to_frame())} rows)"
 
