@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from attnprobe._calls import call_model
 from attnprobe._errors import AnalysisError, ProbeConfigError
+from attnprobe.auto import InputLayout
 from attnprobe.capture import adapter_for
 from attnprobe.functional import RotationMethod, rollingq_anchor, rotation_between
 from attnprobe.layout import ModalityLayout
@@ -427,7 +428,7 @@ def anchor_statistics(
     model: nn.Module,
     batches: Iterable[Any],
     *,
-    modalities: ModalityLayout | dict[str, int],
+    modalities: ModalityLayout | Mapping[str, int] | InputLayout,
     layer: str,
     query: str = "cls",
     inputs: Any = None,
@@ -439,7 +440,7 @@ def anchor_statistics(
         model: the model (its train/eval mode is restored).
         batches: what to feed it, one item per forward: a tuple of positional inputs, a mapping
             of keyword inputs or one tensor (or anything ``inputs`` maps to those).
-        modalities: the layer's token layout.
+        modalities: the layer's token layout (as for `attnprobe.probe`).
         layer: the attention module's path.
         query: the query group to collect (only its rows are captured).
         inputs: ``inputs(batch) -> model inputs`` when batches also hold targets.

@@ -46,7 +46,7 @@ from attnprobe.probe import probe
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.rollingq import RollingQ, _angle_deg, anchor_statistics
 
-__all__ = ["CHECKPOINT", "METRICS", "TrainConfig", "Trainer", "load_checkpoint"]
+__all__ = ["ATTENTION", "CHECKPOINT", "METRICS", "TrainConfig", "Trainer", "load_checkpoint"]
 
 METRICS = "metrics.csv"
 """File name of the per-epoch metrics (one row per epoch, appended and fsynced)."""
@@ -600,8 +600,15 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def _all_reduce(tensor: Tensor) -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    """Sum a CPU tensor over ranks in place (through the GPU when the backend needs it)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    if dist.get_backend() == "gloo":
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return
+    on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+    tensor.copy_(on_device.cpu())
 
 
 def _mix(*values: int) -> int:

@@ -23,8 +23,14 @@ Each round runs one epoch of every variant, the order rotated every round:
 4. ``wrapper + eval``: as 2 with an evaluation set (a quarter of the training set's size)
    evaluated clean and with each modality corrupted (three forward passes over it).
 
-The table reports, per variant, the median epoch time over rounds and its ratio to the
-median of ``plain``, the fastest epoch and its ratio to the fastest ``plain``, and the spread.
+Garbage is collected before each timed epoch and the collector is off during it (as in
+``timeit``). The table reports, per variant, the median epoch time over rounds and its ratio to
+the median of ``plain``, the fastest epoch and its ratio to the fastest ``plain``, and the
+spread. The target is checked on the side-by-side number: the median over rounds of
+``wrapper / plain`` within the same round. On a machine with slow phases lasting a few epochs
+(this project's: ``--verbose`` prints every epoch time), the two variants of a round share the
+phase, while the ratio of the two medians (also printed) moves by several percent from run to
+run depending on which variant's epochs the slow phases hit.
 A line says how much CPU other processes took during the rounds (``/proc/stat``).
 
 Run ``python benchmarks/training_overhead.py`` (``--quick`` for a smaller run).
@@ -33,11 +39,13 @@ Run ``python benchmarks/training_overhead.py`` (``--quick`` for a smaller run).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -96,6 +104,18 @@ def plain_epoch(model: Any, optimizer: Any, data: list[Any], batch: int, epoch: 
         optimizer.step()
 
 
+@contextlib.contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """Collect garbage before a timed epoch and keep the collector off during it (as
+    ``timeit`` does), so that one variant's garbage is not collected in another's time."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=2048)
@@ -104,6 +124,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--verbose", action="store_true", help="print every epoch time")
     parser.add_argument(
         "--target-only", action="store_true", help="time only the plain loop and the wrapper"
     )
@@ -147,16 +168,18 @@ def main() -> None:
                         epochs=1, batch_size=args.batch, progress=False, tensorboard=False
                     ),
                 )
-                start = time.perf_counter()
-                trainer.fit()
-                times[name].append(time.perf_counter() - start)
+                with _quiet_gc():
+                    start = time.perf_counter()
+                    trainer.fit()
+                    times[name].append(time.perf_counter() - start)
 
         return go
 
     def run_plain() -> None:
-        start = time.perf_counter()
-        plain_epoch(plain_model, plain_opt, data, args.batch, epochs["plain"])
-        times["plain"].append(time.perf_counter() - start)
+        with _quiet_gc():
+            start = time.perf_counter()
+            plain_epoch(plain_model, plain_opt, data, args.batch, epochs["plain"])
+            times["plain"].append(time.perf_counter() - start)
         epochs["plain"] += 1
 
     variants: dict[str, Callable[[], None]] = {
@@ -193,14 +216,17 @@ def main() -> None:
             f"{labels[name]:42s} {median:9.3f} {fmt(ratio(median, base_median), '.3f'):>8s} "
             f"{min(values):8.3f} {fmt(ratio(min(values), base_min), '.3f'):>8s} {spread:7.1%}"
         )
+    if args.verbose:
+        for name in names:
+            print(f"{name:10s}", " ".join(f"{t:.3f}" for t in times[name]))
     # each round's wrapper epoch against the plain epoch of the same round
     paired = statistics.median(w / p for w, p in zip(times["wrapper"], times["plain"], strict=True))
-    print(f"median over rounds of wrapper / plain within a round: {paired:.3f}×")
-    overhead = ratio(statistics.median(times["wrapper"]), base_median)
-    verdict = "PASS" if overhead is not None and overhead <= TARGET else "FAIL"
+    of_medians = ratio(statistics.median(times["wrapper"]), base_median)
+    print(f"ratio of the medians: {fmt(of_medians, '.3f')}×")
+    verdict = "PASS" if paired <= TARGET else "FAIL"
     print(
-        f"\ntarget: wrapper ≤ {TARGET:.2f}× plain per epoch (ratio of medians): "
-        f"{fmt(overhead, '.3f')}× {verdict}"
+        f"\ntarget: wrapper ≤ {TARGET:.2f}× plain per epoch (median over rounds of wrapper / "
+        f"plain within the round): {paired:.3f}× {verdict}"
     )
 
 
