@@ -32,3 +32,31 @@ def test_late_fusion_layout_and_gradients() -> None:
     logits = model(torch.randn(2, 2, 3), torch.randn(2, 5, 4))
     logits.sum().backward()
     assert model.fusion.cls.grad is not None
+
+
+def test_unimodal_heads_are_detached_and_concat_baseline_shares_the_encoders() -> None:
+    from attnprobe.models import ConcatFusion, FusionOutput
+
+    dims, lengths = {"a": 3, "b": 4}, {"a": 2, "b": 5}
+    torch.manual_seed(0)
+    fusion = LateFusionTransformer(dims, lengths, num_classes=4, dim=16, unimodal_heads=True)
+    torch.manual_seed(0)
+    concat = ConcatFusion(dims, lengths, num_classes=4, dim=16, unimodal_heads=True)
+    for name, weight in fusion.encoders.state_dict().items():  # same seed, same encoders
+        assert torch.equal(weight, concat.encoders.state_dict()[name]), name
+    x = (torch.randn(2, 2, 3), torch.randn(2, 5, 4))
+    for model in (fusion, concat):
+        out = model(*x)
+        assert isinstance(out, FusionOutput) and out.logits.shape == (2, 4)
+        assert set(out.unimodal_logits) == {"a", "b"}
+        model.zero_grad()
+        sum(t.sum() for t in out.unimodal_logits.values()).backward()  # type: ignore[union-attr]
+        assert all(p.grad is None for p in model.encoders.parameters())
+        assert model.unimodal is not None
+        assert all(p.grad is not None for p in model.unimodal.parameters())
+    concat.eval()
+    with torch.no_grad():
+        features = torch.cat(
+            [concat.encoders[m](t)[:, 0] for m, t in zip("ab", x, strict=True)], -1
+        )
+        torch.testing.assert_close(concat(*x).logits, concat.head(features))  # type: ignore[union-attr]

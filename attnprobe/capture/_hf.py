@@ -269,6 +269,27 @@ def _use_config(config: Any) -> Callable[[], None]:
     return release
 
 
+def _enlist(
+    table: weakref.WeakKeyDictionary[nn.Module, list[Any]],
+    module: nn.Module,
+    item: Any,
+    stack: contextlib.ExitStack,
+) -> None:
+    """Add ``item`` to ``module``'s list in ``table`` until ``stack`` unwinds."""
+    with _LOCK:
+        table.setdefault(module, []).append(item)
+
+    def remove() -> None:
+        with _LOCK:
+            items = table.get(module, [])
+            if item in items:
+                items.remove(item)
+            if not items:
+                table.pop(module, None)
+
+    stack.callback(remove)
+
+
 class HuggingFaceAdapter(Adapter):
     """Attention modules of HuggingFace ``transformers`` models that dispatch through
     ``AttentionInterface`` (BERT, ViT, CLIP/SigLIP, Llama/Qwen/Mistral, LLaVA-style models, …)."""
@@ -299,18 +320,7 @@ class HuggingFaceAdapter(Adapter):
         def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
             recorder.begin()
 
-        with _LOCK:
-            _ACTIVE.setdefault(module, []).append(recorder)
-
-        def detach() -> None:
-            with _LOCK:
-                recorders = _ACTIVE.get(module, [])
-                if recorder in recorders:
-                    recorders.remove(recorder)
-                if not recorders:
-                    _ACTIVE.pop(module, None)
-
-        stack.callback(detach)
+        _enlist(_ACTIVE, module, recorder, stack)
         stack.callback(module.register_forward_pre_hook(pre_hook).remove)
 
     def prepare_model(
@@ -327,16 +337,5 @@ class HuggingFaceAdapter(Adapter):
     def edit_query(
         self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str
     ) -> None:
-        with _LOCK:
-            _EDITS.setdefault(module, []).append(edit)
-
-        def remove() -> None:
-            with _LOCK:
-                edits = _EDITS.get(module, [])
-                if edit in edits:
-                    edits.remove(edit)
-                if not edits:
-                    _EDITS.pop(module, None)
-
-        stack.callback(remove)
+        _enlist(_EDITS, module, edit, stack)
         stack.callback(_use_config(module.config))

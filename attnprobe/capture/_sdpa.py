@@ -73,30 +73,15 @@ def handle_sdpa_call(
     return out
 
 
-class _Intercept(TorchFunctionMode):
-    def __init__(self, recorder: Recorder) -> None:
+class _OnSdpa(TorchFunctionMode):
+    """Hands the SDPA calls made while it is entered to ``handle(kernel, args, kwargs)``; every
+    other function runs as it is. Counts the SDPA calls it saw."""
+
+    def __init__(
+        self, handle: Callable[[Callable[..., Tensor], tuple[Any, ...], dict[str, Any]], Any]
+    ) -> None:
         super().__init__()
-        self.recorder = recorder
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is SDPA:
-            return handle_sdpa_call(self.recorder, func, args, kwargs)
-        return func(*args, **kwargs)
-
-
-class _Edit(TorchFunctionMode):
-    """Replaces the query of SDPA calls (a query edit); counts the calls it changed."""
-
-    def __init__(self, edit: QueryEdit) -> None:
-        super().__init__()
-        self.edit = edit
+        self.handle = handle
         self.calls = 0
 
     def __torch_function__(
@@ -109,8 +94,45 @@ class _Edit(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is SDPA:
             self.calls += 1
-            args, kwargs = with_query(args, kwargs, self.edit)
+            return self.handle(func, args, kwargs)
         return func(*args, **kwargs)
+
+
+def _install_mode(
+    module: nn.Module,
+    make: Callable[[], _OnSdpa],
+    stack: contextlib.ExitStack,
+    *,
+    inner: bool = False,
+    begin: Callable[[], None] | None = None,
+    done: Callable[[nn.Module, _OnSdpa], None] | None = None,
+) -> None:
+    """Enter a fresh ``make()`` mode for each forward of ``module`` (pre-hook) and leave it when
+    the forward ends, normally or not (``done(module, mode)`` then runs after a normal one).
+    Modes of forwards interrupted before their hook ran are left when ``stack`` unwinds."""
+    active: list[_OnSdpa] = []
+
+    def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        if begin is not None:
+            begin()
+        mode = make()
+        mode.__enter__()  # type: ignore[no-untyped-call]
+        active.append(mode)
+
+    def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        if not active:
+            return
+        mode = active.pop()
+        mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+        if out is not None and done is not None:
+            done(mod, mode)
+
+    def leave_all() -> None:
+        while active:
+            active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+    stack.callback(leave_all)
+    install_hooks(module, pre_hook, hook, stack, inner=inner)
 
 
 def _code_names(code: CodeType) -> set[str]:
@@ -152,41 +174,24 @@ class SdpaAdapter(Adapter):
         return _calls_sdpa(inspect.unwrap(type(module).forward))
 
     def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
-        active: list[_Intercept] = []
+        def capture(
+            kernel: Callable[..., Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            return handle_sdpa_call(recorder, kernel, args, kwargs)
 
-        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            recorder.begin()
-            mode = _Intercept(recorder)
-            mode.__enter__()  # type: ignore[no-untyped-call]
-            active.append(mode)
-
-        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            if active:
-                active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
-
-        def leave_all() -> None:  # a forward interrupted before its hook ran
-            while active:
-                active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
-
-        stack.callback(leave_all)
-        install_hooks(module, pre_hook, hook, stack)
+        _install_mode(module, lambda: _OnSdpa(capture), stack, begin=recorder.begin)
 
     def edit_query(
         self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str
     ) -> None:
-        active: list[_Edit] = []
+        def edited(
+            kernel: Callable[..., Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            args, kwargs = with_query(args, kwargs, edit)
+            return kernel(*args, **kwargs)
 
-        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            mode = _Edit(edit)
-            mode.__enter__()  # type: ignore[no-untyped-call]
-            active.append(mode)
-
-        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            if not active:
-                return
-            mode = active.pop()
-            mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
-            if out is not None and mode.calls == 0:
+        def check(mod: nn.Module, mode: _OnSdpa) -> None:
+            if mode.calls == 0:
                 raise edit_missed(
                     name,
                     mod,
@@ -194,9 +199,4 @@ class SdpaAdapter(Adapter):
                     "needs fused_attn=True).",
                 )
 
-        def leave_all() -> None:
-            while active:
-                active.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
-
-        stack.callback(leave_all)
-        install_hooks(module, pre_hook, hook, stack, inner=True)
+        _install_mode(module, lambda: _OnSdpa(edited), stack, inner=True, done=check)

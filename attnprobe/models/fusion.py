@@ -151,7 +151,61 @@ class ModalityEncoder(nn.Module):
         return out
 
 
-class LateFusionTransformer(nn.Module):
+class _LateFusion(nn.Module):
+    """What the late-fusion models share: one `ModalityEncoder` per modality and optional
+    detached unimodal probe heads."""
+
+    def __init__(
+        self,
+        input_dims: Mapping[str, int],
+        lengths: Mapping[str, int],
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        encoder_dropout: float,
+        unimodal_heads: bool,
+    ) -> None:
+        super().__init__()
+        if list(input_dims) != list(lengths) or not input_dims:
+            raise ValueError(
+                f"{type(self).__name__}: input_dims and lengths must name the same modalities "
+                f"in the same order, received {list(input_dims)} and {list(lengths)}."
+            )
+        self.modalities = tuple(input_dims)
+        self.lengths = dict(lengths)
+        self.encoders = nn.ModuleDict(
+            {
+                m: ModalityEncoder(input_dims[m], lengths[m], dim, depth, heads, encoder_dropout)
+                for m in self.modalities
+            }
+        )
+        self.unimodal = (
+            nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in self.modalities})
+            if unimodal_heads
+            else None
+        )
+
+    def _encode(self, inputs: tuple[Tensor, ...]) -> list[Tensor]:
+        """Each modality's encoder output ``[B, 1 + L_m, d]`` (row 0: its CLS)."""
+        if len(inputs) != len(self.modalities):
+            raise ValueError(
+                f"{type(self).__name__}: expected {len(self.modalities)} inputs "
+                f"({', '.join(self.modalities)}), received {len(inputs)}."
+            )
+        return [self.encoders[m](x) for m, x in zip(self.modalities, inputs, strict=True)]
+
+    def _output(self, logits: Tensor, tokens: list[Tensor]) -> Tensor | FusionOutput:
+        if self.unimodal is None:
+            return logits
+        unimodal = {
+            m: self.unimodal[m](t[:, 0].detach())  # (B, classes), no gradient into the encoder
+            for m, t in zip(self.modalities, tokens, strict=True)
+        }
+        return FusionOutput(logits, unimodal)
+
+
+class LateFusionTransformer(_LateFusion):
     """Per-modality encoders, the fusion attention layer and a linear classifier.
 
     The model of the RollingQ paper at configurable size ("Vanilla MT"): the fusion layer sees
@@ -193,27 +247,24 @@ class LateFusionTransformer(nn.Module):
         encoder_dropout: float = 0.1,
         unimodal_heads: bool = False,
     ) -> None:
-        super().__init__()
-        self.modalities, self.lengths = _check_modalities(
-            "LateFusionTransformer", input_dims, lengths
+        super().__init__(
+            input_dims, lengths, num_classes, dim, depth, heads, encoder_dropout, unimodal_heads
         )
-        self.encoders = _encoders(input_dims, lengths, dim, depth, heads, encoder_dropout)
         self.fusion = FusionAttention(dim, fusion_heads, dropout)
         self.head = nn.Linear(dim, num_classes)
-        self.unimodal = _probe_heads(self.modalities, dim, num_classes) if unimodal_heads else None
 
     def fusion_layout(self) -> ModalityLayout:
         """The token layout the fusion layer sees: ``cls`` then each modality (+ its CLS)."""
         return ModalityLayout({"cls": 1, **{m: self.lengths[m] + 1 for m in self.modalities}})
 
     def forward(self, *inputs: Tensor) -> Tensor | FusionOutput:
-        tokens = _encode(self, inputs)  # per modality (B, 1+L_m, d)
+        tokens = self._encode(inputs)  # per modality (B, 1+L_m, d)
         fused = self.fusion(torch.cat(tokens, dim=1))  # (B, 1 + Σ(1+L_m), d)
         logits: Tensor = self.head(fused[:, 0])  # (B, classes)
-        return _with_unimodal(self, logits, tokens)
+        return self._output(logits, tokens)
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(_LateFusion):
     """The static late-fusion baseline: the same encoders as `LateFusionTransformer`, their CLS
     outputs concatenated, dropout, and a linear classifier ("Concat" in the RollingQ paper's
     tables).
@@ -237,69 +288,14 @@ class ConcatFusion(nn.Module):
         encoder_dropout: float = 0.1,
         unimodal_heads: bool = False,
     ) -> None:
-        super().__init__()
-        self.modalities, self.lengths = _check_modalities("ConcatFusion", input_dims, lengths)
-        self.encoders = _encoders(input_dims, lengths, dim, depth, heads, encoder_dropout)
+        super().__init__(
+            input_dims, lengths, num_classes, dim, depth, heads, encoder_dropout, unimodal_heads
+        )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim * len(self.modalities), num_classes)
-        self.unimodal = _probe_heads(self.modalities, dim, num_classes) if unimodal_heads else None
 
     def forward(self, *inputs: Tensor) -> Tensor | FusionOutput:
-        tokens = _encode(self, inputs)  # per modality (B, 1+L_m, d)
+        tokens = self._encode(inputs)  # per modality (B, 1+L_m, d)
         features = torch.cat([t[:, 0] for t in tokens], dim=-1)  # (B, M·d)
         logits: Tensor = self.head(self.drop(features))  # (B, classes)
-        return _with_unimodal(self, logits, tokens)
-
-
-def _check_modalities(
-    owner: str, input_dims: Mapping[str, int], lengths: Mapping[str, int]
-) -> tuple[tuple[str, ...], dict[str, int]]:
-    if list(input_dims) != list(lengths) or not input_dims:
-        raise ValueError(
-            f"{owner}: input_dims and lengths must name the same modalities in the same order, "
-            f"received {list(input_dims)} and {list(lengths)}."
-        )
-    return tuple(input_dims), dict(lengths)
-
-
-def _encoders(
-    input_dims: Mapping[str, int],
-    lengths: Mapping[str, int],
-    dim: int,
-    depth: int,
-    heads: int,
-    dropout: float,
-) -> nn.ModuleDict:
-    return nn.ModuleDict(
-        {
-            m: ModalityEncoder(input_dims[m], lengths[m], dim, depth, heads, dropout)
-            for m in input_dims
-        }
-    )
-
-
-def _probe_heads(modalities: tuple[str, ...], dim: int, num_classes: int) -> nn.ModuleDict:
-    return nn.ModuleDict({m: nn.Linear(dim, num_classes) for m in modalities})
-
-
-def _encode(
-    model: LateFusionTransformer | ConcatFusion, inputs: tuple[Tensor, ...]
-) -> list[Tensor]:
-    if len(inputs) != len(model.modalities):
-        raise ValueError(
-            f"{type(model).__name__}: expected {len(model.modalities)} inputs "
-            f"({', '.join(model.modalities)}), received {len(inputs)}."
-        )
-    return [model.encoders[m](x) for m, x in zip(model.modalities, inputs, strict=True)]
-
-
-def _with_unimodal(
-    model: LateFusionTransformer | ConcatFusion, logits: Tensor, tokens: list[Tensor]
-) -> Tensor | FusionOutput:
-    if model.unimodal is None:
-        return logits
-    unimodal = {
-        m: model.unimodal[m](t[:, 0].detach())  # (B, classes), no gradient into the encoder
-        for m, t in zip(model.modalities, tokens, strict=True)
-    }
-    return FusionOutput(logits, unimodal)
+        return self._output(logits, tokens)
