@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from attnprobe._calls import call_model
-from attnprobe._errors import AttnProbeError, ProbeConfigError
+from attnprobe._errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
 from attnprobe.analysis.adaptability import corrupt
 from attnprobe.analysis.history import History
 from attnprobe.layout import ModalityLayout
@@ -544,6 +544,17 @@ class Trainer:
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        saved = dict(state.get("config", {}), world_size=state.get("world_size"))
+        now = dict(dataclasses.asdict(self.config), world_size=self.world)
+        changed = sorted(k for k in now if k in saved and saved[k] != now[k])
+        if changed and self.rank == 0:
+            warnings.warn(
+                f"resuming {path} with different settings {changed} (saved "
+                f"{[saved[k] for k in changed]}, now {[now[k] for k in changed]}): the rest of "
+                "the run will not repeat the original one.",
+                AttnProbeWarning,
+                stacklevel=3,
+            )
         self.rows = [dict(r) for r in state["rows"]]
         if self.out_dir is not None and self.rank == 0:
             _rewrite_rows(self.out_dir / METRICS, self.rows)  # drop rows of the lost epoch

@@ -320,3 +320,20 @@ def test_bad_setups_are_explained() -> None:
     bad = [((torch.randn(4, 6),), "x") for _ in range(8)]
     with pytest.raises(ap.ProbeConfigError, match="collating failed"):
         Trainer(model, bad, modalities=model.fusion_layout(), config=config()).fit()
+
+
+def test_resuming_with_other_settings_warns(tmp_path: Path) -> None:
+    model = make()
+    data = toy_data(16, seed=1)
+    Trainer(
+        model, data, modalities=model.fusion_layout(), out_dir=tmp_path, config=config(epochs=1)
+    ).fit()
+    again = Trainer(
+        model,
+        data,
+        modalities=model.fusion_layout(),
+        out_dir=tmp_path,
+        config=config(epochs=2, lr=0.1),
+    )
+    with pytest.warns(ap.AttnProbeWarning, match=r"\['epochs', 'lr'\]"):
+        assert len(again.fit()) == 2
