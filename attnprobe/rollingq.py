@@ -305,6 +305,13 @@ class RollingQ(nn.Module):
             return cos[:, 0] - cos[:, 1]
         return cos.max(-1).values - cos.min(-1).values
 
+    def due(self, stats: LayerResult) -> bool:
+        """Whether `step` would rotate with these statistics: fewer than ``max_rotations``
+        rotations so far and ``|AIR| ≥ β`` for at least one rotated head."""
+        if int(self.num_rotations.item()) >= self.max_rotations:
+            return False
+        return bool((self.air(stats).abs() >= self.beta).any())
+
     def plan(self, stats: LayerResult, *, anchor: LayerResult | None = None) -> RotationPlan:
         """The rotation `step` would apply: AIR cosines from ``stats``, ``q̄`` and ``μ_m``
         from ``anchor`` (a frozen pass, `anchor_statistics`) or, when None, from ``stats``

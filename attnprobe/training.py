@@ -246,7 +246,8 @@ class Trainer:
 
     # -- public ----------------------------------------------------------------------------
     def add_callback(self, event: Event, callback: Callable[..., None]) -> None:
-        """Call ``callback(trainer, batch_index, loss)`` after every step (``on_batch_end``) or
+        """Call ``callback(trainer, batch_index, loss)`` after every step (``on_batch_end``;
+        ``loss`` is the detached 0-d loss tensor, read it with ``float`` if needed) or
         ``callback(trainer, row)`` after every epoch, once its files are written
         (``on_epoch_end``)."""
         if event not in self._callbacks:
@@ -306,7 +307,8 @@ class Trainer:
         )
         total_steps = cfg.epochs * len(batches)
         warmup = cfg.warmup_epochs * len(batches)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss·n, correct, n
+        seen = 0
         self.model.train()
         earlier: ProbeResult | None = None
         with probe(self.core, modalities=self.layout, layers=self.layer, queries=self.query) as p:
@@ -325,15 +327,16 @@ class Trainer:
                 loss.backward()  # type: ignore[no-untyped-call]
                 self.optimizer.step()
                 self.step += 1
-                n = len(target)
-                sums += torch.tensor(
-                    [float(loss.detach()) * n, float((logits.argmax(-1) == target).sum()), n],
-                    dtype=torch.float64,
-                )
+                with torch.no_grad():  # on the device: no synchronisation per step
+                    sums[0] += loss.double() * len(target)
+                    sums[1] += (logits.argmax(-1) == target).sum()
+                seen += len(target)
                 for callback in self._callbacks["on_batch_end"]:
-                    callback(self, index, float(loss.detach()))
+                    callback(self, index, loss.detach())
             p.sync()
             last = p.result()
+        sums = sums.cpu()
+        sums[2] = seen
         _all_reduce(sums)
         result = last if earlier is None else earlier.merge(last)
         self.last_result = result
@@ -346,11 +349,16 @@ class Trainer:
             "train_accuracy": float(sums[1] / sums[2]),
         }
 
+    def _indices(self, stats: LayerResult) -> tuple[int, list[int]]:
+        """The query group's index and the modalities' key-group indices in ``stats``."""
+        return stats.query_groups.index(self.query), [
+            stats.key_groups.index(m) for m in self.modalities
+        ]
+
     def _shares(self, stats: LayerResult) -> dict[str, float]:
         """Share of the CLS query's attention per modality (excluded groups left out), mean
         over heads."""
-        iq = stats.query_groups.index(self.query)
-        ik = [stats.key_groups.index(m) for m in self.modalities]
+        iq, ik = self._indices(stats)
         mass = stats.mass[:, iq][:, ik].double()  # (H, M)
         share = (mass / mass.sum(-1, keepdim=True)).mean(0)  # (M,)
         return {m: float(share[i]) for i, m in enumerate(self.modalities)}
@@ -358,8 +366,7 @@ class Trainer:
     def _attention_columns(self, stats: LayerResult) -> dict[str, float]:
         """Share per modality, AIR (``cos_a − cos_b`` of the CLS query, mean over heads) and
         the centroid key gap ``1 − cos(μ_a, μ_b)`` (mean over key heads)."""
-        iq = stats.query_groups.index(self.query)
-        ik = [stats.key_groups.index(m) for m in self.modalities]
+        iq, ik = self._indices(stats)
         row = {f"share_{m}": v for m, v in self._shares(stats).items()}
         cos = stats.mean_cosine[:, iq][:, ik].double().mean(0)  # (M,)
         for i, m in enumerate(self.modalities):
@@ -458,10 +465,7 @@ class Trainer:
         rq, cfg = self.rollingq, self.config
         anchor = None
         difference = math.nan
-        will_rotate = int(rq.num_rotations) < rq.max_rotations and bool(
-            (rq.air(self._air_stats).abs() >= rq.beta).any()
-        )
-        if will_rotate and cfg.anchor == "frozen":
+        if cfg.anchor == "frozen" and rq.due(self._air_stats):
             order = torch.arange(len(self.train_data))
             anchor = anchor_statistics(
                 self.core,
