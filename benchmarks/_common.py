@@ -12,6 +12,7 @@ import ctypes.util
 import gc
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping
 
 
 def cpu_snapshot() -> tuple[float, float, float, float] | None:
@@ -69,3 +70,25 @@ def ratio(value: float | None, base: float | None) -> float | None:
 def fmt(value: float | None, spec: str, suffix: str = "") -> str:
     """``value`` formatted with ``spec``, or ``n/a``."""
     return "n/a" if value is None or math.isnan(value) else f"{value:{spec}}{suffix}"
+
+
+def round_robin(timed: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run every variant once per round, the starting variant rotated each round, so that
+    machine noise and position effects hit all variants alike; ``timed()`` returns the
+    seconds of one run."""
+    keys = list(timed)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            times[key].append(timed[key]())
+    return times
+
+
+def spans(counts: Iterable[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` of consecutive groups of the given sizes."""
+    out, start = [], 0
+    for n in counts:
+        out.append((start, start + n))
+        start += n
+    return out

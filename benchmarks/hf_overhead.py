@@ -104,6 +104,7 @@ from _common import cpu_snapshot as _cpu_snapshot
 from _common import fmt as _fmt
 from _common import ratio as _ratio
 from _common import release_free_memory as _release_free_memory
+from _common import round_robin, spans
 from _common import status_kib as _status_kib
 
 import attnprobe as ap
@@ -155,15 +156,6 @@ def layout(length: int) -> ap.ModalityLayout:
     return ap.ModalityLayout({"bos": 1, "image": length // 2 - 1, "text": length - length // 2})
 
 
-def spans(length: int) -> list[tuple[int, int]]:
-    """``[start, end)`` of each group of `layout`, in order."""
-    out, start = [], 0
-    for n in layout(length).counts.values():
-        out.append((start, start + n))
-        start += n
-    return out
-
-
 def eager_estimate(length: int, batch: int = 1) -> float:
     """Estimated peak bytes of the eager variant: every layer's kept ``(B, H, L, L)`` float32
     map, two more for the temporaries of the last layer's softmax, and the float mask."""
@@ -193,7 +185,7 @@ BY_KEY = {v.key: v for v in VARIANTS}
 def eager_masses(attentions: Sequence[Tensor], length: int) -> list[Tensor]:
     """The hand-written reduction: per layer, ``[H, Gq, Gk]`` mean over each query group's rows
     of the weights summed over each key group's columns (batch mean)."""
-    groups = spans(length)
+    groups = spans(layout(length).counts.values())
     out = []
     for weights in attentions:  # (B, H, L, L) each
         per_key = torch.stack([weights[..., s:e].sum(-1) for s, e in groups], -1)  # (B, H, L, G)
@@ -290,16 +282,6 @@ def check(runners: dict[str, Runner], length: int) -> list[str]:
         lines.append(" ".join(parts))
     del outputs
     return lines
-
-
-def time_variants(runners: dict[str, Runner], rounds: int) -> dict[str, list[float]]:
-    keys = list(runners)
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            times[key].append(runners[key].timed())
-    return times
 
 
 # -- peak memory (child processes) ------------------------------------------------------------
@@ -517,7 +499,7 @@ def bench_length(length: int, keys: list[str], rounds: int, args: argparse.Names
             print(f"  {line}")
         print(flush=True)
         before = _cpu_snapshot()
-        times = time_variants(runners, rounds)
+        times = round_robin({k: r.timed for k, r in runners.items()}, rounds)
         print(f"during timing ({rounds} rounds): {_contention(before, _cpu_snapshot())}")
     finally:
         for runner in runners.values():

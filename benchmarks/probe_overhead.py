@@ -105,6 +105,7 @@ from _common import cpu_snapshot as _cpu_snapshot
 from _common import fmt as _fmt
 from _common import ratio as _ratio
 from _common import release_free_memory as _release_free_memory
+from _common import round_robin, spans
 from _common import status_kib as _status_kib
 from torch import Tensor, nn
 
@@ -201,15 +202,6 @@ def build(length: int) -> tuple[Encoder, Tensor, dict[str, int]]:
     return model, x, layout
 
 
-def spans(layout: dict[str, int]) -> list[tuple[int, int]]:
-    """``[start, end)`` of each modality, in layout order."""
-    out, start = [], 0
-    for n in layout.values():
-        out.append((start, start + n))
-        start += n
-    return out
-
-
 # -- "what users do today": eager weights reduced by a forward hook ---------------------------
 class EagerMassHook:
     """Forward hooks that slice eager attention weights per modality span and reduce them.
@@ -220,7 +212,7 @@ class EagerMassHook:
 
     def __init__(self, model: Encoder, layout: dict[str, int]) -> None:
         self.model = model
-        self.spans = spans(layout)
+        self.spans = spans(layout.values())
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, Tensor] = {}
 
@@ -393,7 +385,7 @@ def check_variants(length: int) -> Outcome:
     checks = []
     plain, reference = outputs.get("plain"), masses.get("eager_hook")
     names = [n for n, _ in model.attention_modules()]
-    counts = dict(zip(layout, [float(e - s) for s, e in spans(layout)], strict=True))
+    counts = {name: float(n) for name, n in layout.items()}
     for key, runner in runners.items():
         if key == "plain":
             continue
@@ -431,15 +423,9 @@ def check_variants(length: int) -> Outcome:
 
 
 def time_variants(runners: dict[str, Runner], rounds: int) -> dict[str, list[float]]:
-    keys = list(runners)
-    for key in keys:  # one more warm-up round, untimed
-        runners[key].timed()
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            times[key].append(runners[key].timed())
-    return times
+    for runner in runners.values():  # one more warm-up round, untimed
+        runner.timed()
+    return round_robin({k: r.timed for k, r in runners.items()}, rounds)
 
 
 # -- peak memory (child processes) ------------------------------------------------------------

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import contention, cpu_snapshot, fmt, ratio
+from _common import contention, cpu_snapshot, fmt, ratio, round_robin
 from torch.utils.data import default_collate
 
 import attnprobe as ap
@@ -145,12 +145,18 @@ def main() -> None:
     plain_opt = torch.optim.SGD(plain_model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     wrappers = ("wrapper",) if args.target_only else ("wrapper", "rollingq", "eval")
     models = {name: build(args, dims, lengths) for name in wrappers}
-    epochs = dict.fromkeys(["plain", *models], 0)
+    plain_epochs = [0]
 
-    def run_wrapper(name: str) -> Callable[[], None]:
+    def timed(run: Callable[[], object]) -> float:
+        with _quiet_gc():
+            start = time.perf_counter()
+            run()
+            return time.perf_counter() - start
+
+    def run_wrapper(name: str) -> Callable[[], float]:
         model = models[name]
 
-        def go() -> None:
+        def go() -> float:
             rq = None
             if name == "rollingq":
                 if getattr(model.fusion, "rollingq", None) is not None:
@@ -168,34 +174,25 @@ def main() -> None:
                         epochs=1, batch_size=args.batch, progress=False, tensorboard=False
                     ),
                 )
-                with _quiet_gc():
-                    start = time.perf_counter()
-                    trainer.fit()
-                    times[name].append(time.perf_counter() - start)
+                return timed(trainer.fit)
 
         return go
 
-    def run_plain() -> None:
-        with _quiet_gc():
-            start = time.perf_counter()
-            plain_epoch(plain_model, plain_opt, data, args.batch, epochs["plain"])
-            times["plain"].append(time.perf_counter() - start)
-        epochs["plain"] += 1
+    def run_plain() -> float:
+        seconds = timed(
+            lambda: plain_epoch(plain_model, plain_opt, data, args.batch, plain_epochs[0])
+        )
+        plain_epochs[0] += 1
+        return seconds
 
-    variants: dict[str, Callable[[], None]] = {
+    variants: dict[str, Callable[[], float]] = {
         "plain": run_plain,
         **{name: run_wrapper(name) for name in models},
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():  # warm-up round, not timed
-        fn()
-    for values in times.values():
-        values.clear()
+    round_robin(variants, 1)  # warm-up round, not timed
     names = list(variants)
     before = cpu_snapshot()
-    for r in range(args.rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            variants[name]()
+    times = round_robin(variants, args.rounds)
     after = cpu_snapshot()
     labels = {
         "plain": "plain loop",
