@@ -775,11 +775,6 @@ def _sweep_frame(sweep: object, fn: str, columns: Sequence[str]) -> pd.DataFrame
     return frame
 
 
-def _level_axis(ax: Axes) -> None:
-    ax.set_xlabel("noise level λ on the corrupted modality (0 = clean)")
-    ax.grid(True, alpha=0.3)
-
-
 def share_vs_noise(sweep: object, *, ax: Axes | None = None) -> Axes:
     """The attention share a corrupted modality keeps as its noise level λ grows.
 
@@ -828,25 +823,15 @@ def share_vs_noise(sweep: object, *, ax: Axes | None = None) -> Axes:
         _share=_numeric(rows, "share", fn),
         _sem=_numeric(rows, "share_sem", fn) if "share_sem" in rows.columns else np.nan,
     )
-    _no_duplicates(rows, fn)
+    _one_per_level(
+        rows,
+        fn,
+        "one row per (corrupted, level, key_modality)",
+        "several",
+        "e.g. by query_modality or layer",
+    )
     ax = _axes(ax, fn, (6.5, 4.0))
-    names = _ordered(rows["corrupted"])
-    colors = _palette(len(names))
-    handles: list[Line2D] = []
-    for name, color in zip(names, colors, strict=True):
-        part = rows[rows["corrupted"].astype(str) == name].sort_values("_level")
-        level = part["_level"].to_numpy(dtype=np.float64)
-        share = part["_share"].to_numpy(dtype=np.float64)
-        sem = part["_sem"].to_numpy(dtype=np.float64)
-        (line,) = ax.plot(level, share, color=color, marker="o", markersize=5, label=name)
-        handles.append(line)
-        finite = np.isfinite(sem)
-        if finite.any():
-            half = np.where(finite, sem, 0.0)
-            ax.fill_between(
-                level, share - half, share + half, where=finite, color=color, alpha=0.2, lw=0
-            )
-    _level_axis(ax)
+    names, handles = _lines_by_corrupted(ax, rows, "_share", band="_sem")
     who = "Attention"
     if "query_modality" in frame.columns and frame["query_modality"].nunique() == 1:
         who = f"{frame['query_modality'].iloc[0]} attention"
@@ -856,18 +841,42 @@ def share_vs_noise(sweep: object, *, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def _no_duplicates(rows: pd.DataFrame, fn: str) -> None:
+def _one_per_level(rows: pd.DataFrame, fn: str, expected: str, received: str, fix: str) -> None:
+    """Refuse a frame with several rows for one (corrupted, level) after filtering."""
     dup = rows.duplicated(["corrupted", "_level"])
     if dup.any():
         first = rows[dup].iloc[0]
         raise _fail(
             fn,
-            "expected one row per (corrupted, level"
-            + (", key_modality)" if fn == "share_vs_noise" else ")")
-            + f", received several for corrupted={first['corrupted']!r}, "
-            f"level={first['level']!r}; filter the frame first (e.g. by query_modality or "
-            "layer).",
+            f"expected {expected}, received {received} for corrupted={first['corrupted']!r}, "
+            f"level={first['level']!r}; filter the frame first ({fix}).",
         )
+
+
+def _lines_by_corrupted(
+    ax: Axes, rows: pd.DataFrame, column: str, band: str | None = None
+) -> tuple[list[str], list[Line2D]]:
+    """One line of ``column`` against ``_level`` per corrupted modality, with a ±``band``
+    area where it is finite; returns the names and the line handles."""
+    names = _ordered(rows["corrupted"])
+    handles: list[Line2D] = []
+    for name, color in zip(names, _palette(len(names)), strict=True):
+        part = rows[rows["corrupted"].astype(str) == name].sort_values("_level")
+        level = part["_level"].to_numpy(dtype=np.float64)
+        value = part[column].to_numpy(dtype=np.float64)
+        (line,) = ax.plot(level, value, color=color, marker="o", markersize=5, label=name)
+        handles.append(line)
+        if band is not None:
+            half = part[band].to_numpy(dtype=np.float64)
+            finite = np.isfinite(half)
+            if finite.any():
+                half = np.where(finite, half, 0.0)
+                ax.fill_between(
+                    level, value - half, value + half, where=finite, color=color, alpha=0.2, lw=0
+                )
+    ax.set_xlabel("noise level λ on the corrupted modality (0 = clean)")
+    ax.grid(True, alpha=0.3)
+    return names, handles
 
 
 def accuracy_vs_noise(sweep: object, *, ax: Axes | None = None) -> Axes:
@@ -906,29 +915,15 @@ def accuracy_vs_noise(sweep: object, *, ax: Axes | None = None) -> Axes:
         _level=_numeric(frame, "level", fn), _accuracy=_numeric(frame, "accuracy", fn)
     )
     rows = rows.drop_duplicates(["corrupted", "_level", "_accuracy"])
-    if rows.duplicated(["corrupted", "_level"]).any():
-        first = rows[rows.duplicated(["corrupted", "_level"])].iloc[0]
-        raise _fail(
-            fn,
-            "expected one accuracy per (corrupted, level), received different accuracies for "
-            f"corrupted={first['corrupted']!r}, level={first['level']!r}; filter the frame "
-            "first (one sweep at a time).",
-        )
+    _one_per_level(
+        rows,
+        fn,
+        "one accuracy per (corrupted, level)",
+        "different accuracies",
+        "one sweep at a time",
+    )
     ax = _axes(ax, fn, (6.5, 4.0))
-    names = _ordered(rows["corrupted"])
-    handles: list[Line2D] = []
-    for name, color in zip(names, _palette(len(names)), strict=True):
-        part = rows[rows["corrupted"].astype(str) == name].sort_values("_level")
-        (line,) = ax.plot(
-            part["_level"].to_numpy(dtype=np.float64),
-            part["_accuracy"].to_numpy(dtype=np.float64),
-            color=color,
-            marker="o",
-            markersize=5,
-            label=name,
-        )
-        handles.append(line)
-    _level_axis(ax)
+    names, handles = _lines_by_corrupted(ax, rows, "_accuracy")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy as one modality is corrupted")
     _legend(ax, handles, names, title="corrupted")
