@@ -10,6 +10,7 @@ import dataclasses
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -22,6 +23,8 @@ __all__ = ["MASS_COLUMNS", "STATS_COLUMNS", "LayerResult", "ProbeResult"]
 
 MASS_COLUMNS = ("layer", "head", "query_modality", "key_modality", "mass", "num_queries")
 """Columns of `ProbeResult.to_frame`, in order."""
+
+_RESULT_FORMAT = "attnprobe.result/1"
 
 STATS_COLUMNS = ("layer", "kind", "head", "modality", "num_tokens", "mean_norm", "rms")
 """Columns of `ProbeResult.stats_frame`, in order."""
@@ -333,6 +336,47 @@ class ProbeResult:
         return ProbeResult(
             tuple(a.merge(b) for a, b in zip(self.layers, other.layers, strict=True))
         )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result to ``path`` (a ``torch.save`` file of tensors, strings and numbers
+        only, so `load` reads it with ``weights_only=True``); returns the path."""
+        layers = [
+            {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer)}
+            for layer in self.layers
+        ]
+        path = Path(path)
+        torch.save({"format": _RESULT_FORMAT, "layers": layers}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProbeResult:
+        """Read a result written by `save` (``torch.load(weights_only=True)``: no arbitrary
+        unpickling).
+
+        Example:
+            >>> import tempfile, torch, attnprobe as ap
+            >>> from attnprobe.models import FusionAttention
+            >>> layer = FusionAttention(dim=8).eval()
+            >>> with ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 3}) as p:
+            ...     _ = layer(torch.randn(4, 5, 8))
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     back = ap.ProbeResult.load(p.result().save(f"{tmp}/result.pt"))
+            >>> bool(torch.equal(back.layers[0].mass, p.result().layers[0].mass))
+            True
+        """
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors come in many types
+            raise AttnProbeError(
+                f"{path} is not a probe result attnprobe can load safely ({type(exc).__name__})"
+                "; expected a file written by ProbeResult.save."
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != _RESULT_FORMAT:
+            raise AttnProbeError(
+                f"{path} is not a probe result (expected format {_RESULT_FORMAT!r}); expected "
+                "a file written by ProbeResult.save."
+            )
+        return cls(tuple(LayerResult(**fields) for fields in state["layers"]))
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy masses of every layer; columns `MASS_COLUMNS`.

@@ -17,6 +17,7 @@ at every epoch start, so a resumed run repeats the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -112,9 +113,12 @@ class Trainer:
             ``.unimodal_logits``, a mapping modality → logits of detached probe heads, as
             `attnprobe.models.LateFusionTransformer` with ``unimodal_heads=True`` returns).
         train_data: the training set.
-        modalities: the token layout of the fusion layer (e.g. ``model.fusion_layout()``).
+        modalities: the token layout of the fusion layer (e.g. ``model.fusion_layout()``);
+            None with ``layer=None``.
         inputs: the modality of each positional input (default: ``model.modalities``).
-        layer: path of the fusion attention module.
+        layer: path of the fusion attention module; None trains a model without one (e.g.
+            `attnprobe.models.ConcatFusion`) with the same recipe, data order and evaluation,
+            and no attention columns.
         query: the query group whose attention is diagnosed (the fusion CLS token).
         exclude: key groups left out of shares.
         eval_data: evaluated clean and with each input modality corrupted; None: no
@@ -156,9 +160,9 @@ class Trainer:
         model: nn.Module,
         train_data: Data,
         *,
-        modalities: ModalityLayout | Mapping[str, int],
+        modalities: ModalityLayout | Mapping[str, int] | None,
         inputs: Sequence[str] | None = None,
-        layer: str = "fusion",
+        layer: str | None = "fusion",
         query: str = "cls",
         exclude: Sequence[str] = ("cls",),
         eval_data: Data | None = None,
@@ -179,8 +183,20 @@ class Trainer:
                 f"TrainConfig: expected epochs, batch_size and eval_every >= 1, received "
                 f"{cfg.epochs}, {cfg.batch_size}, {cfg.eval_every}."
             )
+        if (modalities is None) != (layer is None):
+            raise ProbeConfigError(
+                "Trainer: pass modalities=<the fusion layer's layout> with layer=<its path>, or "
+                f"modalities=None with layer=None (no attention layer); received layer={layer!r}"
+                f" and modalities={modalities!r}."
+            )
+        if layer is None and rollingq is not None:
+            raise ProbeConfigError("Trainer: RollingQ needs an attention layer; pass layer=...")
         self.layout = (
-            modalities if isinstance(modalities, ModalityLayout) else ModalityLayout(modalities)
+            None
+            if modalities is None
+            else modalities
+            if isinstance(modalities, ModalityLayout)
+            else ModalityLayout(modalities)
         )
         self.core = (
             model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -193,9 +209,11 @@ class Trainer:
             )
         self.inputs = tuple(names)
         self.exclude = tuple(exclude)
-        for name in (*self.inputs, query, *self.exclude):
-            self.layout.index(name)  # raises ModalityLayoutError naming the groups
-        self.modalities = tuple(g for g in self.layout.names if g not in set(self.exclude))
+        if self.layout is not None:
+            for name in (*self.inputs, query, *self.exclude):
+                self.layout.index(name)  # raises ModalityLayoutError naming the groups
+        groups = self.layout.names if self.layout is not None else self.inputs
+        self.modalities = tuple(g for g in groups if g not in set(self.exclude))
         self.layer, self.query = layer, query
         self.train_data, self.eval_data = train_data, eval_data
         self.rollingq = rollingq
@@ -289,18 +307,27 @@ class Trainer:
         stats, train = self._train_epoch(epoch)
         row.update(train)
         row["train_time_s"] = time.perf_counter() - start
-        row.update(self._attention_columns(stats))
+        if stats is not None:
+            row.update(self._attention_columns(stats))
         diagnose = time.perf_counter()
         if self.eval_data is not None and (
             (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         ):
             row.update(self._evaluate(epoch))
         if self.rollingq is not None:
-            row.update(self._rollingq(epoch, stats))
+            row.update(self._rollingq(epoch))
         row["diagnostics_time_s"] = time.perf_counter() - diagnose
         return row
 
-    def _train_epoch(self, epoch: int) -> tuple[LayerResult, dict[str, float]]:
+    def _probe(self, **options: Any) -> Any:
+        """A probe on the fusion layer's query group (a no-op context without a layer)."""
+        if self.layer is None or self.layout is None:
+            return contextlib.nullcontext()
+        return probe(
+            self.core, modalities=self.layout, layers=self.layer, queries=self.query, **options
+        )
+
+    def _train_epoch(self, epoch: int) -> tuple[LayerResult | None, dict[str, float]]:
         cfg = self.config
         batches = list(
             self._batches(self.train_data, _order(len(self.train_data), cfg.seed, epoch))
@@ -311,9 +338,10 @@ class Trainer:
         seen = 0
         self.model.train()
         earlier: ProbeResult | None = None
-        with probe(self.core, modalities=self.layout, layers=self.layer, queries=self.query) as p:
+        with self._probe() as p:
             for index, (inputs, target) in enumerate(self._progress(batches, epoch)):
-                if cfg.air == "last_batch" and index == len(batches) - 1 and index > 0:
+                last_batch = index == len(batches) - 1 and index > 0
+                if p is not None and cfg.air == "last_batch" and last_batch:
                     p.sync()
                     earlier = p.result()  # the epoch so far; the AIR then reads the last batch
                     p.reset()
@@ -333,16 +361,20 @@ class Trainer:
                 seen += len(target)
                 for callback in self._callbacks["on_batch_end"]:
                     callback(self, index, loss.detach())
-            p.sync()
-            last = p.result()
+            if p is not None:
+                p.sync()
+                last = p.result()
         sums = sums.cpu()
         sums[2] = seen
         _all_reduce(sums)
-        result = last if earlier is None else earlier.merge(last)
-        self.last_result = result
-        self.history.add(result, epoch=epoch, step=self.step)
-        self._air_stats = last.layers[0] if earlier is not None else result.layers[0]
-        return result.layers[0], {
+        stats = None
+        if p is not None:
+            result = last if earlier is None else earlier.merge(last)
+            self.last_result = result
+            self.history.add(result, epoch=epoch, step=self.step)
+            self._air_stats = last.layers[0] if earlier is not None else result.layers[0]
+            stats = result.layers[0]
+        return stats, {
             "step": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": float(sums[0] / sums[2]),
@@ -393,17 +425,9 @@ class Trainer:
         try:
             for condition in ("clean", *self.inputs):
                 sums: dict[str, Tensor] = {}
+                shares: dict[str, float] = {}
                 order = torch.arange(len(self.eval_data))
-                with (
-                    probe(
-                        self.core,
-                        modalities=self.layout,
-                        layers=self.layer,
-                        queries=self.query,
-                        key_stats=False,
-                    ) as p,
-                    torch.no_grad(),
-                ):
+                with self._probe(key_stats=False) as p, torch.no_grad():
                     for indices, (inputs, target) in self._batches(
                         self.eval_data, order, with_indices=True
                     ):
@@ -417,13 +441,13 @@ class Trainer:
                         counts["n"] = torch.tensor(len(target))
                         for key, value in counts.items():
                             sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64)) + value
-                    p.sync()
-                    stats = p.result().layers[0]
+                    if p is not None:
+                        p.sync()
+                        shares = self._shares(p.result().layers[0])
                 names = sorted(sums)
                 flat = torch.stack([sums[k].double() for k in names])
                 _all_reduce(flat)
                 total = dict(zip(names, flat.tolist(), strict=True))
-                shares = self._shares(stats)
                 if condition == "clean":
                     row["eval_accuracy"] = total["fused"] / total["n"]
                     for m in self.inputs:
@@ -458,10 +482,11 @@ class Trainer:
         changed[position] = torch.cat(rows)  # (B, ...)
         return tuple(changed)
 
-    def _rollingq(self, epoch: int, stats: LayerResult) -> dict[str, Any]:
+    def _rollingq(self, epoch: int) -> dict[str, Any]:
         """The RollingQ check; with the frozen anchor, also how far the running-statistics
         anchor would have rotated the query from where the frozen one puts it."""
         assert self.rollingq is not None and self._air_stats is not None
+        assert self.layout is not None and self.layer is not None
         rq, cfg = self.rollingq, self.config
         anchor = None
         difference = math.nan

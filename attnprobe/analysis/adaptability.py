@@ -40,13 +40,14 @@ Prepare = Callable[[Any, str | None, float, torch.Generator], tuple[Any, Tensor 
 (class indices) or None."""
 
 
-def corrupt(x: Tensor, level: float, generator: torch.Generator | None = None) -> Tensor:
+def corrupt(x: Tensor, level: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``x̃ = (1 − λ)·x + λ·ε·σ_x`` with ``ε ~ N(0, 1)`` and ``σ_x`` the standard deviation of
     each sample's features (``METRICS.md``, noise sweep; the paper's corruption protocol).
 
     Args:
         x: ``[B, ...]`` one modality's input.
-        level: ``λ`` in ``[0, 1]``: 0 leaves ``x`` unchanged, 1 is pure noise of the same scale.
+        level: ``λ`` in ``[0, 1]``, one for the batch or a ``[B]`` tensor (one per sample):
+            0 leaves a sample unchanged, 1 is pure noise of the same scale.
         generator: the random generator (seeded by `noise_sweep`).
 
     Example:
@@ -56,14 +57,28 @@ def corrupt(x: Tensor, level: float, generator: torch.Generator | None = None) -
         True
         >>> corrupt(x, 1.0, torch.Generator().manual_seed(0)).shape
         torch.Size([4, 3, 5])
+        >>> y = corrupt(x, torch.tensor([0.0, 1.0, 0.5, 0.0]), torch.Generator().manual_seed(0))
+        >>> bool(torch.equal(y[0], x[0])), bool(torch.equal(y[3], x[3]))
+        (True, True)
     """
-    if not 0.0 <= level <= 1.0:
-        raise AnalysisError(f"corrupt: expected a noise level in [0, 1], received {level}.")
-    if level == 0.0:
-        return x
     sigma = x.flatten(1).std(dim=1).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, ...)
+    if not isinstance(level, Tensor):
+        if not 0.0 <= level <= 1.0:
+            raise AnalysisError(f"corrupt: expected a noise level in [0, 1], received {level}.")
+        if level == 0.0:
+            return x
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu")
+        return (1.0 - level) * x + level * noise.to(x.device) * sigma
+    if level.shape != (x.shape[0],):
+        raise AnalysisError(
+            f"corrupt: expected one level per sample (shape ({x.shape[0]},)), received shape "
+            f"{tuple(level.shape)}; pass a float for one level for the whole batch."
+        )
+    if bool(((level < 0) | (level > 1) | level.isnan()).any()):
+        raise AnalysisError(f"corrupt: expected noise levels in [0, 1], received {level.tolist()}.")
+    lam = level.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, ...)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-    return (1.0 - level) * x + level * noise * sigma
+    return torch.where(lam == 0, x, (1.0 - lam) * x + lam * noise * sigma)  # level 0: untouched
 
 
 @dataclass(frozen=True)
