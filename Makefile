@@ -10,6 +10,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_DEV_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# `make demo DEMO_ARGS=--quick` for the one-minute smoke run of the example
+DEMO_ARGS ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
@@ -33,7 +35,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/attnprobe demo
+	$(BIN)/attnprobe example rollingq $(DEMO_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check attnprobe tests benchmarks examples docs/scripts

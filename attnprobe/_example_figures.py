@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from attnprobe import plot
+from attnprobe.example import _LABELS
 from attnprobe.results import ProbeResult
 
 __all__ = ["FIGURES", "draw"]
@@ -28,12 +29,11 @@ FIGURES = (
     "share_vs_noise.png",
     "accuracy_vs_noise.png",
 )
-_LABELS = {"vanilla": "Vanilla MT", "rollingq": "MT + RollingQ", "concat": "Concat"}
-_ORDER = ("vanilla", "rollingq", "concat")
+_ORDER = ("vanilla", "rollingq", "rollingq_gated", "concat")
 
 
 def _colors() -> dict[str, tuple[float, float, float]]:
-    palette = sns.color_palette("colorblind", 3)
+    palette = sns.color_palette("colorblind", len(_ORDER))
     return {_LABELS[m]: palette[i] for i, m in enumerate(_ORDER)}
 
 
@@ -137,29 +137,30 @@ def _accuracy_over_training(metrics: pd.DataFrame, path: Path) -> None:
 
 
 def _key_distribution(found: Sequence[tuple[str, int, Path]], path: Path) -> bool:
-    """The first seed's fusion keys and CLS query: RollingQ before and after its rotation,
-    and both attention models at the end of training."""
+    """The first seed's fusion keys and CLS query: each RollingQ run just before and just
+    after its first rotation, and every attention model at the end of training."""
     folders = {(m, s): f for m, s, f in found}
-    seed = min((s for m, s, _ in found if m in ("vanilla", "rollingq")), default=None)
+    seed = min((s for m, s, _ in found if m != "concat"), default=None)
     if seed is None:
         return False
     panels = [
-        ("rollingq", "keys_before.pt", "MT + RollingQ, before its rotation"),
-        ("rollingq", "keys_after.pt", "MT + RollingQ, just after it"),
-        ("rollingq", "keys_final.pt", "MT + RollingQ, end of training"),
-        ("vanilla", "keys_final.pt", "Vanilla MT, end of training"),
+        ("rollingq", "keys_before.pt", "before its rotation"),
+        ("rollingq", "keys_after.pt", "just after it"),
+        ("rollingq", "keys_final.pt", "end of training"),
+        ("rollingq_gated", "keys_before.pt", "before its first rotation"),
+        ("rollingq_gated", "keys_after.pt", "just after it"),
+        ("rollingq_gated", "keys_final.pt", "end of training"),
+        ("vanilla", "keys_final.pt", "end of training"),
     ]
     present = [
-        (folders[(m, seed)] / name, title)
-        for m, name, title in panels
+        (folders[(m, seed)] / name, f"{_LABELS[m]}, {when}")
+        for m, name, when in panels
         if (m, seed) in folders and (folders[(m, seed)] / name).exists()
     ]
     if not present:
         return False
-    fig, axes = plt.subplots(
-        1, len(present), figsize=(5.2 * len(present), 5.2), layout="constrained", squeeze=False
-    )
-    for ax, (file, title) in zip(axes[0], present, strict=True):
+    fig, axes = _facets(len(present), size=(5.4, 5.0))
+    for ax, (file, title) in zip(axes, present, strict=True):
         plot.key_distribution(ProbeResult.load(file), query="cls", ax=ax, max_points=200)
         ax.set_title(f"{title} (seed {seed})", fontsize=10)
     fig.suptitle("Fusion-layer keys per modality and the CLS query direction")
@@ -167,11 +168,12 @@ def _key_distribution(found: Sequence[tuple[str, int, Path]], path: Path) -> boo
     return True
 
 
-def _facets(n: int) -> tuple[Figure, list[Axes]]:
+def _facets(n: int, size: tuple[float, float] = (4.6, 3.6)) -> tuple[Figure, list[Axes]]:
+    """``n`` axes in rows of at most three (the unused ones hidden)."""
     cols = min(n, 3)
     rows = -(-n // cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(4.6 * cols, 3.6 * rows), layout="constrained", squeeze=False
+        rows, cols, figsize=(size[0] * cols, size[1] * rows), layout="constrained", squeeze=False
     )
     for ax in axes.flat[n:]:
         ax.set_visible(False)

@@ -20,7 +20,9 @@ and figure from the files alone. Layout of an example folder::
 Protocol: the test split is never used for training or selection; numbers are those of the
 last epoch. Corrupted test sets are drawn once per (seed, modality, level) and shared by every
 method, so the comparisons are paired sample by sample. RollingQ runs with the reference's
-defaults (β = 0, ρ = 0, one rotation after the first epoch) — nothing is tuned per dataset.
+defaults (β = 0, ρ = 0, one rotation after the first epoch), and once more gated by the
+imbalance (β = 0.5, up to three rotations), the same on every dataset: nothing is tuned per
+dataset.
 """
 
 from __future__ import annotations
@@ -50,11 +52,18 @@ from attnprobe.training import TrainConfig, Trainer
 
 __all__ = ["DATASETS", "METHODS", "ExampleConfig", "report", "run"]
 
-METHODS = ("vanilla", "rollingq", "concat")
-"""Vanilla MT (fusion attention), Vanilla MT + RollingQ, and the static concatenation."""
+METHODS = ("vanilla", "rollingq", "rollingq_gated", "concat")
+"""Vanilla MT (fusion attention); + RollingQ with the reference's defaults (β = 0, one
+rotation after the first epoch); + RollingQ gated by the imbalance (β = 0.5, up to three
+rotations: it waits until ``|AIR| ≥ β``); and the static concatenation."""
 DATASETS = ("synthetic", "mfeat")
-_ATTENTION = ("vanilla", "rollingq")
-_LABELS = {"vanilla": "Vanilla MT", "rollingq": "MT + RollingQ", "concat": "Concat"}
+_ATTENTION = ("vanilla", "rollingq", "rollingq_gated")
+_LABELS = {
+    "vanilla": "Vanilla MT",
+    "rollingq": "MT + RollingQ",
+    "rollingq_gated": "MT + RollingQ (β=0.5, ≤3)",
+    "concat": "Concat",
+}
 _DONE = "done.json"
 
 
@@ -78,6 +87,10 @@ class ExampleConfig:
     levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     """Noise levels ``λ`` of the test-set sweep."""
     methods: tuple[str, ...] = METHODS
+    gated_beta: float = 0.5
+    """β of ``rollingq_gated`` (rotate only when ``|AIR| ≥ β``)."""
+    gated_rotations: int = 3
+    """``max_rotations`` of ``rollingq_gated``."""
 
     @classmethod
     def quick(cls, dataset: str = "synthetic", seeds: int = 2) -> ExampleConfig:
@@ -210,6 +223,13 @@ def _train_one(cfg: ExampleConfig, method: str, seed: int, folder: Path, progres
     rq = None
     if method == "rollingq":
         rq = RollingQ(cfg.dim, modalities=train.modalities).attach(model, "fusion")
+    elif method == "rollingq_gated":
+        rq = RollingQ(
+            cfg.dim,
+            modalities=train.modalities,
+            beta=cfg.gated_beta,
+            max_rotations=cfg.gated_rotations,
+        ).attach(model, "fusion")
     attention = method in _ATTENTION
     trainer = Trainer(
         model,
@@ -374,7 +394,13 @@ _SUMMARY = (
     ("abs_air", "|AIR| at the last epoch (mean over modality pairs)"),
     ("key_gap", "key gap 1 − cos(μ_a, μ_b) at the last epoch (mean over pairs)"),
 )
-_PAIRS = (("rollingq", "vanilla"), ("rollingq", "concat"), ("vanilla", "concat"))
+_PAIRS = (
+    ("rollingq", "vanilla"),
+    ("rollingq_gated", "vanilla"),
+    ("vanilla", "concat"),
+    ("rollingq", "concat"),
+    ("rollingq_gated", "concat"),
+)
 
 
 def _paired(runs: pd.DataFrame) -> pd.DataFrame:
@@ -467,6 +493,7 @@ def report(run_dir: str | Path) -> pd.DataFrame:
         .agg(mean="mean", std="std", num_seeds="count")
         .reset_index()
         .dropna(subset=["mean"])
+        .reset_index(drop=True)
     )
     summary.to_csv(run_dir / "summary.csv", index=False)
     paired = _paired(runs)

@@ -537,11 +537,12 @@ class Trainer:
 
     # -- files -------------------------------------------------------------------------------
     def _save(self, row: dict[str, Any]) -> None:
-        """Append the row to the metrics file (fsynced), save the attention history, then
-        replace the checkpoint atomically (rank 0; the other ranks wait)."""
+        """Append the row to the metrics file (fsynced; rewritten atomically when the row brings
+        new columns), save the attention history, then replace the checkpoint atomically (rank
+        0; the other ranks wait)."""
         if self.out_dir is not None and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _append_row(self.out_dir / METRICS, row)
+            _write_metrics(self.out_dir / METRICS, self.rows)
             self.history.save(self.out_dir / ATTENTION)
             state = {
                 "format": _FORMAT,
@@ -700,14 +701,25 @@ def _outputs(output: Any) -> tuple[Tensor, Mapping[str, Tensor]]:
     )
 
 
-def _append_row(path: Path, row: Mapping[str, Any]) -> None:
-    """Append one CSV row and fsync (a header first when the file is new)."""
-    new = not path.exists() or path.stat().st_size == 0
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of ``rows``, in order of first appearance."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append the last row and fsync; when it brings new columns (the first evaluation epoch
+    with ``eval_every > 1``), rewrite the file atomically with every column instead, so the
+    CSV always has one header for all rows (empty cells where a row has no value)."""
+    columns = _columns(rows)
+    header = None
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), None)
+    if header != columns:
+        _rewrite_rows(path, rows)
+        return
     with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        csv.DictWriter(handle, fieldnames=columns, restval="").writerow(rows[-1])
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -716,7 +728,7 @@ def _rewrite_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Replace the metrics file by exactly ``rows`` (atomically)."""
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buffer, fieldnames=_columns(rows), restval="")
         writer.writeheader()
         writer.writerows(rows)
     _atomic_write(path, buffer.getvalue().encode())

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import attnprobe as ap
-from attnprobe.models import LateFusionTransformer
+from attnprobe.models import ConcatFusion, LateFusionTransformer
 from attnprobe.training import (
     CHECKPOINT,
     METRICS,
@@ -337,3 +337,42 @@ def test_resuming_with_other_settings_warns(tmp_path: Path) -> None:
     )
     with pytest.warns(ap.AttnProbeWarning, match=r"\['epochs', 'lr'\]"):
         assert len(again.fit()) == 2
+
+
+def test_sparse_evaluation_keeps_one_csv_header(tmp_path: Path) -> None:
+    """With eval_every > 1 the evaluation columns appear after the first rows; the file is
+    rewritten once with every column, and later rows append under that header."""
+    model = make(unimodal_heads=True)
+    trainer = Trainer(
+        model,
+        toy_data(32, seed=1),
+        modalities=model.fusion_layout(),
+        eval_data=toy_data(16, seed=2),
+        out_dir=tmp_path,
+        config=config(epochs=5, eval_every=2),
+    )
+    metrics = trainer.fit()
+    on_disk = pd.read_csv(tmp_path / METRICS)
+    assert list(on_disk.columns) == list(metrics.columns)
+    assert on_disk["eval_accuracy"].notna().tolist() == [False, True, False, True, True]
+    pd.testing.assert_frame_equal(numeric(on_disk), numeric(metrics), check_dtype=False)
+
+
+def test_a_model_without_attention_trains_with_the_same_recipe() -> None:
+    """layer=None (the concatenation baseline): same data order, evaluation columns, no
+    attention columns."""
+    torch.manual_seed(0)
+    concat = ConcatFusion({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 4, dim=16, depth=1)
+    trainer = Trainer(
+        concat,
+        toy_data(32, seed=1),
+        modalities=None,
+        layer=None,
+        eval_data=toy_data(16, seed=2),
+        config=config(),
+    )
+    metrics = trainer.fit()
+    assert "eval_accuracy_audio_corrupted" in metrics and "share_audio" not in metrics
+    assert trainer.history.to_frame().empty
+    with pytest.raises(ap.ProbeConfigError, match="layer=None"):
+        Trainer(concat, toy_data(32, seed=1), modalities=None, layer="fusion")
