@@ -153,7 +153,7 @@ def _key_distribution(found: Sequence[tuple[str, int, Path]], path: Path) -> boo
         ("vanilla", "keys_final.pt", "end of training"),
     ]
     present = [
-        (folders[(m, seed)] / name, f"{_LABELS[m]}, {when}")
+        (folders[(m, seed)] / name, f"{_LABELS[m]}\n{when}")
         for m, name, when in panels
         if (m, seed) in folders and (folders[(m, seed)] / name).exists()
     ]
@@ -162,7 +162,7 @@ def _key_distribution(found: Sequence[tuple[str, int, Path]], path: Path) -> boo
     fig, axes = _facets(len(present), size=(5.4, 5.0))
     for ax, (file, title) in zip(axes, present, strict=True):
         plot.key_distribution(ProbeResult.load(file), query="cls", ax=ax, max_points=200)
-        ax.set_title(f"{title} (seed {seed})", fontsize=10)
+        ax.set_title(f"{title}, seed {seed}", fontsize=10)
     fig.suptitle("Fusion-layer keys per modality and the CLS query direction")
     _save(fig, path)
     return True

@@ -438,26 +438,50 @@ def _paired(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _per_modality_label(metric: str) -> str:
+    for prefix, label in (
+        ("attention_quality_r_", "attention–quality r, {} corrupted"),
+        ("delta_mass_", "ΔM of {}"),
+    ):
+        if metric.startswith(prefix):
+            return label.format(metric[len(prefix) :])
+    return f"accuracy, {metric[len('accuracy_') : -len('_corrupted')]} corrupted (mean over λ > 0)"
+
+
 def _markdown(summary: pd.DataFrame, paired: pd.DataFrame, cfg: dict[str, Any]) -> str:
     methods = [m for m in METHODS if m in set(summary["method"])]
-    lines = [
-        f"# RollingQ example: {cfg.get('dataset')}, {cfg.get('seeds')} seeds, "
-        f"{cfg.get('epochs')} epochs",
-        "",
-        "Mean ± std over seeds (test split, last epoch).",
-        "",
-        "| metric | " + " | ".join(_LABELS[m] for m in methods) + " |",
-        "|---|" + "---|" * len(methods),
-    ]
-    for metric, label in _SUMMARY:
+    header = ["| metric | " + " | ".join(_LABELS[m] for m in methods) + " |"]
+    header.append("|---|" + "---|" * len(methods))
+
+    def row(metric: str, label: str) -> str:
         cells = []
         for m in methods:
             part = summary[(summary["method"] == m) & (summary["metric"] == metric)]
             cells.append(
                 "–" if part.empty else f"{part['mean'].iloc[0]:.3f} ± {part['std'].iloc[0]:.3f}"
             )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += [
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    main = {metric for metric, _ in _SUMMARY}
+    per_modality = [
+        metric
+        for metric in dict.fromkeys(summary["metric"])
+        if metric not in main and metric != "train_seconds"
+    ]
+    lines = [
+        f"# RollingQ example: {cfg.get('dataset')}, {cfg.get('seeds')} seeds, "
+        f"{cfg.get('epochs')} epochs",
+        "",
+        "Mean ± std over seeds (test split, last epoch).",
+        "",
+        *header,
+        *(row(metric, label) for metric, label in _SUMMARY),
+        "",
+        "Per corrupted modality:",
+        "",
+        *header,
+        *(row(metric, _per_modality_label(metric)) for metric in per_modality),
+        row("train_seconds", "training time per run (s)"),
         "",
         "Paired differences over seeds (first − second): mean ± std, seeds where the first "
         "is larger, paired t-test p, Wilcoxon signed-rank p.",
@@ -486,7 +510,7 @@ def report(run_dir: str | Path) -> pd.DataFrame:
         raise AttnProbeError(f"{run_dir} has no finished run (no runs/*/{_DONE}).")
     runs = pd.DataFrame([_final_row(*item) for item in found])
     runs.to_csv(run_dir / "runs.csv", index=False)
-    metrics = [m for m, _ in _SUMMARY if m in runs]
+    metrics = [c for c in runs.columns if c not in ("method", "seed")]
     long = runs.melt(id_vars=["method", "seed"], value_vars=metrics, var_name="metric")
     summary = (
         long.groupby(["method", "metric"], sort=False)["value"]

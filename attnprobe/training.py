@@ -445,7 +445,7 @@ class Trainer:
                         p.sync()
                         shares = self._shares(p.result().layers[0])
                 names = sorted(sums)
-                flat = torch.stack([sums[k].double() for k in names])
+                flat = torch.stack([sums[k].double().cpu() for k in names])  # (K,)
                 _all_reduce(flat)
                 total = dict(zip(names, flat.tolist(), strict=True))
                 if condition == "clean":
