@@ -54,8 +54,8 @@ def _stack(found: Sequence[tuple[str, int, Path]], name: str) -> pd.DataFrame:
     for method, seed, folder in found:
         if (folder / name).exists():
             frame = pd.read_csv(folder / name)
-            frame["method"], frame["seed"] = _LABELS[method], seed
-            frames.append(frame)
+            labels = pd.DataFrame({"method": _LABELS[method], "seed": seed}, index=frame.index)
+            frames.append(pd.concat([frame, labels], axis=1))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -80,6 +80,7 @@ def _share_over_training(metrics: pd.DataFrame, path: Path) -> None:
         y="share",
         hue="modality",
         style="method",
+        style_order=_hue(long),
         errorbar="sd",
         ax=ax,
         palette=sns.color_palette("colorblind", len(names)),

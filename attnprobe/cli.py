@@ -59,13 +59,15 @@ def _example(args: argparse.Namespace) -> int:
     from attnprobe import example
     from attnprobe._errors import AttnProbeError
 
-    if args.quick:
-        config = example.ExampleConfig.quick(args.dataset, seeds=args.seeds or 2)
-    else:
-        config = example.ExampleConfig(dataset=args.dataset, seeds=args.seeds or 5)
     out = args.out or f"attnprobe-runs/rollingq-{args.dataset}{'-quick' if args.quick else ''}"
     start = time.perf_counter()
     try:
+        if args.quick:
+            seeds = 2 if args.seeds is None else args.seeds
+            config = example.ExampleConfig.quick(args.dataset, seeds=seeds)
+        else:
+            seeds = 5 if args.seeds is None else args.seeds
+            config = example.ExampleConfig(dataset=args.dataset, seeds=seeds)
         example.run(out, config, progress=not args.no_progress)
     except AttnProbeError as exc:
         print(f"attnprobe example rollingq: {exc}", file=sys.stderr)
