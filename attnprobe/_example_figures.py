@@ -181,19 +181,18 @@ def _facets(n: int, size: tuple[float, float] = (4.6, 3.6)) -> tuple[Figure, lis
     return fig, list(axes.flat)[:n]
 
 
-def _share_vs_noise(sweep: pd.DataFrame, path: Path) -> bool:
-    if "key_modality" not in sweep:
-        return False
-    own = sweep[sweep["key_modality"] == sweep["corrupted"]]
-    names = list(dict.fromkeys(own["corrupted"]))
+def _by_corrupted(frame: pd.DataFrame, y: str, ylabel: str, title: str, path: Path) -> None:
+    """One panel per corrupted modality: ``y`` against the noise level, one line per method
+    (``ylabel`` may name the modality as ``{m}``)."""
+    names = list(dict.fromkeys(frame["corrupted"]))
     fig, axes = _facets(len(names))
-    for ax, m in zip(axes, names, strict=False):
+    for ax, m in zip(axes, names, strict=True):
         sns.lineplot(
-            own[own["corrupted"] == m],
+            frame[frame["corrupted"] == m],
             x="level",
-            y="share",
+            y=y,
             hue="method",
-            hue_order=_hue(own),
+            hue_order=_hue(frame),
             errorbar="sd",
             marker="o",
             ax=ax,
@@ -201,33 +200,24 @@ def _share_vs_noise(sweep: pd.DataFrame, path: Path) -> bool:
         )
         ax.set_title(f"{m} corrupted")
         ax.set_xlabel("noise level λ")
-        ax.set_ylabel(f"CLS share of {m}")
-    fig.suptitle("Does attention leave a corrupted modality? (test split, mean ± sd over seeds)")
+        ax.set_ylabel(ylabel.format(m=m))
+    fig.suptitle(title)
     _save(fig, path)
+
+
+def _share_vs_noise(sweep: pd.DataFrame, path: Path) -> bool:
+    if "key_modality" not in sweep:
+        return False
+    own = sweep[sweep["key_modality"] == sweep["corrupted"]]
+    title = "Does attention leave a corrupted modality? (test split, mean ± sd over seeds)"
+    _by_corrupted(own, "share", "CLS share of {m}", title, path)
     return True
 
 
 def _accuracy_vs_noise(sweep: pd.DataFrame, path: Path) -> None:
     rows = sweep.drop_duplicates(["method", "seed", "corrupted", "level"])
-    names = list(dict.fromkeys(rows["corrupted"]))
-    fig, axes = _facets(len(names))
-    for ax, m in zip(axes, names, strict=False):
-        sns.lineplot(
-            rows[rows["corrupted"] == m],
-            x="level",
-            y="accuracy",
-            hue="method",
-            hue_order=_hue(rows),
-            errorbar="sd",
-            marker="o",
-            ax=ax,
-            palette=_colors(),
-        )
-        ax.set_title(f"{m} corrupted")
-        ax.set_xlabel("noise level λ")
-        ax.set_ylabel("test accuracy")
-    fig.suptitle("Accuracy with one modality corrupted (test split, mean ± sd over seeds)")
-    _save(fig, path)
+    title = "Accuracy with one modality corrupted (test split, mean ± sd over seeds)"
+    _by_corrupted(rows, "accuracy", "test accuracy", title, path)
 
 
 def draw(run_dir: Path, found: Sequence[tuple[str, int, Path]]) -> list[Path]:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from attnprobe._errors import AttnProbeError
+from attnprobe._io import load_tagged
 from attnprobe.stats import merge_samples
 
 __all__ = ["MASS_COLUMNS", "STATS_COLUMNS", "LayerResult", "ProbeResult"]
@@ -364,18 +365,9 @@ class ProbeResult:
             >>> bool(torch.equal(back.layers[0].mass, p.result().layers[0].mass))
             True
         """
-        try:
-            state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling errors come in many types
-            raise AttnProbeError(
-                f"{path} is not a probe result attnprobe can load safely ({type(exc).__name__})"
-                "; expected a file written by ProbeResult.save."
-            ) from None
-        if not isinstance(state, dict) or state.get("format") != _RESULT_FORMAT:
-            raise AttnProbeError(
-                f"{path} is not a probe result (expected format {_RESULT_FORMAT!r}); expected "
-                "a file written by ProbeResult.save."
-            )
+        state = load_tagged(
+            path, _RESULT_FORMAT, "a probe result", "expected a file written by ProbeResult.save"
+        )
         return cls(tuple(LayerResult(**fields) for fields in state["layers"]))
 
     def to_frame(self) -> pd.DataFrame:

@@ -23,7 +23,6 @@ import dataclasses
 import io
 import math
 import os
-import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from torch.utils.data import default_collate
 
 from attnprobe._calls import call_model
 from attnprobe._errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
+from attnprobe._io import load_tagged
 from attnprobe.analysis.adaptability import corrupt
 from attnprobe.analysis.history import History
 from attnprobe.layout import ModalityLayout
@@ -614,23 +614,12 @@ class Trainer:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, loaded with ``torch.load(weights_only=True)`` (no arbitrary
     unpickling); a foreign or corrupt file raises `AttnProbeError` saying so."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols, then fails
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise AttnProbeError(
-            f"{path} is not a checkpoint attnprobe can load safely ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); delete it or choose "
-            "another out_dir."
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise AttnProbeError(
-            f"{path} is not an attnprobe training checkpoint (expected format {_FORMAT!r}); "
-            "delete it or choose another out_dir."
-        )
-    return state
+    return load_tagged(
+        path,
+        _FORMAT,
+        "an attnprobe training checkpoint",
+        "delete it or choose another out_dir",
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------

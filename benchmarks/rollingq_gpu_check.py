@@ -30,6 +30,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -146,17 +147,36 @@ def training(device: torch.device) -> None:
     train = ds.synthetic("train", num_samples=512)
     val = ds.synthetic("val", num_samples=256)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, progress=False, tensorboard=False)
+
+    class Stop(Exception):
+        pass
+
     with tempfile.TemporaryDirectory() as tmp:
-        model, rq = make(train, device)
-        full = Trainer(
-            model,
-            train,
-            modalities=model.fusion_layout(),
-            eval_data=val,
-            rollingq=rq,
-            out_dir=Path(tmp) / "full",
-            config=cfg,
-        ).fit()
+
+        def fit(out: str, stop_after: int | None = None) -> tuple[nn.Module, ap.RollingQ, Any]:
+            """Train a fresh model into ``tmp/out`` (resuming what is there)."""
+            model, rq = make(train, device)
+            trainer = Trainer(
+                model,
+                train,
+                modalities=model.fusion_layout(),
+                eval_data=val,
+                rollingq=rq,
+                out_dir=Path(tmp) / out,
+                config=cfg,
+            )
+            if stop_after is not None:
+
+                def stop(_: Trainer, row: dict[str, object]) -> None:
+                    if row["epoch"] == stop_after:
+                        raise Stop
+
+                trainer.add_callback("on_epoch_end", stop)
+            with contextlib.suppress(Stop):
+                return model, rq, trainer.fit()
+            return model, rq, None
+
+        model, rq, full = fit("full")
         check(
             int(rq.num_rotations) == 1 and rq.rotation.device.type == device.type,
             f"one rotation, buffers on {rq.rotation.device}; angle "
@@ -174,37 +194,8 @@ def training(device: torch.device) -> None:
             there = cpu_model(*inputs).logits
         gap = float((here - there).abs().max())
         check(gap < 1e-4, f"checkpoint reloaded on the CPU: logits differ by {gap:.1e}")
-
-        class Stop(Exception):
-            pass
-
-        def stop(_: Trainer, row: dict[str, object]) -> None:
-            if row["epoch"] == 1:
-                raise Stop
-
-        model2, rq2 = make(train, device)
-        first = Trainer(
-            model2,
-            train,
-            modalities=model2.fusion_layout(),
-            eval_data=val,
-            rollingq=rq2,
-            out_dir=Path(tmp) / "resumed",
-            config=cfg,
-        )
-        first.add_callback("on_epoch_end", stop)
-        with contextlib.suppress(Stop):
-            first.fit()
-        model3, rq3 = make(train, device)
-        resumed = Trainer(
-            model3,
-            train,
-            modalities=model3.fusion_layout(),
-            eval_data=val,
-            rollingq=rq3,
-            out_dir=Path(tmp) / "resumed",
-            config=cfg,
-        ).fit()
+        fit("resumed", stop_after=1)  # files of epochs 1 and 2 written, then stopped
+        _, _, resumed = fit("resumed")
         numeric = [c for c in full.columns if c not in ("train_time_s", "diagnostics_time_s")]
         a = full[numeric].astype(float).to_numpy()
         b = resumed[numeric].astype(float).to_numpy()

@@ -3,7 +3,9 @@ independent references, streaming, and pinned errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -650,3 +652,26 @@ def test_layout_errors_name_the_layer() -> None:
         with _raises(ModalityLayoutError, "set_labels: expected a layout with modalities"):
             p.set_labels(ap.ModalityLayout({"x": 8}))
     assert snapshot(model)[3] == 0
+
+
+def test_saved_results_round_trip_and_foreign_files_are_refused(tmp_path: Path) -> None:
+    layer = FusionAttention(dim=8, num_heads=2).eval()
+    with ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 3}, reservoir_size=8) as p:
+        layer(torch.randn(4, 5, 8))
+    result = p.result()
+    back = ap.ProbeResult.load(result.save(tmp_path / "r.pt"))
+    for a, b in zip(result.layers, back.layers, strict=True):
+        for field in dataclasses.fields(a):
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            if isinstance(x, torch.Tensor):
+                assert torch.equal(x, y), field.name
+            elif isinstance(x, tuple) and x and isinstance(x[0], torch.Tensor):
+                assert all(torch.equal(u, v) for u, v in zip(x, y, strict=True)), field.name
+            else:
+                assert x == y, field.name
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(ap.AttnProbeError, match="can load safely"):
+        ap.ProbeResult.load(tmp_path / "bad.pt")
+    torch.save({"layers": []}, tmp_path / "foreign.pt")
+    with pytest.raises(ap.AttnProbeError, match="not a probe result"):
+        ap.ProbeResult.load(tmp_path / "foreign.pt")
