@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     example.add_argument("name", choices=["rollingq"], help="the example to run")
     example.add_argument(
-        "--quick", action="store_true", help="smoke run: fewer samples, epochs and seeds (~1 min)"
+        "--quick",
+        action="store_true",
+        help="smoke run: fewer samples, epochs and seeds (~1 min on synthetic data)",
     )
     example.add_argument(
         "--dataset",
