@@ -84,6 +84,13 @@ class _CallState:
         self.maps = []
 
 
+def _in_backward() -> bool:
+    """Whether this code runs inside the autograd engine's backward pass (where activation
+    checkpointing recomputes forwards)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and int(task()) != -1
+
+
 class _LayerRecorder:
     """The probe's recorder for one selected module (see ``capture.Recorder``)."""
 
@@ -93,6 +100,7 @@ class _LayerRecorder:
         self.forwards = 0
         self._call_index = 0
         self._captured = False
+        self._recompute = False
         self.states: list[_CallState] = []
 
     # -- the Recorder protocol -------------------------------------------------------------
@@ -110,11 +118,18 @@ class _LayerRecorder:
         return probe.store_maps or len(probe.query_groups) != len(probe.layout.names)
 
     def begin(self) -> None:
-        self.forwards += 1
         self._call_index = 0
         self._captured = False
+        # a forward run by the autograd engine is activation checkpointing recomputing one
+        # the probe already saw (reentrant or not): record nothing, or it counts twice
+        self._recompute = _in_backward()
+        if not self._recompute:
+            self.forwards += 1
 
     def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
+        if self._recompute:
+            self._captured = True
+            return
         with torch.no_grad():
             self._reduce(inputs, kernel, None, self._labels(inputs))
 
@@ -136,6 +151,9 @@ class _LayerRecorder:
             enable_gqa=inputs.enable_gqa,
             kernel=kernel,
         )  # (B, H, Lq, Dv), (B, H, Lq, G)
+        if self._recompute:  # the same output as the first forward, nothing recorded
+            self._captured = True
+            return out
         with torch.no_grad():
             self._reduce(inputs, kernel, mass.detach(), labels)
         return out

@@ -223,10 +223,29 @@ def install_hooks(
     reaches the kernel call before a probe's capture does, and the probe records the query
     the kernel really received, whatever order they were attached in.
     """
-    stack.callback(module.register_forward_pre_hook(pre_hook, prepend=not inner).remove)
+    def guarded(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        if _compiling():
+            from attnprobe._errors import CaptureError
+
+            raise CaptureError(
+                f"{type(mod).__name__} is being traced by torch.compile while attnprobe "
+                f"{'changes its query' if inner else 'probes it'}; attnprobe intercepts the "
+                "attention call in eager mode, which torch.compile cannot trace. Probe the "
+                "model uncompiled (compile it after the probe is closed), or compile only "
+                "the parts of the model that are not probed."
+            )
+        pre_hook(mod, args)
+
+    stack.callback(module.register_forward_pre_hook(guarded, prepend=not inner).remove)
     stack.callback(
         module.register_forward_hook(hook, with_kwargs=True, always_call=True, prepend=inner).remove
     )
+
+
+def _compiling() -> bool:
+    """Whether torch.compile (dynamo) is tracing this code."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
 
 
 def with_query(
