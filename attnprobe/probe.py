@@ -16,7 +16,7 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -64,6 +64,7 @@ class _CallState:
         self.name = name
         self.sums = SumAccumulator()
         self.calls = 0
+        self.unsynced_calls = 0  # calls since the last Probe.sync
         self.shape: tuple[int, int, int, tuple[str, ...], tuple[str, ...]] | None = None
         self.reservoir_size = reservoir_size
         self.seed = seed
@@ -76,6 +77,7 @@ class _CallState:
     def reset(self) -> None:
         self.sums.reset()
         self.calls = 0
+        self.unsynced_calls = 0
         self.shape = None
         self.reservoirs = []
         self.samples = []
@@ -162,6 +164,10 @@ class _LayerRecorder:
     def _state(self) -> _CallState:
         index = self._call_index
         self._call_index += 1
+        return self.state_at(index)
+
+    def state_at(self, index: int) -> _CallState:
+        """The state of the ``index``-th kernel call site (created when new)."""
         while len(self.states) <= index:
             i = len(self.states)
             name = self.name if i == 0 else f"{self.name}:call{i}"
@@ -213,6 +219,7 @@ class _LayerRecorder:
                 "probe between different models."
             )
         state.calls += 1
+        state.unsynced_calls += 1
 
         # rows of the queries to keep (a query-group restriction makes capture nearly free)
         attn_mask, is_causal = inputs.attn_mask, inputs.is_causal
@@ -921,10 +928,34 @@ class Probe:
             recorder.states = []
 
     def sync(self) -> None:
-        """Sum the statistics of all DDP ranks (one ``all_reduce`` per layer); no-op without
-        ``torch.distributed``. Call on every rank, after the same layers ran on each."""
-        for recorder in self._recorders:
-            for state in recorder.states:
+        """Sum the statistics of all DDP ranks; no-op without ``torch.distributed``.
+
+        Call it on every rank. Ranks first exchange which layers and call sites they saw
+        (``all_gather_object`` of names and shapes), so a rank on which a layer saw no batch
+        takes part with zeros instead of leaving the others waiting; then one ``all_reduce``
+        per call site sums what each rank added since the previous sync (syncing twice never
+        double counts). Reservoir samples and per-sample statistics stay per rank.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        local = [
+            [(state.shape, state.unsynced_calls, state.sums.entries()) for state in rec.states]
+            for rec in self._recorders
+        ]
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        for r, recorder in enumerate(self._recorders):
+            for index in range(max(len(ranks[r]) for ranks in gathered)):
+                seen = [ranks[r][index] for ranks in gathered if index < len(ranks[r])]
+                state = recorder.state_at(index)
+                if state.shape is None:
+                    state.shape = next((shape for shape, _, _ in seen if shape is not None), None)
+                state.calls += sum(calls for _, calls, _ in seen) - state.unsynced_calls
+                state.unsynced_calls = 0
+                entries: dict[str, tuple[int, ...]] = {}
+                for _, _, names in seen:
+                    entries.update(names)
+                state.sums.ensure(entries)
                 state.sums.sync()
 
     def result(self, *, strict: bool = True) -> ProbeResult:

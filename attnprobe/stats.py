@@ -8,7 +8,8 @@ one ``all_reduce``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -20,7 +21,13 @@ __all__ = ["Reservoir", "SumAccumulator", "merge_samples"]
 
 
 class SumAccumulator:
-    """Named float64 sums that add up over updates.
+    """Named float64 sums that add up over updates, and over DDP ranks with `sync`.
+
+    The sums are kept in two parts: what this process added since the last `sync` (its local
+    part) and what earlier syncs gathered from every rank. `sync` all-reduces only the local
+    parts, so syncing twice never double counts, and every rank takes part in every sync —
+    also a rank that saw no data (its local part is zeros), which would otherwise leave the
+    others waiting in the collective.
 
     Example:
         >>> import torch
@@ -32,13 +39,12 @@ class SumAccumulator:
     """
 
     def __init__(self) -> None:
-        self._sums: dict[str, Tensor] = {}
-        self._synced = False
+        self._sums: dict[str, Tensor] = {}  # the local part, since the last sync
+        self._synced: dict[str, Tensor] = {}  # every rank's data up to the last sync
 
     def update(self, values: Mapping[str, Tensor]) -> None:
         """Add ``values`` (each converted to float64) to the running sums, which stay on the
         device of their first update (no host-device copy per batch)."""
-        self._synced = False
         currents = [self._sums[name] for name in values if name in self._sums]
         updates = [v.detach() for v in values.values()]
         if len(currents) == len(updates) and all(
@@ -49,49 +55,79 @@ class SumAccumulator:
             return
         for name, value in values.items():
             current = self._sums.get(name)
-            if current is None:
-                self._sums[name] = value.detach().to(torch.float64, copy=True)
-            elif current.shape != value.shape:
+            expected = current.shape if current is not None else None
+            if expected is None and name in self._synced:
+                expected = self._synced[name].shape
+            if expected is not None and expected != value.shape:
                 raise AttnProbeError(
-                    f"accumulator entry {name!r}: expected shape {list(current.shape)}, received "
+                    f"accumulator entry {name!r}: expected shape {list(expected)}, received "
                     f"{list(value.shape)}; a layer changed its number of heads, groups or head "
                     "size between batches. Call reset() before probing a different model."
                 )
+            if current is None:
+                self._sums[name] = value.detach().to(torch.float64, copy=True)
             else:
                 current.add_(value.detach().to(current.device, torch.float64))
 
     def compute(self) -> dict[str, Tensor]:
         """A copy of the current sums, on the CPU."""
-        return {name: value.to("cpu", copy=True) for name, value in self._sums.items()}
+        out = {name: value.to("cpu", copy=True) for name, value in self._synced.items()}
+        for name, value in self._sums.items():
+            out[name] = out[name] + value.cpu() if name in out else value.to("cpu", copy=True)
+        return out
+
+    def entries(self) -> dict[str, tuple[int, ...]]:
+        """Name → shape of every entry (local or synced)."""
+        shapes = {name: tuple(value.shape) for name, value in self._synced.items()}
+        shapes.update({name: tuple(value.shape) for name, value in self._sums.items()})
+        return shapes
+
+    def ensure(self, entries: Mapping[str, Sequence[int]]) -> None:
+        """Add zero entries for the names this accumulator lacks (before a `sync`, so that
+        every rank reduces the same entries)."""
+        known = self.entries()
+        for name, shape in entries.items():
+            if name not in known:
+                self._sums[name] = torch.zeros(tuple(shape), dtype=torch.float64)
 
     def reset(self) -> None:
         """Forget everything."""
         self._sums.clear()
-        self._synced = False
+        self._synced.clear()
 
     def merge(self, other: SumAccumulator) -> None:
         """Add another accumulator's sums into this one (union of the data both have seen)."""
-        self.update(other._sums)
+        self.update({name: value for name, value in other.compute().items()})
 
     def sync(self, group: object | None = None) -> None:
-        """Sum the accumulators of all DDP ranks with one ``all_reduce`` (no-op when
-        ``torch.distributed`` is not initialised). Every rank must hold the same entries.
-        Calling it again before the next `update` does nothing (no double counting)."""
-        if not (dist.is_available() and dist.is_initialized()) or not self._sums or self._synced:
+        """Sum the local parts of all DDP ranks into the synced sums with one ``all_reduce``
+        (no-op when ``torch.distributed`` is not initialised). Every rank must call it and hold
+        the same entries (`ensure`); `attnprobe.Probe.sync` arranges both."""
+        if not (dist.is_available() and dist.is_initialized()):
             return
-        names = sorted(self._sums)
-        flat = torch.cat([self._sums[n].reshape(-1) for n in names])  # (N,)
-        device = flat.device
-        if dist.get_backend(group) == "gloo":  # type: ignore[arg-type]
-            flat = flat.cpu()  # gloo reduces CPU tensors
+        names = sorted(self.entries())
+        if not names:
+            return
+        gloo = dist.get_backend(group) == "gloo"  # type: ignore[arg-type]
+        device = torch.device("cpu") if gloo else torch.device("cuda", torch.cuda.current_device())
+        shapes = self.entries()
+        local = [
+            self._sums.get(n, torch.zeros(shapes[n], dtype=torch.float64)).reshape(-1)
+            for n in names
+        ]
+        flat = torch.cat([t.to(device) for t in local])  # (N,)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)  # type: ignore[arg-type]
-        flat = flat.to(device)
         offset = 0
         for name in names:
-            size = self._sums[name].numel()
-            self._sums[name] = flat[offset : offset + size].view_as(self._sums[name]).clone()
+            size = math.prod(shapes[name])
+            part = flat[offset : offset + size].view(shapes[name])
+            home = self._sums[name].device if name in self._sums else part.device
+            if name in self._synced:
+                self._synced[name] = self._synced[name] + part.to(self._synced[name].device)
+            else:
+                self._synced[name] = part.to(home).clone()
             offset += size
-        self._synced = True
+        self._sums = {}
 
 
 class Reservoir:

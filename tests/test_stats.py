@@ -94,17 +94,34 @@ def test_merged_reservoir_results_stay_within_capacity() -> None:
 
 
 def test_sync_twice_does_not_double_count(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two identical ranks, simulated: each sync adds the other rank's *new* data only."""
     import torch.distributed as dist
 
     calls = []
+
+    def all_reduce(t, op=None, group=None):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        t.mul_(2)  # the other rank holds the same local part
+
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
-    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None, group=None: calls.append(1))
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
     acc = SumAccumulator()
     acc.update({"s": torch.ones(2)})
     acc.sync()
-    acc.sync()
-    assert len(calls) == 1
+    assert acc.compute()["s"].tolist() == [2.0, 2.0]
+    acc.sync()  # nothing new: the collective still runs (every rank must join), adds nothing
+    assert acc.compute()["s"].tolist() == [2.0, 2.0] and len(calls) == 2
     acc.update({"s": torch.ones(2)})
+    assert acc.compute()["s"].tolist() == [3.0, 3.0]
     acc.sync()
-    assert len(calls) == 2
+    assert acc.compute()["s"].tolist() == [4.0, 4.0]
+
+
+def test_ensure_adds_zero_entries_for_a_rank_that_saw_nothing() -> None:
+    acc = SumAccumulator()
+    acc.ensure({"mass": (2, 3)})
+    assert acc.entries() == {"mass": (2, 3)}
+    assert acc.compute()["mass"].abs().sum() == 0
+    acc.update({"mass": torch.ones(2, 3)})
+    assert acc.compute()["mass"].sum() == 6
