@@ -86,6 +86,28 @@ class _CallState:
         self.maps = []
 
 
+def _warn_if_degenerate(layer: LayerResult) -> None:
+    """Warn when a layer's statistics are NaN for a reason the user should know about: NaN or
+    Inf reached its attention (the sums include them), or it saw no query token at all."""
+    sums = [layer.mass_total, layer.key_total, layer.query_total]
+    if any(t is not None and not bool(torch.isfinite(t).all()) for t in sums):
+        warnings.warn(
+            f"layer {layer.name!r}: NaN or Inf reached its attention in some batch (non-finite "
+            "model inputs or activations), so its sums and every mean derived from them are "
+            "NaN/Inf; find the batch with torch.isfinite on the inputs, or reset() the probe "
+            "after it.",
+            AttnProbeWarning,
+            stacklevel=3,
+        )
+    elif float(layer.num_queries.sum()) == 0:
+        warnings.warn(
+            f"layer {layer.name!r} ran but saw no query token (only empty batches, or every "
+            "query row was padding or outside the selected query groups); its masses are NaN.",
+            AttnProbeWarning,
+            stacklevel=3,
+        )
+
+
 def _in_backward() -> bool:
     """Whether this code runs inside the autograd engine's backward pass (where activation
     checkpointing recomputes forwards)."""
@@ -1012,6 +1034,8 @@ class Probe:
         layers: list[LayerResult] = []
         for recorder in self._recorders:
             layers.extend(recorder.results())
+        for layer in layers:
+            _warn_if_degenerate(layer)
         return ProbeResult(tuple(layers))
 
     def __repr__(self) -> str:
