@@ -279,6 +279,10 @@ class Trainer:
         """Train for the remaining epochs; returns the metrics, one row per epoch."""
         if self.resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
             self._load(self.out_dir / CHECKPOINT)
+        elif self.out_dir is not None and self.rank == 0 and not self.rows:
+            metrics = self.out_dir / METRICS
+            if metrics.exists():  # rows of a run killed before its first checkpoint: start over
+                _rewrite_rows(metrics, [])
         self._open_tensorboard()
         try:
             while self.epoch < self.config.epochs:

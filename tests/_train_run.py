@@ -45,6 +45,12 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--kill-epoch", type=int, default=-1)
     parser.add_argument("--kill-batch", type=int, default=-1)
+    parser.add_argument(
+        "--kill-in-save",
+        type=int,
+        default=-1,
+        help="SIGKILL inside the N-th atomic file write, half of it written to the temporary file",
+    )
     parser.add_argument("--anchor", default="frozen")
     parser.add_argument("--air", default="epoch")
     parser.add_argument("--no-rollingq", action="store_true")
@@ -94,6 +100,20 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         trainer.add_callback("on_batch_end", kill)
+        if args.kill_in_save > 0:
+            import attnprobe.training as training_module
+
+            original = training_module._atomic_write
+            writes = [0]
+
+            def dying(path: Path, data: bytes) -> None:
+                writes[0] += 1
+                if writes[0] == args.kill_in_save:
+                    path.with_name(f".{path.name}.tmp").write_bytes(data[: len(data) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+                original(path, data)
+
+            training_module._atomic_write = dying  # type: ignore[assignment]
         trainer.fit()
         if rq is not None:
             rank = dist.get_rank() if world > 1 else 0

@@ -241,6 +241,52 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path: Path) -
     assert torch.equal(rotation["rotation"], torch.load(whole / "rotation_rank0.pt")["rotation"])
 
 
+# random kill points (seeded): (epoch, batch) of 4 epochs × 8 batches
+KILL_POINTS = [
+    tuple(int(v) for v in point)
+    for point in np.random.default_rng(2026).integers([0, 0], [4, 8], size=(3, 2))
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("whole")
+    assert run(out).returncode == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "where", [*(f"batch {e} {b}" for e, b in KILL_POINTS), "in save 2", "in save 3"]
+)
+def test_a_kill_at_a_random_point_loses_at_most_the_current_epoch(
+    tmp_path: Path, uninterrupted: Path, where: str
+) -> None:
+    """SIGKILL at seeded random batches, and inside a checkpoint write (half of it in the
+    temporary file): the files left are whole (rows of finished epochs only, the previous
+    checkpoint), and resuming ends with the uninterrupted run's metrics, every number."""
+    words = where.split()
+    if words[0] == "batch":
+        epoch = int(words[1])
+        args = ["--kill-epoch", words[1], "--kill-batch", words[2]]
+    else:
+        # atomic writes: 1st the metrics file's creation, 2nd the checkpoint after epoch 0 (the
+        # run dies with no checkpoint and must start over cleanly), 3rd the one after epoch 1
+        # (the checkpoint of epoch 0 stays, epoch 1's row is dropped on resume)
+        epoch = 1
+        args = ["--kill-in-save", words[2]]
+    crash = run(tmp_path, *args)
+    assert crash.returncode == -9, crash.stderr
+    if (tmp_path / METRICS).exists():
+        rows = pd.read_csv(tmp_path / METRICS)["epoch"].tolist()
+        assert rows == list(range(len(rows))) and len(rows) in (epoch, epoch + 1)
+    if (tmp_path / CHECKPOINT).exists():
+        assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == epoch
+    resumed = run(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = pd.read_csv(uninterrupted / METRICS), pd.read_csv(tmp_path / METRICS)
+    pd.testing.assert_frame_equal(numeric(actual), numeric(expected))
+
+
 def test_a_corrupt_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
     model = make()
     path = tmp_path / CHECKPOINT

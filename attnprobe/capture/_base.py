@@ -223,6 +223,7 @@ def install_hooks(
     reaches the kernel call before a probe's capture does, and the probe records the query
     the kernel really received, whatever order they were attached in.
     """
+
     def guarded(mod: nn.Module, args: tuple[Any, ...]) -> None:
         if _compiling():
             from attnprobe._errors import CaptureError
