@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 import attnprobe as ap
+from attnprobe import functional as AF
 from tests._reference import masses_from_weights, reference_attention
 
 FIELDS = ("mass_total", "num_queries", "key_count", "key_total", "key_total_sq", "query_total")
@@ -272,6 +273,14 @@ def test_bf16_autocast_masses_sum_to_one_and_accumulate_in_float64() -> None:
         # documented tolerance (guarantees page): 1e-2 under bf16
         assert float(low.residual.abs().max()) < 1e-2
         torch.testing.assert_close(low.mass, ref.mass, atol=2e-2, rtol=0)
+    # per query row: the indicator pass the probe runs, on bf16 queries and keys under autocast
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(4, 4, 24, 8, generator=g).bfloat16() for _ in range(2))
+    labels = torch.tensor([0] + [1] * 11 + [2] * 12).repeat(4, 1)  # (B, L)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rows = AF.group_attention_mass(q, k, labels, 3)  # (B, H, Lq, G)
+    sums = rows.double().sum(-1)  # (B, H, Lq)
+    assert float((sums - 1).abs().max()) < 1e-2
 
 
 # -- memory over many steps -----------------------------------------------------------------------
