@@ -213,15 +213,18 @@ def _sweep(
         )
         return result.to_frame(), result.adaptability()
     rows = []
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for (m, level), data in sets.items():
-            hits = [
-                (model(*inputs).logits.argmax(-1) == y).double().sum()
-                for inputs, y in data.batches(256)
-            ]
-            rows.append((m, level, float(sum(hits) / len(data))))
-    model.train()
+    try:
+        with torch.no_grad():
+            for (m, level), data in sets.items():
+                hits = [
+                    (model(*inputs).logits.argmax(-1) == y).double().sum()
+                    for inputs, y in data.batches(256)
+                ]
+                rows.append((m, level, float(sum(hits) / len(data))))
+    finally:
+        model.train(was_training)
     return pd.DataFrame(rows, columns=["corrupted", "level", "accuracy"]), None
 
 
@@ -229,14 +232,13 @@ def _train_one(cfg: ExampleConfig, method: str, seed: int, folder: Path, progres
     train, val, test = _splits(cfg, seed)
     model = _model(cfg, method, train, seed)
     rq = None
-    if method == "rollingq":
-        rq = RollingQ(cfg.dim, modalities=train.modalities).attach(model, "fusion")
-    elif method == "rollingq_gated":
+    if method.startswith("rollingq"):
+        gated = method == "rollingq_gated"  # else the reference's defaults: β = 0, one rotation
         rq = RollingQ(
             cfg.dim,
             modalities=train.modalities,
-            beta=cfg.gated_beta,
-            max_rotations=cfg.gated_rotations,
+            beta=cfg.gated_beta if gated else 0.0,
+            max_rotations=cfg.gated_rotations if gated else 1,
         ).attach(model, "fusion")
     attention = method in _ATTENTION
     trainer = Trainer(

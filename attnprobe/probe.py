@@ -86,6 +86,23 @@ class _CallState:
         self.maps = []
 
 
+def _labels_or_layout(
+    labels: Tensor | ModalityLayout, layout: ModalityLayout, fn: str
+) -> tuple[Tensor | None, ModalityLayout]:
+    """What `Probe.set_labels` / `Probe.set_key_labels` keep: per-batch labels (checked, on the
+    CPU) with the current layout, or no batch labels and a replacement layout with the same
+    modality names."""
+    if isinstance(labels, ModalityLayout):
+        if labels.names != layout.names:
+            raise ModalityLayoutError(
+                f"{fn}: expected a layout with modalities {list(layout.names)}, received "
+                f"{list(labels.names)}; the groups of a probe are fixed when it is created."
+            )
+        return None, labels
+    checked = _check_label_tensor(labels, len(layout.names), fn)
+    return checked.detach().to("cpu", torch.long), layout
+
+
 def _warn_if_degenerate(layer: LayerResult) -> None:
     """Warn when a layer's statistics are NaN for a reason the user should know about: NaN or
     Inf reached its attention (the sums include them), or it saw no query token at all."""
@@ -791,21 +808,7 @@ class Probe:
         if labels is None:
             self._batch_labels = None
             return
-        if isinstance(labels, ModalityLayout):
-            if labels.names != self.layout.names:
-                raise ModalityLayoutError(
-                    f"set_labels: expected a layout with modalities {list(self.layout.names)}, "
-                    f"received {list(labels.names)}; the groups of a probe are fixed when it is "
-                    "created."
-                )
-            self._batch_labels = None
-            self.layout = labels
-            return
-        self._batch_labels = (
-            _check_label_tensor(labels, len(self.layout.names), "set_labels")
-            .detach()
-            .to("cpu", torch.long)
-        )
+        self._batch_labels, self.layout = _labels_or_layout(labels, self.layout, "set_labels")
 
     def _different_sequences(self, query_len: int, length: int, offset: int | None = None) -> None:
         raise ModalityLayoutError(
@@ -835,20 +838,8 @@ class Probe:
         if labels is None:
             self._batch_key_labels = None
             return
-        if isinstance(labels, ModalityLayout):
-            if labels.names != self.key_layout.names:
-                raise ModalityLayoutError(
-                    f"set_key_labels: expected a layout with modalities "
-                    f"{list(self.key_layout.names)}, received {list(labels.names)}; the groups "
-                    "of a probe are fixed when it is created."
-                )
-            self._batch_key_labels = None
-            self.key_layout = labels
-            return
-        self._batch_key_labels = (
-            _check_label_tensor(labels, len(self.key_layout.names), "set_key_labels")
-            .detach()
-            .to("cpu", torch.long)
+        self._batch_key_labels, self.key_layout = _labels_or_layout(
+            labels, self.key_layout, "set_key_labels"
         )
 
     def _resolve_labels(

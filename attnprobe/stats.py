@@ -121,11 +121,10 @@ class SumAccumulator:
         for name in names:
             size = math.prod(shapes[name])
             part = flat[offset : offset + size].view(shapes[name])
-            home = self._sums[name].device if name in self._sums else part.device
             if name in self._synced:
                 self._synced[name] = self._synced[name] + part.to(self._synced[name].device)
-            else:
-                self._synced[name] = part.to(home).clone()
+            else:  # new since the last sync, so a local entry: keep its device
+                self._synced[name] = part.to(self._sums[name].device, copy=True)
             offset += size
         self._sums = {}
 
