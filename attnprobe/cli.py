@@ -6,6 +6,14 @@ batch and prints the per-modality attention mass table of its fusion layer.
 ``attnprobe example rollingq`` trains vanilla attention fusion, the same with RollingQ and the
 concatenation baseline over several seeds on bundled data (`attnprobe.example`), and writes a
 run folder with per-run metrics, a summary table with paired tests, and figures.
+
+``attnprobe report RUN_DIR`` rebuilds the figures and summary tables of a run folder from its
+files (`attnprobe.report`): an example folder, a training wrapper's ``out_dir``, or a folder of
+them.
+
+Bad input (a missing folder, a corrupt run file, settings that do not match a folder) ends with
+one line on standard error, ``attnprobe COMMAND: what is wrong and how to fix it``, and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -55,6 +63,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(command: str, exc: Exception) -> int:
+    """One line on stderr, exit status 2."""
+    print(f"attnprobe {command}: {' '.join(str(exc).split())}", file=sys.stderr)
+    return 2
+
+
 def _example(args: argparse.Namespace) -> int:
     from attnprobe import example
     from attnprobe._errors import AttnProbeError
@@ -70,8 +84,7 @@ def _example(args: argparse.Namespace) -> int:
             config = example.ExampleConfig(dataset=args.dataset, seeds=seeds)
         example.run(out, config, progress=not args.no_progress)
     except AttnProbeError as exc:
-        print(f"attnprobe example rollingq: {exc}", file=sys.stderr)
-        return 2
+        return _fail("example rollingq", exc)
     print()
     print((Path(out) / "summary.md").read_text())
     figures = sorted((Path(out) / "figures").glob("*.png"))
@@ -80,13 +93,52 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from attnprobe._errors import AttnProbeError
+    from attnprobe.report import report
+
+    start = time.perf_counter()
+    try:
+        result = report(args.run_dir, args.out, progress=not args.no_progress)
+    except AttnProbeError as exc:
+        return _fail("report", exc)
+    print((result.out / "summary.md").read_text())
+    kind = "example folder" if result.kind == "example" else "training runs"
+    count = len(result.runs)
+    print(f"{kind}: {count} run{'s' * (count != 1)} read from {result.run_dir}")
+    for path in result.figures:
+        print(f"  {path}")
+    print(
+        f"tables and {len(result.figures)} figures written to {result.out} in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+_EPILOG = """\
+examples:
+  attnprobe demo                          probe a fusion model, print its attention masses
+  attnprobe example rollingq --quick      the RollingQ example in about a minute
+  attnprobe example rollingq              the full example (5 seeds, about 10 min on 2 cores)
+  attnprobe report attnprobe-runs/rollingq-synthetic
+                                          rebuild its tables and figures from the files
+  attnprobe report runs/ --out report/    the same for your own Trainer runs
+
+Run `attnprobe COMMAND --help` for a command's options. Documentation: docs/ in the
+repository (`make docs`).
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attnprobe`` command."""
     from attnprobe import __version__
 
     parser = argparse.ArgumentParser(
         prog="attnprobe",
-        description="Which modality does a multimodal Transformer listen to?",
+        description="Which modality does a multimodal Transformer listen to? Probe attention, "
+        "run the bundled RollingQ example, and report on training runs.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"attnprobe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -123,11 +175,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "same command resumes an interrupted run",
     )
     example.add_argument("--no-progress", action="store_true", help="no progress bars")
+    report = commands.add_parser(
+        "report",
+        help="rebuild the figures and summary tables of a run folder from its files",
+        description="Rebuild runs.csv, summary.csv, summary.md and figures/*.png from the files "
+        "of a run folder: one written by `attnprobe example rollingq` (also paired.csv), the "
+        "out_dir of an attnprobe.training.Trainer (metrics.csv), or a folder whose sub-folders "
+        "are Trainer out_dirs. Sub-folders named <method>-seed<k> are grouped by method and "
+        "shown as mean ± std over seeds.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder to read")
+    report.add_argument(
+        "--out", default=None, help="where to write the tables and figures (default: RUN_DIR)"
+    )
+    report.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
     if args.command == "example":
         return _example(args)
+    if args.command == "report":
+        return _report(args)
     parser.print_help()
     return 2
 

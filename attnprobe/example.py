@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from attnprobe._errors import AttnProbeError
+from attnprobe._runs import read_csv, read_metrics
 from attnprobe.analysis.adaptability import noise_sweep
 from attnprobe.datasets import MultimodalDataset, SyntheticConfig, mfeat, synthetic
 from attnprobe.models import ConcatFusion, LateFusionTransformer
@@ -50,7 +51,7 @@ from attnprobe.results import ProbeResult
 from attnprobe.rollingq import RollingQ
 from attnprobe.training import TrainConfig, Trainer
 
-__all__ = ["DATASETS", "METHODS", "ExampleConfig", "report", "run"]
+__all__ = ["DATASETS", "METHODS", "ExampleConfig", "is_example_folder", "report", "run"]
 
 METHODS = ("vanilla", "rollingq", "rollingq_gated", "concat")
 """Vanilla MT (fusion attention); + RollingQ with the reference's defaults (β = 0, one
@@ -357,21 +358,19 @@ def _runs(run_dir: Path) -> Iterator[tuple[str, int, Path]]:
         )
     for folder in folders:
         method, seed = folder.name.rsplit("-seed", 1)
+        if method not in METHODS or not seed.isdigit():
+            raise AttnProbeError(
+                f"{folder} is not an example run: expected runs/<method>-seed<k> with a method "
+                f"in {list(METHODS)}; move other folders out of {run_dir / 'runs'}."
+            )
         if (folder / _DONE).exists():
             yield method, int(seed), folder
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise AttnProbeError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-
-
 def _final_row(method: str, seed: int, folder: Path) -> dict[str, Any]:
     """The numbers a run ends with (last epoch; test split for the sweep)."""
-    metrics = _read_csv(folder / "metrics.csv")
-    sweep = _read_csv(folder / "sweep.csv")
+    metrics = read_metrics(folder / "metrics.csv")
+    sweep = read_csv(folder / "sweep.csv")
     last = metrics.iloc[-1]
     row: dict[str, Any] = {"method": method, "seed": seed}
     accuracy = sweep.drop_duplicates(["corrupted", "level"])
@@ -380,10 +379,17 @@ def _final_row(method: str, seed: int, folder: Path) -> dict[str, Any]:
     row["accuracy_corrupted"] = float(noisy["accuracy"].mean())
     for m, part in noisy.groupby("corrupted", sort=False):
         row[f"accuracy_{m}_corrupted"] = float(part["accuracy"].mean())
-    row["train_seconds"] = json.loads((folder / _DONE).read_text())["train_seconds"]
+    try:
+        row["train_seconds"] = json.loads((folder / _DONE).read_text())["train_seconds"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise AttnProbeError(
+            f"{folder / _DONE} is corrupt: expected the JSON record a finished run writes; "
+            "delete it and rerun `attnprobe example rollingq` with the same settings to redo "
+            "the run."
+        ) from None
     if method not in _ATTENTION:
         return row
-    scores = _read_csv(folder / "adaptability.csv")
+    scores = read_csv(folder / "adaptability.csv")
     row["attention_quality_r"] = float(scores["pearson_r"].mean())
     row["delta_mass"] = float(scores["delta_mass"].mean())
     for _, s in scores.iterrows():
@@ -508,18 +514,40 @@ def _markdown(summary: pd.DataFrame, paired: pd.DataFrame, cfg: dict[str, Any]) 
     return "\n".join(lines) + "\n"
 
 
-def report(run_dir: str | Path) -> pd.DataFrame:
+def is_example_folder(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` looks like a folder `run` wrote (``config.json`` and ``runs/``)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "config.json").is_file() and (run_dir / "runs").is_dir()
+
+
+def report(
+    run_dir: str | Path, out: str | Path | None = None, *, progress: bool = False
+) -> pd.DataFrame:
     """Rebuild ``runs.csv``, ``summary.csv``, ``paired.csv``, ``summary.md`` and the figures
     of an example folder from its files; returns the summary (one row per method and
-    metric: ``mean``, ``std``, ``num_seeds``)."""
-    run_dir = Path(run_dir)
+    metric: ``mean``, ``std``, ``num_seeds``).
+
+    Args:
+        run_dir: the folder `run` wrote.
+        out: where the tables and ``figures/`` go (default: ``run_dir`` itself).
+        progress: a progress bar over the figures.
+    """
+    return _report(Path(run_dir), None if out is None else Path(out), progress=progress)[0]
+
+
+def _report(
+    run_dir: Path, out: Path | None, *, progress: bool
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """`report`, also returning the per-run table and the figures written."""
     if not run_dir.is_dir():
         raise AttnProbeError(f"{run_dir} is not a folder; expected an example run folder.")
     found = list(_runs(run_dir))
     if not found:
         raise AttnProbeError(f"{run_dir} has no finished run (no runs/*/{_DONE}).")
+    out = run_dir if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
     runs = pd.DataFrame([_final_row(*item) for item in found])
-    runs.to_csv(run_dir / "runs.csv", index=False)
+    runs.to_csv(out / "runs.csv", index=False)
     metrics = [c for c in runs.columns if c not in ("method", "seed")]
     long = runs.melt(id_vars=["method", "seed"], value_vars=metrics, var_name="metric")
     summary = (
@@ -529,13 +557,21 @@ def report(run_dir: str | Path) -> pd.DataFrame:
         .dropna(subset=["mean"])
         .reset_index(drop=True)
     )
-    summary.to_csv(run_dir / "summary.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
     paired = _paired(runs)
-    paired.to_csv(run_dir / "paired.csv", index=False)
+    paired.to_csv(out / "paired.csv", index=False)
     config_path = run_dir / "config.json"
-    cfg = json.loads(config_path.read_text()) if config_path.exists() else {}
-    (run_dir / "summary.md").write_text(_markdown(summary, paired, cfg))
-    from attnprobe import _example_figures
+    try:
+        cfg = json.loads(config_path.read_text()) if config_path.exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AttnProbeError(
+            f"cannot read {config_path}: {type(exc).__name__}; expected the JSON settings "
+            "`attnprobe example rollingq` writes."
+        ) from None
+    (out / "summary.md").write_text(_markdown(summary, paired, cfg))
+    from attnprobe import _run_figures
 
-    _example_figures.draw(run_dir, found)
-    return summary
+    labelled = [(_LABELS[m], seed, folder) for m, seed, folder in found]
+    order = [_LABELS[m] for m in METHODS]
+    figures = _run_figures.draw(out / "figures", labelled, order, progress=progress)
+    return summary, runs, figures

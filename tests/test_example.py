@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from scipy import stats
 
 import attnprobe as ap
 from attnprobe import cli, example
-from attnprobe._example_figures import FIGURES
+from attnprobe._run_figures import FIGURES
 from attnprobe.training import load_checkpoint
 
 TINY = example.ExampleConfig(seeds=2, epochs=2, train_samples=256, dim=16)
@@ -142,8 +143,6 @@ def test_rerun_skips_finished_runs_and_refuses_other_settings(run_dir: Path) -> 
 
 
 def test_report_rebuilds_from_files(run_dir: Path, tmp_path: Path) -> None:
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     shutil.rmtree(copy / "figures")
@@ -186,3 +185,28 @@ def test_command_line(
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seeds >= 1" in err[0]
+
+
+def test_report_command_rebuilds_an_example_folder(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rebuilt"
+    assert cli.main(["report", str(run_dir), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "example folder: 8 runs read" in printed and "| clean test accuracy |" in printed
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(FIGURES)
+    for name in ("runs.csv", "summary.csv", "paired.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(run_dir / name))
+    # a corrupt run record is named on one line, exit status 2
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "runs" / "concat-seed1" / "done.json").write_text("{truncated")
+    assert cli.main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "concat-seed1/done.json is corrupt" in err[0], err
+    # so is a folder under runs/ that is no example run
+    (copy / "runs" / "concat-seed1" / "done.json").unlink()
+    (copy / "runs" / "mine-seed0").mkdir()
+    assert cli.main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mine-seed0 is not an example run" in err[0], err
