@@ -135,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="attnprobe",
-        description="Which modality does a multimodal Transformer listen to? Probe attention, "
-        "run the bundled RollingQ example, and report on training runs.",
+        description="Which modality does a multimodal Transformer listen to?\n"
+        "Probe attention, run the bundled RollingQ example, report on training runs.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -151,7 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     example = commands.add_parser(
         "example",
         help="run a bundled example (rollingq: vanilla vs RollingQ vs concat over seeds)",
-        description="Run a bundled example end to end and write its run folder.",
+        description="Run a bundled example end to end and write its run folder. rollingq: "
+        "vanilla fusion attention, the same with RollingQ (reference defaults, and gated by "
+        "the imbalance) and a concatenation baseline, trained over seeds on bundled data, "
+        "then a summary table with paired tests and six figures.",
+        epilog="The run folder holds config.json, runs/<method>-seed<k>/ (metrics.csv, "
+        "checkpoint.pt, sweep.csv, ...), runs.csv, summary.csv, paired.csv, summary.md and "
+        "figures/; `attnprobe report RUN_DIR` rebuilds the tables and figures from it.",
     )
     example.add_argument("name", choices=["rollingq"], help="the example to run")
     example.add_argument(
@@ -180,9 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rebuild the figures and summary tables of a run folder from its files",
         description="Rebuild runs.csv, summary.csv, summary.md and figures/*.png from the files "
         "of a run folder: one written by `attnprobe example rollingq` (also paired.csv), the "
-        "out_dir of an attnprobe.training.Trainer (metrics.csv), or a folder whose sub-folders "
-        "are Trainer out_dirs. Sub-folders named <method>-seed<k> are grouped by method and "
+        "out_dir of an attnprobe.training.Trainer (metrics.csv), or a folder whose subfolders "
+        "are Trainer out_dirs. Subfolders named <method>-seed<k> are grouped by method and "
         "shown as mean ± std over seeds.",
+        epilog="Bad input (a missing folder, a corrupt metrics file) prints one line on stderr "
+        "and exits with status 2.",
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder to read")
     report.add_argument(

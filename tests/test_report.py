@@ -4,6 +4,7 @@ giving one line on stderr and exit status 2 (example folders: tests/test_example
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -217,3 +218,29 @@ def test_exit_status_of_the_installed_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_help_text_in_the_docs_is_the_real_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/cli.md shows `attnprobe [COMMAND] --help` verbatim (at 100 columns)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    blocks = dict(re.findall(r"```text\n\$ attnprobe ?(\w*) --help\n(.*?)```", text, re.DOTALL))
+    assert sorted(blocks) == ["", "demo", "example", "report"]
+    monkeypatch.setenv("COLUMNS", "100")
+    for command, shown in blocks.items():
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"] if command else ["--help"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out == shown, f"docs/cli.md: `attnprobe {command} --help`"
+
+
+def test_error_line_in_the_docs_is_the_real_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    shown = re.search(r"\$ attnprobe report runs/typo\n(.*)\n", text)
+    assert shown is not None
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "runs/typo"]) == 2
+    assert capsys.readouterr().err.strip() == shown.group(1)
