@@ -995,12 +995,19 @@ class Probe:
                     for n, m in module.named_modules()
                     if n and adapter_for(m) is not None
                 ]
-                fix = (
-                    f"select its attention submodules instead: {inner[:4]}"
-                    if inner
-                    else "register an adapter for it (attnprobe.register_adapter) that "
-                    "extracts q and k"
-                )
+                if inner:
+                    fix = f"select its attention submodules instead: {inner[:4]}"
+                elif getattr(module, "fused_attn", None) is False:
+                    fix = (
+                        "it has fused_attn = False (timm's explicit path): set "
+                        "module.fused_attn = True, or register an adapter for it "
+                        "(attnprobe.register_adapter)"
+                    )
+                else:
+                    fix = (
+                        "register an adapter for it (attnprobe.register_adapter) that "
+                        "extracts q and k"
+                    )
                 problems.append(
                     f"{name!r} ran {recorder.forwards} time(s) but no attention call was "
                     "captured: its forward did not call F.scaled_dot_product_attention (it may "

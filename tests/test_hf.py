@@ -575,3 +575,16 @@ def test_query_restriction_on_a_gqa_decoder(backend: str, left_pad: bool) -> Non
         assert b.query_groups == ("bos",)
         torch.testing.assert_close(b.mass[:, 0], a.mass[:, 0], atol=1e-6, rtol=0)
     assert_restored(model, backend)
+
+
+def test_timm_explicit_path_names_fused_attn() -> None:
+    """A timm block on its explicit (non-SDPA) path: the error says how to switch it back."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=1, img_size=32
+    ).eval()
+    model.blocks[0].attn.fused_attn = False
+    with ap.probe(model, modalities=ap.auto_layout(model)) as p, torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ap.CaptureError, match=r"fused_attn = False.*module.fused_attn = True"):
+        p.result()

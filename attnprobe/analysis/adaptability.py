@@ -111,7 +111,9 @@ class NoiseSweep:
     def adaptability(self) -> pd.DataFrame:
         """Per corrupted modality ``m``: Pearson ``r`` and Spearman ``rho`` (with p-values) over
         (sample, level) pairs between the share given to ``m`` and its quality ``1 − λ``, and
-        ``delta_mass = M_m(lowest level) − M_m(highest level)``."""
+        ``delta_mass``, the mean share of ``m`` at the lowest level minus that at the highest
+        (``METRICS.md``'s ``ΔM_m = M_m(clean) − M_m(m corrupted)`` taken on shares, so that
+        key groups left out of shares, e.g. ``cls``, do not enter it)."""
         from scipy import stats  # loads on first use: `import attnprobe` stays light
 
         rows = []
@@ -154,7 +156,7 @@ class NoiseSweep:
         )
 
     def __repr__(self) -> str:
-        levels = sorted(self.samples["level"].unique())
+        levels = [float(x) for x in sorted(self.samples["level"].unique())]
         return (
             f"NoiseSweep(query={self.query!r}, corrupted={list(self.samples['corrupted'].unique())}"
             f", levels={levels})"
