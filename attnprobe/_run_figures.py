@@ -9,7 +9,7 @@ methods keep one colour throughout, in the order given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from attnprobe import plot
 from attnprobe._runs import read_csv, read_metrics
@@ -57,6 +58,9 @@ class _Style:
 
 
 def _save(fig: Figure, path: Path) -> None:
+    for ax in fig.axes:
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -100,7 +104,7 @@ def _share_over_training(metrics: pd.DataFrame, path: Path, style: _Style) -> No
         palette=sns.color_palette("colorblind", len(names)),
     )
     ax.set_ylabel("CLS attention share (training epoch)")
-    ax.set_title("Which modality the fusion CLS listens to, over training (mean ± sd over seeds)")
+    ax.set_title("Fusion CLS attention share over training (mean ± sd over seeds)")
     ax.legend(fontsize=8, ncols=2)
     _save(fig, path)
 
@@ -265,8 +269,6 @@ def draw(
         order: the method labels in the order of legends and colours.
         progress: a progress bar over the figures (on a terminal).
     """
-    from tqdm.auto import tqdm
-
     style = _Style(order)
     metrics = _stack(found, "metrics.csv")
     sweep = _stack(found, "sweep.csv")
@@ -288,8 +290,13 @@ def draw(
         jobs.append((FIGURES[5], lambda p: _accuracy_vs_noise(sweep, p, style)))
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    steps: Iterable[tuple[str, Callable[[Path], object]]] = jobs
+    if progress:
+        from tqdm.auto import tqdm  # only when asked: in Jupyter it may warn about ipywidgets
+
+        steps = tqdm(jobs, desc="figures", unit="fig", disable=None)
     with sns.axes_style("whitegrid"):
-        for name, job in tqdm(jobs, desc="figures", unit="fig", disable=not progress or None):
+        for name, job in steps:
             if job(out / name) is not False:
                 written.append(out / name)
     return written

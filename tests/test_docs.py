@@ -53,3 +53,28 @@ def test_code_blocks_run(path: Path) -> None:
         source = "\n" * (line - 1) + code
         exec(compile(source, path.relative_to(ROOT).as_posix(), "exec"), namespace)
     assert adapters() == registered, f"{path.name} left an adapter registered"
+
+
+def test_the_figure_script_draws_every_figure_the_pages_show(tmp_path: Path) -> None:
+    """docs/scripts/make_figures.py still runs and draws each docs/figures/ image (outside
+    the results, which `attnprobe example rollingq` draws) that a page links to."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docs/scripts/make_figures.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    linked = set()
+    for page in (ROOT / "docs").rglob("*.md"):
+        for target in re.findall(r"\]\(([^)]*figures/[^)]+\.png)\)", page.read_text("utf-8")):
+            path = (page.parent / target).resolve().relative_to(ROOT / "docs" / "figures")
+            if path.parts[0] != "results":
+                linked.add(path.as_posix())
+    assert "concepts/key-gap.png" in linked
+    drawn = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")}
+    assert linked <= drawn, linked - drawn

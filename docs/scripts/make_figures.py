@@ -628,7 +628,14 @@ def main() -> None:
         default="all",
         help="which set of figures to draw (default: all)",
     )
-    which = parser.parse_args().which
+    parser.add_argument(
+        "--out", type=Path, default=None, help="figure folder (default: docs/figures)"
+    )
+    args = parser.parse_args()
+    which = args.which
+    if args.out is not None:  # the test suite draws into a temporary folder
+        global OUT, CONCEPTS
+        OUT, CONCEPTS = args.out, args.out / "concepts"
     torch.set_num_threads(1)  # the same bits on any machine, and no thread contention
     paths = []
     if which in ("all", "guides"):
