@@ -9,7 +9,7 @@ import pandas as pd
 
 from attnprobe._errors import AttnProbeError
 
-__all__ = ["read_csv", "read_metrics"]
+__all__ = ["read_csv", "read_metrics", "summarise"]
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -45,3 +45,17 @@ def read_metrics(path: Path) -> pd.DataFrame:
                 f"{int(bad.index[0]) + 2}, expected numbers; rerun the training to rewrite it."
             )
     return frame
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, metric) over seeds: ``mean``, ``std`` (ddof 1) and ``num_seeds``, from a
+    per-run table with ``method``, ``seed`` and numeric metric columns; all-NaN metrics of a
+    method are left out."""
+    long = runs.melt(id_vars=["method", "seed"], var_name="metric")
+    return (
+        long.groupby(["method", "metric"], sort=False)["value"]
+        .agg(mean="mean", std="std", num_seeds="count")
+        .reset_index()
+        .dropna(subset=["mean"])
+        .reset_index(drop=True)
+    )

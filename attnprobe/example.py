@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from attnprobe._errors import AttnProbeError
-from attnprobe._runs import read_csv, read_metrics
+from attnprobe._runs import read_csv, read_metrics, summarise
 from attnprobe.analysis.adaptability import noise_sweep
 from attnprobe.datasets import MultimodalDataset, SyntheticConfig, mfeat, synthetic
 from attnprobe.models import ConcatFusion, LateFusionTransformer
@@ -548,15 +548,7 @@ def _report(
     out.mkdir(parents=True, exist_ok=True)
     runs = pd.DataFrame([_final_row(*item) for item in found])
     runs.to_csv(out / "runs.csv", index=False)
-    metrics = [c for c in runs.columns if c not in ("method", "seed")]
-    long = runs.melt(id_vars=["method", "seed"], value_vars=metrics, var_name="metric")
-    summary = (
-        long.groupby(["method", "metric"], sort=False)["value"]
-        .agg(mean="mean", std="std", num_seeds="count")
-        .reset_index()
-        .dropna(subset=["mean"])
-        .reset_index(drop=True)
-    )
+    summary = summarise(runs)
     summary.to_csv(out / "summary.csv", index=False)
     paired = _paired(runs)
     paired.to_csv(out / "paired.csv", index=False)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from attnprobe._errors import AttnProbeError
-from attnprobe._runs import read_metrics
+from attnprobe._runs import read_metrics, summarise
 
 __all__ = ["RunReport", "report"]
 
@@ -130,14 +130,7 @@ def report(
     runs = pd.DataFrame(
         [_final_row(run_dir, method, seed, folder) for method, seed, folder in found]
     )
-    long = runs.drop(columns="run").melt(id_vars=["method", "seed"], var_name="metric")
-    summary = (
-        long.groupby(["method", "metric"], sort=False)["value"]
-        .agg(mean="mean", std="std", num_seeds="count")
-        .reset_index()
-        .dropna(subset=["mean"])
-        .reset_index(drop=True)
-    )
+    summary = summarise(runs.drop(columns="run"))
     target.mkdir(parents=True, exist_ok=True)
     runs.to_csv(target / "runs.csv", index=False)
     summary.to_csv(target / "summary.csv", index=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,16 +124,22 @@ def train() -> tuple[ap.History, ap.ProbeResult, nn.Module, Held]:
     return history, last, model, (audio[:256], video[:256], labels[:256])
 
 
-def sweep(model: nn.Module, layer: str, held: Held) -> ap.NoiseSweep:
-    """The noise sweep of the trained model on its held-out data (the samples `train` never
-    trained on): one modality corrupted at a time."""
+def sweep(
+    model: nn.Module,
+    held: Held,
+    layer: str,
+    modalities: Mapping[str, int] | ap.ModalityLayout,
+    levels: list[float],
+) -> ap.NoiseSweep:
+    """The noise sweep of a trained model on its held-out data (256 samples it never trained
+    on): one modality corrupted at a time, the CLS query's shares."""
     audio, video, labels = held
     batches = [
         (audio[i : i + 64], video[i : i + 64], labels[i : i + 64]) for i in range(0, 256, 64)
     ]
 
     def prepare(
-        batch: tuple[Tensor, Tensor, Tensor], modality: str | None, level: float, g: torch.Generator
+        batch: Held, modality: str | None, level: float, g: torch.Generator
     ) -> tuple[tuple[Tensor, Tensor], Tensor]:
         a, v, y = batch
         if modality == "audio":
@@ -145,11 +152,11 @@ def sweep(model: nn.Module, layer: str, held: Held) -> ap.NoiseSweep:
         model,
         batches,
         prepare,
-        modalities=LAYOUT,
+        modalities=modalities,
         layer=layer,
         corrupted=["audio", "video"],
         query="cls",
-        levels=[float(x) for x in np.linspace(0.0, 1.0, 6)],
+        levels=levels,
     )
 
 
@@ -401,34 +408,6 @@ def key_gap_figure(static: Trained, adaptive: Trained) -> Path:
     return save_figure(fig, "key-gap")
 
 
-def concept_sweep(trained: Trained) -> ap.NoiseSweep:
-    """The noise sweep of a trained fusion model on its clean held-out data."""
-    audio, video, labels = trained.held_out
-    batches = [
-        (audio[i : i + 64], video[i : i + 64], labels[i : i + 64]) for i in range(0, 256, 64)
-    ]
-
-    def prepare(
-        batch: Held, modality: str | None, level: float, g: torch.Generator
-    ) -> tuple[tuple[Tensor, Tensor], Tensor]:
-        a, v, y = batch
-        if modality == "audio":
-            a = ap.corrupt(a, level, g)
-        elif modality == "video":
-            v = ap.corrupt(v, level, g)
-        return (a, v), y
-
-    return ap.noise_sweep(
-        trained.model,
-        batches,
-        prepare,
-        modalities=trained.model.fusion_layout(),
-        layer="fusion",
-        corrupted=["audio", "video"],
-        levels=[0.0, 0.25, 0.5, 0.75, 1.0],
-    )
-
-
 def adaptability_figure(static: Trained, adaptive: Trained) -> tuple[Path, pd.DataFrame]:
     """Share of the CLS attention on a corrupted modality against its noise level."""
     fig, axes_ = figure(2, 9.0, 3.6)
@@ -439,9 +418,15 @@ def adaptability_figure(static: Trained, adaptive: Trained) -> tuple[Path, pd.Da
         ("trained on clean data", "trained with 60 % corrupted"),
         strict=True,
     ):
-        sweep = concept_sweep(trained)
-        plot.share_vs_noise(sweep, ax=ax)
-        score = sweep.adaptability().assign(model=name)
+        noise = sweep(
+            trained.model,
+            trained.held_out,
+            "fusion",
+            trained.model.fusion_layout(),
+            [0.0, 0.25, 0.5, 0.75, 1.0],
+        )
+        plot.share_vs_noise(noise, ax=ax)
+        score = noise.adaptability().assign(model=name)
         scores.append(score)
         r = ", ".join(
             f"{m} {v:+.2f}" for m, v in zip(score["corrupted"], score["pearson_r"], strict=True)
@@ -600,7 +585,7 @@ def guide_figures() -> list[Path]:
     history, result, model, held = train()
     bias = ap.modality_bias(result, exclude=["cls"])
     first_layer, last_layer = result.names[0], result.names[-1]
-    noise = sweep(model, last_layer, held)
+    noise = sweep(model, held, last_layer, LAYOUT, [float(x) for x in np.linspace(0.0, 1.0, 6)])
     return [
         save(plot.attention_share(history, query="cls", ax=axes(3.6)), "attention_share"),
         save(
