@@ -89,7 +89,10 @@ def _example(args: argparse.Namespace) -> int:
     print((Path(out) / "summary.md").read_text())
     figures = sorted((Path(out) / "figures").glob("*.png"))
     print(f"run folder: {out} ({len(figures)} figures in {Path(out) / 'figures'})")
-    print(f"finished in {time.perf_counter() - start:.0f} s")
+    print(
+        f"finished in {time.perf_counter() - start:.0f} s; `attnprobe report {out}` rebuilds "
+        "the tables and figures from the files"
+    )
     return 0
 
 

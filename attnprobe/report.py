@@ -12,15 +12,14 @@ Two kinds of folder are understood:
   groups the runs of one method over seeds (``vanilla-seed0``, ``vanilla-seed1``, …), which
   the tables and figures then show as mean ± std.
 
-For training runs the report writes, into ``RUN_DIR`` (or ``out``)::
+For training runs the report writes, into ``RUN_DIR`` (or ``out``):
 
-    runs.csv       one row per run: the last epoch's metrics (the last evaluated value for
-                   evaluation columns), the best validation accuracy and its epoch, the
-                   training time
-    summary.csv    one row per (method, metric): mean, std and number of seeds
-    summary.md     the same as a Markdown table
-    figures/       share_over_training.png, air_key_gap.png (runs with a fusion attention
-                   layer), accuracy_over_training.png (runs with evaluation data)
+- ``runs.csv``: one row per run: the last epoch's metrics (the last evaluated value for
+  evaluation columns), the best validation accuracy and its epoch, the training time;
+- ``summary.csv``: one row per (method, metric): mean, std and number of seeds;
+- ``summary.md``: the same as a Markdown table;
+- ``figures/``: ``share_over_training.png`` and ``air_key_gap.png`` (runs with a fusion
+  attention layer), ``accuracy_over_training.png`` (runs with evaluation data).
 """
 
 from __future__ import annotations
