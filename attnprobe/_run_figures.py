@@ -274,8 +274,6 @@ def draw(
     sweep = _stack(found, "sweep.csv")
     shares = [c for c in metrics.columns if c.startswith("share_")]
     attention = metrics.dropna(subset=shares, how="all") if shares else metrics.iloc[:0]
-    if "key_modality" in sweep:
-        own = sweep.dropna(subset=["key_modality"])
     jobs: list[tuple[str, Callable[[Path], object]]] = []
     if not attention.empty:
         jobs.append((FIGURES[0], lambda p: _share_over_training(attention, p, style)))
@@ -285,8 +283,7 @@ def draw(
         jobs.append((FIGURES[2], lambda p: _accuracy_over_training(metrics, p, style)))
     jobs.append((FIGURES[3], lambda p: _key_distribution(found, p, style)))
     if not sweep.empty:
-        if "key_modality" in sweep:
-            jobs.append((FIGURES[4], lambda p: _share_vs_noise(own, p, style)))
+        jobs.append((FIGURES[4], lambda p: _share_vs_noise(sweep, p, style)))
         jobs.append((FIGURES[5], lambda p: _accuracy_vs_noise(sweep, p, style)))
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -51,7 +51,7 @@ from attnprobe.results import ProbeResult
 from attnprobe.rollingq import RollingQ
 from attnprobe.training import TrainConfig, Trainer
 
-__all__ = ["DATASETS", "METHODS", "ExampleConfig", "is_example_folder", "report", "run"]
+__all__ = ["DATASETS", "METHODS", "ExampleConfig", "report", "run"]
 
 METHODS = ("vanilla", "rollingq", "rollingq_gated", "concat")
 """Vanilla MT (fusion attention); + RollingQ with the reference's defaults (β = 0, one
@@ -514,7 +514,7 @@ def _markdown(summary: pd.DataFrame, paired: pd.DataFrame, cfg: dict[str, Any]) 
     return "\n".join(lines) + "\n"
 
 
-def is_example_folder(run_dir: str | Path) -> bool:
+def _is_example_folder(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` looks like a folder `run` wrote (``config.json`` and ``runs/``)."""
     run_dir = Path(run_dir)
     return (run_dir / "config.json").is_file() and (run_dir / "runs").is_dir()

@@ -122,7 +122,7 @@ def report(
             "rollingq`, a Trainer out_dir (with metrics.csv), or a folder of Trainer out_dirs."
         )
     target = run_dir if out is None else Path(out)
-    if example.is_example_folder(run_dir):
+    if example._is_example_folder(run_dir):
         summary, runs, figures = example._report(run_dir, target, progress=progress)
         return RunReport("example", run_dir, target, runs, summary, tuple(figures))
     found = _training_runs(run_dir)
