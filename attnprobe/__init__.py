@@ -31,10 +31,9 @@ from attnprobe.analysis import (
     modality_bias,
     noise_sweep,
 )
-from attnprobe.auto import InputLayout, TokenLayout, VisionLayout, auto_layout
-from attnprobe.capture import Adapter, AttentionInputs, register_adapter
+from attnprobe.capture import Adapter, AttentionInputs, auto_layout, register_adapter
 from attnprobe.check import SelfCheck, self_check
-from attnprobe.layout import ModalityLayout
+from attnprobe.labels import InputLayout, ModalityLayout, TokenLayout, VisionLayout
 from attnprobe.probe import Probe, probe
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.rollingq import RollingQ

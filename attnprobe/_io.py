@@ -13,8 +13,10 @@ from attnprobe._errors import AttnProbeError
 __all__ = ["load_tagged"]
 
 
-def load_tagged(path: str | Path, fmt: str, what: str, fix: str) -> dict[str, Any]:
-    """The dict saved at ``path`` with ``"format": fmt``, read with
+def load_tagged(
+    path: str | Path, fmt: str | tuple[str, ...], what: str, fix: str
+) -> dict[str, Any]:
+    """The dict saved at ``path`` with ``"format": fmt`` (or one of the formats ``fmt``), read with
     ``torch.load(weights_only=True)`` (no arbitrary unpickling); a corrupt or foreign file
     raises `AttnProbeError` naming ``what`` it should have been and how to ``fix`` it."""
     try:
@@ -26,6 +28,8 @@ def load_tagged(path: str | Path, fmt: str, what: str, fix: str) -> dict[str, An
             f"{path} is not {what} attnprobe can load safely ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); {fix}."
         ) from None
-    if not isinstance(state, dict) or state.get("format") != fmt:
-        raise AttnProbeError(f"{path} is not {what} (expected format {fmt!r}); {fix}.")
+    formats = (fmt,) if isinstance(fmt, str) else fmt
+    if not isinstance(state, dict) or state.get("format") not in formats:
+        expected = repr(formats[0]) if len(formats) == 1 else f"one of {list(formats)}"
+        raise AttnProbeError(f"{path} is not {what} (expected format {expected}); {fix}.")
     return state

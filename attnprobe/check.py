@@ -25,11 +25,10 @@ from torch import Tensor, nn
 
 from attnprobe._calls import call_model
 from attnprobe._errors import ProbeConfigError
-from attnprobe.auto import InputLayout
-from attnprobe.capture import HuggingFaceAdapter
+from attnprobe.capture import HuggingFaceAdapter, LayerSelector
 from attnprobe.functional import group_indicator
-from attnprobe.layout import ModalityLayout
-from attnprobe.probe import LayerSelector, probe
+from attnprobe.labels import InputLayout, ModalityLayout
+from attnprobe.probe import probe
 
 __all__ = ["SelfCheck", "self_check"]
 

@@ -11,6 +11,7 @@ import html
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -18,42 +19,51 @@ from torch import Tensor
 
 from attnprobe._errors import AttnProbeError
 from attnprobe._io import load_tagged
-from attnprobe.stats import merge_samples
+from attnprobe.stats import (
+    Cosines,
+    Dims,
+    Entropy,
+    KeyMoments,
+    KeySample,
+    Maps,
+    Mass,
+    QueryMoments,
+    SampleMass,
+    SampleMeans,
+    State,
+    States,
+    Statistic,
+    merge_states,
+    ratio,
+    statistic_class,
+)
 
 __all__ = ["MASS_COLUMNS", "STATS_COLUMNS", "LayerResult", "ProbeResult"]
 
 MASS_COLUMNS = ("layer", "head", "query_modality", "key_modality", "mass", "num_queries")
 """Columns of `ProbeResult.to_frame`, in order."""
 
-_RESULT_FORMAT = "attnprobe.result/1"
+_RESULT_FORMAT = "attnprobe.result/2"
 
 STATS_COLUMNS = ("layer", "kind", "head", "modality", "num_tokens", "mean_norm", "rms")
 """Columns of `ProbeResult.stats_frame`, in order."""
 
 
-def _ratio(total: Tensor, count: Tensor) -> Tensor:
-    """``total / count`` with NaN where ``count == 0`` (no data, not zero mass)."""
-    return torch.where(count > 0, total / torch.where(count > 0, count, 1.0), torch.nan)
-
-
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    if a is None or b is None:
-        return None
-    return a + b
-
-
-def _cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    if a is None or b is None:
-        return None
-    return torch.cat([a, b])
+_LEGACY_FORMAT = "attnprobe.result/1"
 
 
 @dataclass(frozen=True, repr=False)
 class LayerResult:
-    """What a probe captured at one attention layer (one kernel call site).
+    """What a probe captured at one attention call site (a layer's N-th kernel call).
+
+    It holds the declared states of the probe's statistics (`attnprobe.stats`): float64 sums
+    and counts, per-sample rows, samples, maps — and derives means on access, so two results
+    over disjoint data merge exactly (`merge`). The states of the built-in statistics are also
+    attributes (``mass_total``, ``key_total``, …; None when that statistic was not kept);
+    `value` reads any statistic's derived values, `states` any state.
 
     Shapes: ``H`` query heads, ``Hk`` key/value heads, ``D`` head size, ``Gq`` query groups,
-    ``Gk`` key groups. All sums are float64.
+    ``Gk`` key groups, ``N`` samples.
     """
 
     name: str
@@ -67,54 +77,155 @@ class LayerResult:
     key_groups: tuple[str, ...]
     num_calls: int
     """Kernel calls captured."""
-    mass_total: Tensor
-    """``[H, Gq, Gk]`` Σ over kept query rows of the mass on each key group."""
-    num_queries: Tensor
-    """``[Gq]`` kept query rows (the denominator of `mass`)."""
-    key_count: Tensor | None = None
-    """``[Gk]`` key tokens per group."""
-    key_total: Tensor | None = None
-    """``[Hk, Gk, D]`` Σ k."""
-    key_total_sq: Tensor | None = None
-    """``[Hk, Gk, D]`` Σ k² (elementwise)."""
-    key_outer: Tensor | None = None
-    """``[Hk, Gk, D, D]`` Σ k kᵀ (``second_moment=True``)."""
-    query_count: Tensor | None = None
-    """``[Gq]`` query tokens per group."""
-    query_total: Tensor | None = None
-    """``[H, Gq, D]`` Σ q."""
-    query_total_sq: Tensor | None = None
-    """``[H, Gq, D]`` Σ q²."""
-    cosine_total: Tensor | None = None
-    """``[H, Gq, Gk]`` Σ over samples of ``cos(q̄_i, k̄_i)`` (per-sample mean query and key)."""
-    cosine_count: Tensor | None = None
-    """``[Gq, Gk]`` samples with tokens in both groups."""
-    entropy_total: Tensor | None = None
-    """``[H, Gq, Gk]`` Σ over query rows of the within-group entropy (``entropy=True``)."""
-    entropy_count: Tensor | None = None
-    """``[H, Gq, Gk]`` query rows with attention on the group (the entropy's denominator)."""
-    key_sample: tuple[Tensor, ...] | None = None
-    """Per key group, a seeded uniform reservoir sample of key vectors ``[n, Hk, D]``."""
-    key_sample_priority: tuple[Tensor, ...] | None = None
-    """The reservoir priorities of `key_sample` (what makes merging exact)."""
-    reservoir_size: int = 0
-    """Capacity of each reservoir."""
-    sample_mass: Tensor | None = None
-    """``[N, H, Gq, Gk]`` per-sample mass, in the order samples were seen
-    (``per_sample=True``); NaN where a sample has no query of that group."""
-    sample_key_mean: Tensor | None = None
-    """``[N, Hk, Gk, D]`` per-sample mean key of each group (``per_sample=True`` with
-    ``key_stats``); NaN where a sample has no token of that group."""
-    sample_query_mean: Tensor | None = None
-    """``[N, H, Gq, D]`` per-sample mean query of each query group (same conditions)."""
-    maps: tuple[Tensor, ...] | None = None
-    """Full attention maps ``[B, H, Lq, Lk]`` per call (``store_maps=True``)."""
+    statistics: tuple[Statistic, ...]
+    """The statistics kept (`attnprobe.stats`); `Mass` always."""
+    states: States
+    """Every declared state of `statistics`, by name."""
 
     @property
+    def dims(self) -> Dims:
+        """The call site's sizes."""
+        return Dims(
+            self.num_heads, self.num_kv_heads, self.head_dim, self.query_groups, self.key_groups
+        )
+
+    def _state(self, name: str) -> Any:
+        return self.states.get(name)
+
+    def value(self, name: str) -> Tensor:
+        """A value derived by one of the `statistics` (``"mass"``, ``"key_mean"``, ``"entropy"``,
+        or that of a statistic of your own).
+
+        Raises:
+            AttnProbeError: no kept statistic derives ``name``.
+        """
+        known: list[str] = []
+        for statistic in self.statistics:
+            derived = statistic.derive(self.states)
+            if name in derived:
+                return derived[name]
+            known.extend(derived)
+        raise AttnProbeError(
+            f"layer {self.name!r}: no statistic kept by the probe derives {name!r}; derived "
+            f"values: {known}. Probe with the statistic that computes it (statistics=[...])."
+        )
+
+    # -- the states of the built-in statistics -------------------------------------------------
+    @property
+    def mass_total(self) -> Tensor:
+        """``[H, Gq, Gk]`` Σ over kept query rows of the mass on each key group."""
+        return cast(Tensor, self.states["mass_total"])
+
+    @property
+    def num_queries(self) -> Tensor:
+        """``[Gq]`` kept query rows (the denominator of `mass`)."""
+        return cast(Tensor, self.states["num_queries"])
+
+    @property
+    def key_count(self) -> Tensor | None:
+        """``[Gk]`` key tokens per group (`KeyMoments`)."""
+        return cast("Tensor | None", self._state("key_count"))
+
+    @property
+    def key_total(self) -> Tensor | None:
+        """``[Hk, Gk, D]`` Σ k (`KeyMoments`)."""
+        return cast("Tensor | None", self._state("key_total"))
+
+    @property
+    def key_total_sq(self) -> Tensor | None:
+        """``[Hk, Gk, D]`` Σ k² (elementwise; `KeyMoments`)."""
+        return cast("Tensor | None", self._state("key_total_sq"))
+
+    @property
+    def key_outer(self) -> Tensor | None:
+        """``[Hk, Gk, D, D]`` Σ k kᵀ (`KeyMoments` with ``outer``; ``second_moment=True``)."""
+        return cast("Tensor | None", self._state("key_outer"))
+
+    @property
+    def query_count(self) -> Tensor | None:
+        """``[Gq]`` query tokens per group (`QueryMoments`)."""
+        return cast("Tensor | None", self._state("query_count"))
+
+    @property
+    def query_total(self) -> Tensor | None:
+        """``[H, Gq, D]`` Σ q (`QueryMoments`)."""
+        return cast("Tensor | None", self._state("query_total"))
+
+    @property
+    def query_total_sq(self) -> Tensor | None:
+        """``[H, Gq, D]`` Σ q² (`QueryMoments`)."""
+        return cast("Tensor | None", self._state("query_total_sq"))
+
+    @property
+    def cosine_total(self) -> Tensor | None:
+        """``[H, Gq, Gk]`` Σ over samples of ``cos(q̄_i, k̄_i)`` (`Cosines`)."""
+        return cast("Tensor | None", self._state("cosine_total"))
+
+    @property
+    def cosine_count(self) -> Tensor | None:
+        """``[Gq, Gk]`` samples with tokens in both groups (`Cosines`)."""
+        return cast("Tensor | None", self._state("cosine_count"))
+
+    @property
+    def entropy_total(self) -> Tensor | None:
+        """``[H, Gq, Gk]`` Σ over query rows of the within-group entropy (`Entropy`)."""
+        return cast("Tensor | None", self._state("entropy_total"))
+
+    @property
+    def entropy_count(self) -> Tensor | None:
+        """``[H, Gq, Gk]`` query rows with attention on the group (`Entropy`)."""
+        return cast("Tensor | None", self._state("entropy_count"))
+
+    @property
+    def key_sample(self) -> tuple[Tensor, ...] | None:
+        """Per key group, a seeded uniform reservoir sample of key vectors ``[n, Hk, D]``
+        (`KeySample`)."""
+        sample = self._state("key_sample")
+        return None if sample is None else tuple(rows for rows, _ in sample)
+
+    @property
+    def key_sample_priority(self) -> tuple[Tensor, ...] | None:
+        """The reservoir priorities of `key_sample` (what makes merging exact)."""
+        sample = self._state("key_sample")
+        return None if sample is None else tuple(priority for _, priority in sample)
+
+    @property
+    def reservoir_size(self) -> int:
+        """Capacity of each reservoir of `key_sample` (0 without one)."""
+        for statistic in self.statistics:
+            declared = statistic.states(self.dims).get("key_sample")
+            if declared is not None:
+                return declared.capacity
+        return 0
+
+    @property
+    def sample_mass(self) -> Tensor | None:
+        """``[N, H, Gq, Gk]`` per-sample mass, in the order samples were seen (`SampleMass`;
+        ``per_sample=True``); NaN where a sample has no query of that group."""
+        return cast("Tensor | None", self._state("sample_mass"))
+
+    @property
+    def sample_key_mean(self) -> Tensor | None:
+        """``[N, Hk, Gk, D]`` per-sample mean key of each group (`SampleMeans`); NaN where a
+        sample has no token of that group."""
+        return cast("Tensor | None", self._state("sample_key_mean"))
+
+    @property
+    def sample_query_mean(self) -> Tensor | None:
+        """``[N, H, Gq, D]`` per-sample mean query of each query group (`SampleMeans`)."""
+        return cast("Tensor | None", self._state("sample_query_mean"))
+
+    @property
+    def maps(self) -> tuple[Tensor, ...] | None:
+        """Full attention maps ``[B, H, R, Lk]`` per call (`Maps`; ``store_maps=True``)."""
+        return cast("tuple[Tensor, ...] | None", self._state("maps"))
+
+    # -- derived values --------------------------------------------------------------------------
+    @property
     def mass(self) -> Tensor:
-        """``[H, Gq, Gk]`` attention mass (``OVERVIEW.md``): mean over kept query rows of the
-        post-softmax probability summed over each key group's tokens."""
-        return _ratio(self.mass_total, self.num_queries.view(1, -1, 1))
+        """``[H, Gq, Gk]`` attention mass (``docs/concepts/attention-mass.md``): mean over kept
+        query rows of the post-softmax probability summed over each key group's tokens."""
+        return ratio(self.mass_total, self.num_queries.view(1, -1, 1))
 
     @property
     def residual(self) -> Tensor:
@@ -129,107 +240,61 @@ class LayerResult:
             raise AttnProbeError(f"layer {self.name!r}: {what} was not collected; {fix}.")
         return value
 
+    def _mean(self, total: Tensor | None, count: Tensor | None, what: str) -> Tensor:
+        count = self._need(count, f"{what} statistics")
+        return ratio(self._need(total, f"{what} sums"), count.view(1, -1, 1))
+
     @property
     def key_mean(self) -> Tensor:
         """``[Hk, Gk, D]`` mean key per head and group, pooled over tokens and samples."""
-        count = self._need(self.key_count, "key statistics")
-        return _ratio(self._need(self.key_total, "key sums"), count.view(1, -1, 1))
+        return self._mean(self.key_total, self.key_count, "key")
 
     @property
     def key_var(self) -> Tensor:
         """``[Hk, Gk, D]`` per-coordinate population variance of the keys."""
         count = self._need(self.key_count, "key statistics").view(1, -1, 1)
         mean = self.key_mean
-        return _ratio(self._need(self.key_total_sq, "key sums of squares"), count) - mean**2
+        return ratio(self._need(self.key_total_sq, "key sums of squares"), count) - mean**2
 
     @property
     def query_mean(self) -> Tensor:
         """``[H, Gq, D]`` mean query per head and query group."""
-        count = self._need(self.query_count, "query statistics")
-        return _ratio(self._need(self.query_total, "query sums"), count.view(1, -1, 1))
+        return self._mean(self.query_total, self.query_count, "query")
 
     @property
     def entropy(self) -> Tensor:
         """``[H, Gq, Gk]`` mean over query rows of the entropy of the attention renormalised
-        inside each key group (``METRICS.md``; probe with ``entropy=True``)."""
+        inside each key group (``docs/concepts/attention-mass.md``; probe with
+        ``entropy=True``)."""
         fix = "probe with entropy=True"
         count = self._need(self.entropy_count, "the within-group entropy", fix)
-        return _ratio(self._need(self.entropy_total, "the within-group entropy", fix), count)
+        return ratio(self._need(self.entropy_total, "the within-group entropy", fix), count)
 
     @property
     def mean_cosine(self) -> Tensor:
         """``[H, Gq, Gk]`` ``E_i[cos(q̄_i, k̄_i)]``; AIR(a, b) for query group q is
         ``mean_cosine[:, q, a] − mean_cosine[:, q, b]`` (RollingQ, arXiv 2506.11465)."""
         count = self._need(self.cosine_count, "per-sample cosines")
-        return _ratio(self._need(self.cosine_total, "per-sample cosines"), count.unsqueeze(0))
+        return ratio(self._need(self.cosine_total, "per-sample cosines"), count.unsqueeze(0))
 
+    # -- merging, frames -------------------------------------------------------------------------
     def merge(self, other: LayerResult) -> LayerResult:
-        """The result over the data of both (sums added, samples concatenated)."""
-        same = (
-            self.name,
-            self.num_heads,
-            self.num_kv_heads,
-            self.head_dim,
-            self.query_groups,
-            self.key_groups,
-        )
-        theirs = (
-            other.name,
-            other.num_heads,
-            other.num_kv_heads,
-            other.head_dim,
-            other.query_groups,
-            other.key_groups,
-        )
+        """The result over the data of both (each state merged by its rule: sums added, samples
+        concatenated, reservoirs merged)."""
+        same = (self.name, self.dims, self.statistics)
+        theirs = (other.name, other.dims, other.statistics)
         if same != theirs:
             raise AttnProbeError(
                 f"cannot merge layer results: expected matching (name, heads, kv heads, head "
-                f"dim, query groups, key groups), received {same} and {theirs}."
+                f"dim, query groups, key groups, statistics), received {same} and {theirs}."
             )
-        key_sample = key_priority = None
-        if (
-            self.key_sample is not None
-            and other.key_sample is not None
-            and self.key_sample_priority is not None
-            and other.key_sample_priority is not None
-        ):
-            merged = [
-                merge_samples((a, b), (pa, pb), self.reservoir_size)
-                for a, b, pa, pb in zip(
-                    self.key_sample,
-                    other.key_sample,
-                    self.key_sample_priority,
-                    other.key_sample_priority,
-                    strict=True,
-                )
-            ]
-            key_sample = tuple(rows for rows, _ in merged)
-            key_priority = tuple(prio for _, prio in merged)
-        maps = None
-        if self.maps is not None and other.maps is not None:
-            maps = self.maps + other.maps
+        declared: dict[str, State] = {}
+        for statistic in self.statistics:
+            declared.update(statistic.states(self.dims))
         return dataclasses.replace(
             self,
             num_calls=self.num_calls + other.num_calls,
-            mass_total=self.mass_total + other.mass_total,
-            num_queries=self.num_queries + other.num_queries,
-            key_count=_add(self.key_count, other.key_count),
-            key_total=_add(self.key_total, other.key_total),
-            key_total_sq=_add(self.key_total_sq, other.key_total_sq),
-            key_outer=_add(self.key_outer, other.key_outer),
-            query_count=_add(self.query_count, other.query_count),
-            query_total=_add(self.query_total, other.query_total),
-            query_total_sq=_add(self.query_total_sq, other.query_total_sq),
-            cosine_total=_add(self.cosine_total, other.cosine_total),
-            cosine_count=_add(self.cosine_count, other.cosine_count),
-            entropy_total=_add(self.entropy_total, other.entropy_total),
-            entropy_count=_add(self.entropy_count, other.entropy_count),
-            key_sample=key_sample,
-            key_sample_priority=key_priority,
-            sample_mass=_cat(self.sample_mass, other.sample_mass),
-            sample_key_mean=_cat(self.sample_key_mean, other.sample_key_mean),
-            sample_query_mean=_cat(self.sample_query_mean, other.sample_query_mean),
-            maps=maps,
+            states=States(merge_states(declared, self.states, other.states)),
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -258,30 +323,76 @@ class LayerResult:
 
         ``mean_norm`` is ‖mean vector‖, ``rms`` is ``sqrt(E‖x‖²)``.
         """
-        rows = []
-        parts = [
-            ("key", self.key_count, self.key_total, self.key_total_sq, self.key_groups),
-            ("query", self.query_count, self.query_total, self.query_total_sq, self.query_groups),
+        rows = [
+            (self.name, *row)
+            for statistic in self.statistics
+            for row in statistic.frame_rows(self.states, self.dims)
         ]
-        for kind, count, total, total_sq, groups in parts:
-            if count is None or total is None or total_sq is None:
-                continue
-            mean = _ratio(total, count.view(1, -1, 1))  # (H, G, D)
-            msq = _ratio(total_sq.sum(-1), count.view(1, -1))  # (H, G)
-            for head in range(total.shape[0]):
-                for g, group in enumerate(groups):
-                    rows.append(
-                        (
-                            self.name,
-                            kind,
-                            head,
-                            group,
-                            int(count[g]),
-                            float(mean[head, g].norm()),
-                            float(msq[head, g].sqrt()),
-                        )
-                    )
         return pd.DataFrame(rows, columns=list(STATS_COLUMNS))
+
+    # -- saving ----------------------------------------------------------------------------------
+    def _to_saved(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "query_groups": self.query_groups,
+            "key_groups": self.key_groups,
+            "num_calls": self.num_calls,
+            "statistics": [(s.name, s.config()) for s in self.statistics],
+            "states": dict(self.states),
+        }
+
+    @classmethod
+    def _from_saved(cls, saved: dict[str, Any]) -> LayerResult:
+        statistics = tuple(statistic_class(name)(**config) for name, config in saved["statistics"])
+        return cls(
+            name=saved["name"],
+            num_heads=saved["num_heads"],
+            num_kv_heads=saved["num_kv_heads"],
+            head_dim=saved["head_dim"],
+            query_groups=tuple(saved["query_groups"]),
+            key_groups=tuple(saved["key_groups"]),
+            num_calls=saved["num_calls"],
+            statistics=statistics,
+            states=States(saved["states"]),
+        )
+
+    @classmethod
+    def _from_legacy(cls, fields: dict[str, Any]) -> LayerResult:
+        """A result saved by attnprobe 0.1 (one field per state)."""
+        statistics: list[Statistic] = [Mass()]
+        if fields.get("key_total") is not None:
+            statistics += [
+                KeyMoments(outer=fields.get("key_outer") is not None),
+                QueryMoments(),
+                Cosines(),
+            ]
+        if fields.get("entropy_total") is not None:
+            statistics.append(Entropy())
+        if fields.get("key_sample") is not None:
+            statistics.append(KeySample(int(fields["reservoir_size"])))
+        if fields.get("sample_mass") is not None:
+            statistics.append(SampleMass())
+        if fields.get("sample_key_mean") is not None:
+            statistics.append(SampleMeans())
+        if fields.get("maps") is not None:
+            statistics.append(Maps())
+        states = {
+            k: v
+            for k, v in fields.items()
+            if k not in _LEGACY_META and v is not None and k not in ("key_sample_priority",)
+        }
+        if fields.get("key_sample") is not None:
+            states["key_sample"] = tuple(
+                zip(fields["key_sample"], fields["key_sample_priority"], strict=True)
+            )
+        return cls(
+            **{k: fields[k] for k in _LEGACY_META if k != "reservoir_size"},
+            statistics=tuple(statistics),
+            states=States(states),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -289,6 +400,18 @@ class LayerResult:
             f"query_groups={list(self.query_groups)}, key_groups={list(self.key_groups)}, "
             f"queries={int(self.num_queries.sum())}, calls={self.num_calls})"
         )
+
+
+_LEGACY_META = (
+    "name",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "query_groups",
+    "key_groups",
+    "num_calls",
+    "reservoir_size",
+)
 
 
 @dataclass(frozen=True, repr=False)
@@ -341,18 +464,15 @@ class ProbeResult:
     def save(self, path: str | Path) -> Path:
         """Write the result to ``path`` (a ``torch.save`` file of tensors, strings and numbers
         only, so `load` reads it with ``weights_only=True``); returns the path."""
-        layers = [
-            {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer)}
-            for layer in self.layers
-        ]
         path = Path(path)
+        layers = [layer._to_saved() for layer in self.layers]
         torch.save({"format": _RESULT_FORMAT, "layers": layers}, path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeResult:
         """Read a result written by `save` (``torch.load(weights_only=True)``: no arbitrary
-        unpickling).
+        unpickling); results saved by attnprobe 0.1 load too.
 
         Example:
             >>> import tempfile, torch, attnprobe as ap
@@ -366,9 +486,14 @@ class ProbeResult:
             True
         """
         state = load_tagged(
-            path, _RESULT_FORMAT, "a probe result", "expected a file written by ProbeResult.save"
+            path,
+            (_RESULT_FORMAT, _LEGACY_FORMAT),
+            "a probe result",
+            "expected a file written by ProbeResult.save",
         )
-        return cls(tuple(LayerResult(**fields) for fields in state["layers"]))
+        if state["format"] == _LEGACY_FORMAT:
+            return cls(tuple(LayerResult._from_legacy(fields) for fields in state["layers"]))
+        return cls(tuple(LayerResult._from_saved(saved) for saved in state["layers"]))
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy masses of every layer; columns `MASS_COLUMNS`.

@@ -33,10 +33,9 @@ from torch import Tensor, nn
 
 from attnprobe._calls import call_model
 from attnprobe._errors import AnalysisError, ProbeConfigError
-from attnprobe.auto import InputLayout
 from attnprobe.capture import adapter_for
 from attnprobe.functional import RotationMethod, rollingq_anchor, rotation_between
-from attnprobe.layout import ModalityLayout
+from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.probe import probe
 from attnprobe.results import LayerResult
 

@@ -42,7 +42,7 @@ from attnprobe._errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
 from attnprobe._io import load_tagged
 from attnprobe.analysis.adaptability import corrupt
 from attnprobe.analysis.history import History
-from attnprobe.layout import ModalityLayout
+from attnprobe.labels import ModalityLayout
 from attnprobe.probe import probe
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.rollingq import RollingQ, _angle_deg, anchor_statistics

@@ -179,11 +179,10 @@ def reference_entropy(weights: np.ndarray, labels: torch.Tensor) -> np.ndarray:
 
 
 def test_within_group_entropy_matches_loops(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
+    from attnprobe.stats import _builtin
 
-    # `attnprobe.probe` is the function; the module is in sys.modules. Two rows a chunk:
-    probe_module = sys.modules["attnprobe.probe"]
-    monkeypatch.setattr(probe_module, "ENTROPY_CHUNK_ELEMENTS", 3 * 4 * 9 * 2)
+    # two rows a chunk
+    monkeypatch.setattr(_builtin, "ENTROPY_CHUNK_ELEMENTS", 3 * 4 * 9 * 2)
     torch.manual_seed(4)
     block = SdpaBlock(dim=16, heads=4).eval()
     x = torch.randn(3, 9, 16) * 2.0

@@ -411,13 +411,13 @@ def test_key_distribution_layer_result_subsample_and_gqa(result: ap.ProbeResult)
     np.testing.assert_array_equal(_offsets(scatters[0]), _offsets(same[0]))
 
     # grouped-query attention: 2 query heads share 1 key/value head
-    gqa = dataclasses.replace(
-        layer,
-        num_kv_heads=1,
-        key_total=layer.key_total[:1],  # type: ignore[index]
-        key_total_sq=layer.key_total_sq[:1],  # type: ignore[index]
-        key_sample=tuple(s[:, :1] for s in layer.key_sample),  # type: ignore[union-attr]
+    states = dict(layer.states)
+    states.update(
+        key_total=layer.states["key_total"][:1],
+        key_total_sq=layer.states["key_total_sq"][:1],
+        key_sample=tuple((rows[:, :1], prio) for rows, prio in layer.states["key_sample"]),
     )
+    gqa = dataclasses.replace(layer, num_kv_heads=1, states=ap.stats.States(states))
     ax = plot.key_distribution(gqa, head=1)
     assert "head 1, kv head 0" in ax.get_title()
 

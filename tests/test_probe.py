@@ -3,8 +3,10 @@ independent references, streaming, and pinned errors."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -675,3 +677,82 @@ def test_saved_results_round_trip_and_foreign_files_are_refused(tmp_path: Path) 
     torch.save({"layers": []}, tmp_path / "foreign.pt")
     with pytest.raises(ap.AttnProbeError, match="not a probe result"):
         ap.ProbeResult.load(tmp_path / "foreign.pt")
+
+
+# --------------------------------------------------------------------------------------------
+# independent probes: any two on the same layers each record exactly what they would alone
+
+PROBE_OPTIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "cls": {"queries": "cls"},
+    "cls_entropy": {"queries": ["cls", "video"], "entropy": True},
+    "samples": {"per_sample": True, "reservoir_size": 4, "second_moment": True},
+    "maps": {"store_maps": True, "key_stats": False},
+    "fused": {"method": "fused"},
+    "fused_cls": {"method": "fused", "queries": "cls"},
+}
+
+
+class _MhaWrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attn(x, x, x)[0]
+
+
+def _independent_models() -> dict[str, tuple[nn.Module, Tensor]]:
+    torch.manual_seed(0)
+    return {
+        "sdpa_gqa": (SdpaBlock(kv_heads=2, causal=True).eval(), torch.randn(3, 8, 16)),
+        "mha_slow_path": (_MhaWrapper().train(), torch.randn(3, 8, 16)),
+        "mha_fast_path": (_MhaWrapper().eval(), torch.randn(3, 8, 16)),
+    }
+
+
+def _probed(model: nn.Module, x: Tensor, *option_sets: dict[str, Any]) -> list[ap.ProbeResult]:
+    probes = []
+    with contextlib.ExitStack() as stack, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ap.AttnProbeWarning)  # method="fused" says it rounds
+        for options in option_sets:
+            probes.append(stack.enter_context(ap.probe(model, modalities=LAYOUT, **options)))
+        with torch.no_grad():
+            model(x)
+    return [p.result() for p in probes]
+
+
+@pytest.mark.parametrize("model_kind", ["sdpa_gqa", "mha_slow_path", "mha_fast_path"])
+def test_two_probes_on_the_same_layer_each_give_their_solo_result(model_kind: str) -> None:
+    model, x = _independent_models()[model_kind]
+    solo = {name: _probed(model, x, options)[0] for name, options in PROBE_OPTIONS.items()}
+    before = snapshot(model)
+    for first, a in PROBE_OPTIONS.items():
+        for second, b in PROBE_OPTIONS.items():
+            ra, rb = _probed(model, x, a, b)
+            both_fused = a.get("method") == b.get("method") == "fused"
+            for name, got in ((first, ra), (second, rb)):
+                want = solo[name]
+                assert [layer.name for layer in got] == [layer.name for layer in want]
+                for g, w in zip(got, want, strict=True):
+                    if both_fused and name == second:
+                        # one fused call serves the model; the second fused probe's masses
+                        # come from its own second pass: equal up to rounding
+                        torch.testing.assert_close(g.mass, w.mass, atol=1e-6, rtol=0)
+                    else:
+                        assert g.states == w.states, (first, second, name)
+                        assert g.num_calls == w.num_calls
+    assert snapshot(model) == before
+
+
+def test_a_cls_probe_and_a_full_probe_on_one_mha_the_own_loop_rollingq_pattern() -> None:
+    """The report that started it: a CLS-only probe broke a second probe on the same layer."""
+    torch.manual_seed(0)
+    m, x = _MhaWrapper(), torch.randn(3, 6, 16)
+    lay = {"cls": 1, "a": 2, "b": 3}
+    with ap.probe(m, modalities=lay, queries="cls") as p1, ap.probe(m, modalities=lay) as p2:
+        m(x)
+    with ap.probe(m, modalities=lay) as alone:
+        m(x)
+    assert p2.result().layers[0].states == alone.result().layers[0].states
+    assert p1.result().layers[0].query_groups == ("cls",)

@@ -28,8 +28,7 @@ from torch import Tensor, nn
 
 from attnprobe._calls import call_model
 from attnprobe._errors import AnalysisError
-from attnprobe.auto import InputLayout
-from attnprobe.layout import ModalityLayout
+from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.probe import probe
 
 __all__ = ["NoiseSweep", "corrupt", "noise_sweep"]

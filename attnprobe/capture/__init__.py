@@ -1,9 +1,12 @@
-"""Adapters that find the attention kernel call of each model family.
+"""Adapters that find the attention kernel call of each model family, and everything else that
+knows a model family.
 
 Nothing outside this package knows a model family. Built-in adapters, tried after any
 registered with `register_adapter`: ``torch.nn.MultiheadAttention``, HuggingFace attention
 modules that dispatch through ``AttentionInterface``, then any module whose forward calls
-``F.scaled_dot_product_attention`` (timm ``Attention`` included).
+``F.scaled_dot_product_attention`` (timm ``Attention`` included). Layer selection and the
+unwrapping of DDP/FSDP wrappers (`select_layers`, `unwrap_model`), the layouts of known models
+(`auto_layout`) and the explicit reference of `attnprobe.self_check` live here too.
 """
 
 from attnprobe.capture._base import (
@@ -16,7 +19,14 @@ from attnprobe.capture._base import (
     register_adapter,
 )
 from attnprobe.capture._hf import HuggingFaceAdapter
+from attnprobe.capture._layouts import auto_layout
 from attnprobe.capture._sdpa import SdpaAdapter
+from attnprobe.capture._select import (
+    LayerSelector,
+    explain_missing_capture,
+    select_layers,
+    unwrap_model,
+)
 from attnprobe.capture._torch import MultiheadAttentionAdapter
 
 _REGISTRY.extend([MultiheadAttentionAdapter(), HuggingFaceAdapter(), SdpaAdapter()])
@@ -25,10 +35,15 @@ __all__ = [
     "Adapter",
     "AttentionInputs",
     "HuggingFaceAdapter",
+    "LayerSelector",
     "MultiheadAttentionAdapter",
     "Recorder",
     "SdpaAdapter",
     "adapter_for",
     "adapters",
+    "auto_layout",
+    "explain_missing_capture",
     "register_adapter",
+    "select_layers",
+    "unwrap_model",
 ]

@@ -8,9 +8,11 @@ probe's per-layer state); the recorder runs the indicator pass and reduces immed
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +22,12 @@ __all__ = [
     "AttentionInputs",
     "QueryEdit",
     "Recorder",
+    "Tap",
     "adapter_for",
     "adapters",
+    "dispatch",
     "install_hooks",
+    "join_tap",
     "register_adapter",
     "with_query",
 ]
@@ -60,14 +65,15 @@ class AttentionInputs:
     belong to no group, so mass on them is reported as residual."""
 
 
-@runtime_checkable
 class Recorder(Protocol):
-    """Where adapters send captures; one per probed layer (implemented by the probe)."""
+    """Where adapters send captures: one per probed module and probe (implemented by the
+    probe). Several probes may be attached to one module; adapters hand every call to all of
+    their recorders (`dispatch`)."""
 
     name: str
 
     def begin(self) -> None:
-        """Called when the layer's forward starts."""
+        """Called when the module's forward starts."""
 
     def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
         """Capture one attention call (second pass, the model's output untouched)."""
@@ -84,15 +90,98 @@ class Recorder(Protocol):
         ...
 
     @property
-    def captured_this_call(self) -> bool:
-        """Whether `record` or `fused` ran since the last `begin`."""
-        ...
-
-    @property
-    def restricts_queries(self) -> bool:
+    def needs_dense_mask(self) -> bool:
         """Whether the probe keeps only some query rows or stores full maps (both need a dense
         ``[B, H, Lq, Lk]``-broadcastable mask from the adapter)."""
         ...
+
+
+def dispatch(
+    recorders: Sequence[Recorder],
+    inputs: AttentionInputs,
+    kernel: Callable[..., Tensor],
+    dropout_p: float,
+    run: Callable[[], Any],
+    *,
+    fusable: bool = True,
+) -> Any:
+    """Run one intercepted attention call for the model and hand it to every recorder.
+
+    The model's output comes from ``run()`` (its own call, bit-for-bit), or — when a recorder
+    wants the fused single call, the call has no dropout and the adapter can fuse
+    (``fusable``) — from that recorder's fused call. Every other recorder captures the same
+    inputs by its own second pass, so probes attached to one module never see each other's
+    passes and each records what it would alone.
+    """
+    lead = None
+    if fusable and dropout_p == 0.0 and inputs.value is not None:
+        lead = next((r for r in recorders if r.wants_fused), None)
+    out = run() if lead is None else lead.fused(inputs, kernel, dropout_p)
+    for recorder in recorders:
+        if recorder is not lead:
+            recorder.record(inputs, kernel)
+    return out
+
+
+class Tap:
+    """The interception of one module shared by every probe attached to it: installed by the
+    first recorder that joins, removed when the last one leaves."""
+
+    def __init__(self) -> None:
+        self.recorders: list[Recorder] = []
+        self.stack = contextlib.ExitStack()
+        """Where the interception's hooks and flags are undone."""
+        self.captured = False
+        """Whether the current forward reached the attention call (set by the adapter)."""
+
+    def begin(self) -> None:
+        """A forward of the module starts: tell every recorder."""
+        self.captured = False
+        for recorder in list(self.recorders):
+            recorder.begin()
+
+
+_TAPS: weakref.WeakKeyDictionary[nn.Module, dict[str, Tap]] = weakref.WeakKeyDictionary()
+_TAP_LOCK = threading.RLock()
+
+
+def join_tap(
+    module: nn.Module,
+    kind: str,
+    recorder: Recorder,
+    stack: contextlib.ExitStack,
+    install: Callable[[Tap], None],
+) -> Tap:
+    """Add ``recorder`` to the ``kind`` tap of ``module`` until ``stack`` unwinds; the first
+    recorder runs ``install(tap)`` (which registers its undo on ``tap.stack``), the last one to
+    leave closes it."""
+    with _TAP_LOCK:
+        taps = _TAPS.setdefault(module, {})
+        tap = taps.get(kind)
+        if tap is None:
+            tap = Tap()
+            try:
+                install(tap)
+            except BaseException:
+                tap.stack.close()
+                raise
+            taps[kind] = tap
+        tap.recorders.append(recorder)
+
+    def leave() -> None:
+        with _TAP_LOCK:
+            if recorder in tap.recorders:
+                tap.recorders.remove(recorder)
+            if not tap.recorders:
+                module_taps = _TAPS.get(module, {})
+                if module_taps.get(kind) is tap:
+                    del module_taps[kind]
+                if not module_taps:
+                    _TAPS.pop(module, None)
+                tap.stack.close()
+
+    stack.callback(leave)
+    return tap
 
 
 class Adapter:
@@ -143,6 +232,11 @@ class Adapter:
         """Whether ``module`` attends from one sequence to another (its keys need
         ``key_modalities``); automatic layer selection uses it. Default: False."""
         return False
+
+    def explain_missing_capture(self, module: nn.Module) -> str | None:
+        """How to fix ``module`` running without any attention call being captured (a hint
+        for the error `attnprobe.Probe.result` raises), or None for the generic one."""
+        return None
 
     def prepare(self, module: nn.Module) -> Callable[[], None] | None:
         """Change what the module needs changed while probed; return a function that undoes it."""
@@ -215,7 +309,7 @@ def install_hooks(
 ) -> None:
     """Register a forward pre-hook and an always-called forward hook (with kwargs; it gets
     ``out=None`` when forward raised), both removed when ``stack`` unwinds. Hooks return None,
-    so they never replace the module's output (``CAPTURE.md``, pitfall 3).
+    so they never replace the module's output (a hook that returns a value would).
 
     What the hooks enter (a ``TorchFunctionMode``, a patched kernel) nests by hook order:
     capture hooks are *outer* (the pre-hook runs first, the forward hook last), query edits

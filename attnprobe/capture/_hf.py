@@ -8,8 +8,8 @@ original function ``X`` unchanged (the model's output is bit-for-bit the same) a
 indicator pass through that same function, with ``V = E``, on the exact post-RoPE ``q``, the
 key/value-head ``k`` (grouped-query attention is left to the backend, as for the model), the
 mask and the scale it received. The same name is registered in ``AttentionMaskInterface`` with
-the original's mask function: without it HF builds no mask at all for an unknown name
-(``CAPTURE.md``). Both registrations and every config change are reference-counted across
+the original's mask function: without it HF builds no mask at all for an unknown name.
+Both registrations and every config change are reference-counted across
 probes and undone when the last probe using them closes.
 
 Backends: ``eager`` (the modeling file's own ``eager_attention_forward``, so soft-capping and
@@ -31,7 +31,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from attnprobe._errors import CaptureError
-from attnprobe.capture._base import Adapter, AttentionInputs, QueryEdit, Recorder
+from attnprobe.capture._base import Adapter, AttentionInputs, QueryEdit, Recorder, dispatch
 from attnprobe.capture._sdpa import _code_names
 
 __all__ = ["PREFIX", "HuggingFaceAdapter"]
@@ -127,18 +127,16 @@ def _make_wrapper(original_name: str) -> Callable[..., Any]:
             module, original, original_name, query, key, value, attention_mask, kwargs
         )
         dropout = float(kwargs.get("dropout", 0.0) or 0.0)
-        if (
-            original_name == "sdpa"
-            and dropout == 0.0
-            and len(recorders) == 1
-            and recorders[0].wants_fused
-        ):
-            out = recorders[0].fused(inputs, kernel, 0.0)  # (B, H, Lq, Dv)
-            return out.transpose(1, 2).contiguous(), None  # (B, Lq, H, Dv), as HF returns
-        result = original(module, query, key, value, attention_mask, **kwargs)
-        for recorder in recorders:
-            recorder.record(inputs, kernel)
-        return result
+
+        def run() -> Any:
+            return original(module, query, key, value, attention_mask, **kwargs)
+
+        result = dispatch(
+            list(recorders), inputs, kernel, dropout, run, fusable=original_name == "sdpa"
+        )
+        if isinstance(result, Tensor):  # a recorder's fused call: (B, H, Lq, Dv)
+            return result.transpose(1, 2).contiguous(), None  # (B, Lq, H, Dv), as HF returns
+        return result  # the backend's own (output, weights)
 
     attnprobe_attention.__qualname__ = f"attnprobe_attention[{original_name}]"
     return attnprobe_attention
@@ -309,7 +307,7 @@ class HuggingFaceAdapter(Adapter):
         implementation: str = config._attn_implementation or "eager"
         if implementation.startswith(PREFIX):
             implementation = implementation[len(PREFIX) :]
-        if implementation not in _DENSE_MASK_BACKENDS and recorder.restricts_queries:
+        if implementation not in _DENSE_MASK_BACKENDS and recorder.needs_dense_mask:
             raise CaptureError(
                 f"layer {recorder.name!r} runs attention implementation {implementation!r}, "
                 "whose masks are not dense tensors: query restriction (queries=...) and "

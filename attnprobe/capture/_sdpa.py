@@ -3,10 +3,10 @@
 While a probed module runs, a ``TorchFunctionMode`` (entered by a forward pre-hook, left by an
 always-called forward hook) intercepts its SDPA calls. Unlike patching
 ``torch.nn.functional.scaled_dot_product_attention``, a mode also sees calls through a name
-bound at import time (``from torch.nn.functional import scaled_dot_product_attention``), the
-pitfall of ``CAPTURE.md`` (4). The handler calls the kernel with the module's own arguments, so
-the output is bit-for-bit the model's, then hands the same ``q``, ``k``, mask and scale to the
-recorder for the indicator pass.
+bound at import time (``from torch.nn.functional import scaled_dot_product_attention``). The
+handler calls the kernel with the module's own arguments, so the output is bit-for-bit the
+model's, then hands the same ``q``, ``k``, mask and scale to every recorder attached to the
+module (one interception per module, shared by all probes on it).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from attnprobe.capture._base import (
     AttentionInputs,
     QueryEdit,
     Recorder,
+    Tap,
+    dispatch,
     edit_missed,
     install_hooks,
+    join_tap,
     with_query,
 )
 
@@ -58,18 +61,18 @@ def sdpa_inputs(
 
 
 def handle_sdpa_call(
-    recorder: Recorder,
+    tap: Tap,
     kernel: Callable[..., Tensor],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     appended_keys: int = 0,
 ) -> Tensor:
-    """Run one intercepted SDPA call for the model and capture it for ``recorder``."""
+    """Run one intercepted SDPA call for the model and capture it for the tap's recorders."""
     inputs, dropout_p = sdpa_inputs(args, kwargs, appended_keys)
-    if recorder.wants_fused and dropout_p == 0.0:
-        return recorder.fused(inputs, kernel, dropout_p)
-    out = kernel(*args, **kwargs)
-    recorder.record(inputs, kernel)
+    tap.captured = True
+    out: Tensor = dispatch(
+        list(tap.recorders), inputs, kernel, dropout_p, lambda: kernel(*args, **kwargs)
+    )
     return out
 
 
@@ -174,12 +177,23 @@ class SdpaAdapter(Adapter):
         return _calls_sdpa(inspect.unwrap(type(module).forward))
 
     def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
-        def capture(
-            kernel: Callable[..., Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            return handle_sdpa_call(recorder, kernel, args, kwargs)
+        def install(tap: Tap) -> None:
+            def capture(
+                kernel: Callable[..., Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Any:
+                return handle_sdpa_call(tap, kernel, args, kwargs)
 
-        _install_mode(module, lambda: _OnSdpa(capture), stack, begin=recorder.begin)
+            _install_mode(module, lambda: _OnSdpa(capture), tap.stack, begin=tap.begin)
+
+        join_tap(module, "capture", recorder, stack, install)
+
+    def explain_missing_capture(self, module: nn.Module) -> str | None:
+        if getattr(module, "fused_attn", None) is False:
+            return (
+                "it has fused_attn = False (timm's explicit path): set module.fused_attn = True, "
+                "or register an adapter for it (attnprobe.register_adapter)"
+            )
+        return None
 
     def edit_query(
         self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str

@@ -30,8 +30,10 @@ from attnprobe.capture._base import (
     Adapter,
     QueryEdit,
     Recorder,
+    Tap,
     edit_missed,
     install_hooks,
+    join_tap,
     with_query,
 )
 from attnprobe.capture._sdpa import handle_sdpa_call, sdpa_inputs
@@ -84,43 +86,50 @@ class MultiheadAttentionAdapter(Adapter):
         assert isinstance(module, nn.MultiheadAttention)
         appended = int(module.bias_k is not None) + int(module.add_zero_attn)
         signature = inspect.signature(module.forward)
-        patches: list[contextlib.ExitStack] = []
 
-        def live(kernel: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
-            return handle_sdpa_call(recorder, kernel, args, kwargs, appended)
+        def install(tap: Tap) -> None:
+            patches: list[contextlib.ExitStack] = []
 
-        def capture_only(kernel: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
-            inputs, _ = sdpa_inputs(args, kwargs, appended)
-            recorder.record(inputs, kernel)
-            raise _Captured
+            def live(kernel: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+                return handle_sdpa_call(tap, kernel, args, kwargs, appended)
 
-        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            recorder.begin()
-            scope = contextlib.ExitStack()
-            scope.enter_context(_patched_sdpa(live))
-            patches.append(scope)
+            def capture_only(kernel: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+                inputs, _ = sdpa_inputs(args, kwargs, appended)
+                for each in list(tap.recorders):
+                    each.record(inputs, kernel)
+                raise _Captured
 
-        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            if patches:
-                patches.pop().close()
-            if out is not None and not recorder.captured_this_call:
-                # the fast path or need_weights=True never reached SDPA: capture by a re-run
-                bound = signature.bind(*args, **kwargs)
-                bound.arguments["need_weights"] = False
-                with (
-                    torch.no_grad(),
-                    _fastpath_disabled(),
-                    _patched_sdpa(capture_only),
-                    contextlib.suppress(_Captured),
-                ):
-                    mod.forward(*bound.args, **bound.kwargs)
+            def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+                tap.begin()
+                scope = contextlib.ExitStack()
+                scope.enter_context(_patched_sdpa(live))
+                patches.append(scope)
 
-        def unpatch_all() -> None:
-            while patches:
-                patches.pop().close()
+            def hook(
+                mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+            ) -> None:
+                if patches:
+                    patches.pop().close()
+                if out is not None and not tap.captured:
+                    # the fast path or need_weights=True never reached SDPA: capture by a re-run
+                    bound = signature.bind(*args, **kwargs)
+                    bound.arguments["need_weights"] = False
+                    with (
+                        torch.no_grad(),
+                        _fastpath_disabled(),
+                        _patched_sdpa(capture_only),
+                        contextlib.suppress(_Captured),
+                    ):
+                        mod.forward(*bound.args, **bound.kwargs)
 
-        stack.callback(unpatch_all)
-        install_hooks(module, pre_hook, hook, stack)
+            def unpatch_all() -> None:
+                while patches:
+                    patches.pop().close()
+
+            tap.stack.callback(unpatch_all)
+            install_hooks(module, pre_hook, hook, tap.stack)
+
+        join_tap(module, "capture", recorder, stack, install)
 
     def prepare_model(
         self, model: nn.Module, probed: list[nn.Module], stack: contextlib.ExitStack

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnprobe.layout import ModalityLayout
+from attnprobe.labels import ModalityLayout
 
 __all__ = [
     "ConcatFusion",

@@ -3,7 +3,7 @@
 A layout assigns each position of a sequence one group index ``0..G-1`` (a modality name, or a
 special group such as ``cls``) or ``-1`` (ignored, e.g. padding). It is either the same for every
 sample (contiguous spans from lengths, or slices) or given per sample as a ``[B, L]`` integer
-tensor. Definitions: ``shared/design/OVERVIEW.md`` ("Modality layout").
+tensor (``docs/concepts/layouts.md``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from torch import Tensor
 
 from attnprobe._errors import ModalityLayoutError
 
-__all__ = ["IGNORE", "ModalityLayout"]
+__all__ = ["IGNORE", "ModalityLayout", "check_label_tensor", "check_names"]
 
 IGNORE = -1
 """Label of a position that belongs to no group (padding); its query rows are dropped."""
 
 
-def _check_names(names: Sequence[object], where: str) -> tuple[str, ...]:
+def check_names(names: Sequence[object], where: str) -> tuple[str, ...]:
+    """Validate group names: at least one, non-empty strings, unique; ``where`` names the caller
+    in the error message."""
     if len(names) == 0:
         raise ModalityLayoutError(
             f"{where}: expected at least one modality name, received none. "
@@ -73,7 +75,7 @@ class ModalityLayout:
                 f"{type(lengths).__name__}. Use ModalityLayout.from_spans for slices or "
                 "ModalityLayout.from_labels for a [B, L] label tensor."
             )
-        names = _check_names(list(lengths), "ModalityLayout")
+        names = check_names(list(lengths), "ModalityLayout")
         pieces = []
         for index, (name, count) in enumerate(lengths.items()):
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -100,7 +102,7 @@ class ModalityLayout:
             >>> lay.labels(1, 5).tolist()
             [[0, 0, -1, 1, 1]]
         """
-        names = _check_names(list(spans), "ModalityLayout.from_spans")
+        names = check_names(list(spans), "ModalityLayout.from_spans")
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
             raise ModalityLayoutError(
                 f"ModalityLayout.from_spans: expected a non-negative int length, received "
@@ -156,8 +158,8 @@ class ModalityLayout:
             >>> ap.ModalityLayout.from_labels(labels, ["cls", "audio", "video"])
             ModalityLayout(per-sample labels [2, 4]; groups=cls, audio, video)
         """
-        names_t = _check_names(list(names), "ModalityLayout.from_labels")
-        checked = _check_label_tensor(labels, len(names_t), "ModalityLayout.from_labels")
+        names_t = check_names(list(names), "ModalityLayout.from_labels")
+        checked = check_label_tensor(labels, len(names_t), "ModalityLayout.from_labels")
         layout = cls.__new__(cls)
         layout.names = names_t
         layout._static = None
@@ -248,7 +250,7 @@ class ModalityLayout:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _check_label_tensor(labels: object, num_groups: int, where: str) -> Tensor:
+def check_label_tensor(labels: object, num_groups: int, where: str) -> Tensor:
     """Validate a ``[B, L]`` integer label tensor with values in ``[-1, num_groups)``."""
     if not isinstance(labels, Tensor):
         raise ModalityLayoutError(

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from attnprobe._distributed import is_distributed
 from attnprobe._errors import AttnProbeError
 
 __all__ = ["Reservoir", "SumAccumulator", "merge_samples"]
@@ -103,7 +104,7 @@ class SumAccumulator:
         """Sum the local parts of all DDP ranks into the synced sums with one ``all_reduce``
         (no-op when ``torch.distributed`` is not initialised). Every rank must call it and hold
         the same entries (`ensure`); `attnprobe.Probe.sync` arranges both."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             return
         names = sorted(self.entries())
         if not names:

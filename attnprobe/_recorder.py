@@ -1,0 +1,224 @@
+"""The hot path: one recorder per probed module, from an attention call to accumulated states.
+
+An adapter (`attnprobe.capture`) hands each attention call of the module to its recorder
+(`LayerRecorder.record`, or `LayerRecorder.fused` for the fused single call). The recorder asks
+the probe's `LabelSource` for the call's labels, builds a `attnprobe.stats.Call`, lets each
+statistic of its frozen `RecordSpec` compute its update, and adds the updates to the call
+site's `SiteAccumulator`. It holds no reference to its probe: the spec and the label source
+are handed down when the probe is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from attnprobe import functional
+from attnprobe._errors import CaptureError, ModalityLayoutError
+from attnprobe.capture import AttentionInputs
+from attnprobe.labels import CallLabels, LabelSource
+from attnprobe.results import LayerResult
+from attnprobe.stats import Call, Dims, SiteAccumulator, States, Statistic
+
+__all__ = ["LayerRecorder", "RecordSpec"]
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """What every recorder of one probe records (fixed when the probe is created)."""
+
+    statistics: tuple[Statistic, ...]
+    """The statistics to accumulate (`attnprobe.stats`)."""
+    fused: bool = False
+    """Run the fused single call ``V' = [V, E]`` where the adapter supports it."""
+    restricted_queries: bool = False
+    """Only some query groups are kept."""
+    needs: frozenset[str] = field(init=False)
+    """The union of the statistics' needs."""
+
+    def __post_init__(self) -> None:
+        needs: frozenset[str] = frozenset()
+        for statistic in self.statistics:
+            needs |= statistic.needs
+        object.__setattr__(self, "needs", needs)
+
+    @property
+    def dense_mask(self) -> bool:
+        """Whether the adapter must hand over a dense mask (kept rows, full maps)."""
+        return self.restricted_queries or "maps" in self.needs
+
+
+def _in_backward() -> bool:
+    """Whether this code runs inside the autograd engine's backward pass (where activation
+    checkpointing recomputes forwards)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and int(task()) != -1
+
+
+class LayerRecorder:
+    """A probe's recorder for one selected module (the `attnprobe.capture.Recorder` protocol).
+
+    Args:
+        name: the module's path (results name its call sites after it).
+        spec: what to record.
+        labels: where the labels of each call come from.
+    """
+
+    def __init__(self, name: str, spec: RecordSpec, labels: LabelSource) -> None:
+        self.name = name
+        self.spec = spec
+        self._labels = labels
+        self.forwards = 0
+        """Forwards of the module seen (recomputations excluded)."""
+        self.sites: list[SiteAccumulator] = []
+        """One accumulator per kernel call site (the N-th attention call of a forward)."""
+        self._call_index = 0
+        self._recompute = False
+
+    # -- the Recorder protocol -------------------------------------------------------------------
+    @property
+    def wants_fused(self) -> bool:
+        return self.spec.fused
+
+    @property
+    def needs_dense_mask(self) -> bool:
+        return self.spec.dense_mask
+
+    def begin(self) -> None:
+        self._call_index = 0
+        # a forward run by the autograd engine is activation checkpointing recomputing one
+        # the probe already saw (reentrant or not): record nothing, or it counts twice
+        self._recompute = _in_backward()
+        if not self._recompute:
+            self.forwards += 1
+
+    def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
+        if self._recompute:
+            return
+        with torch.no_grad():
+            self._reduce(inputs, kernel, None, self._call_labels(inputs))
+
+    def fused(
+        self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
+    ) -> Tensor:
+        assert inputs.value is not None
+        labels = self._call_labels(inputs)
+        out, mass = functional.fused_attention(
+            inputs.query,
+            inputs.key,
+            inputs.value,
+            labels.keys,
+            len(self._labels.key_names),
+            attn_mask=inputs.attn_mask,
+            dropout_p=dropout_p,
+            is_causal=inputs.is_causal,
+            scale=inputs.scale,
+            enable_gqa=inputs.enable_gqa,
+            kernel=kernel,
+        )  # (B, H, Lq, Dv), (B, H, Lq, G)
+        if self._recompute:  # the same output as the first forward, nothing recorded
+            return out
+        with torch.no_grad():
+            self._reduce(inputs, kernel, mass.detach(), labels)
+        return out
+
+    # -- accumulation ----------------------------------------------------------------------------
+    def site_at(self, index: int) -> SiteAccumulator:
+        """The accumulator of the ``index``-th kernel call site (created when new)."""
+        while len(self.sites) <= index:
+            i = len(self.sites)
+            self.sites.append(SiteAccumulator(self.name if i == 0 else f"{self.name}:call{i}"))
+        return self.sites[index]
+
+    def _call_labels(self, inputs: AttentionInputs) -> CallLabels:
+        batch, key_len, query_len = inputs.key.shape[0], inputs.key.shape[2], inputs.query.shape[2]
+        try:
+            return self._labels.for_call(
+                batch,
+                key_len - inputs.appended_keys,
+                query_len,
+                inputs.appended_keys,
+                inputs.key.device,
+            )
+        except ModalityLayoutError as exc:
+            raise ModalityLayoutError(f"layer {self.name!r}: {exc}") from None
+
+    def _reduce(
+        self,
+        inputs: AttentionInputs,
+        kernel: Callable[..., Tensor] | None,
+        mass: Tensor | None,
+        labels: CallLabels,
+    ) -> None:
+        site = self.site_at(self._call_index)
+        self._call_index += 1
+        query, key = inputs.query, inputs.key
+        if query.dim() != 4 or key.dim() != 4:
+            raise CaptureError(
+                f"layer {self.name!r}: expected query and key of shape [B, H, L, D], received "
+                f"{list(query.shape)} and {list(key.shape)}; an adapter must reshape to heads."
+            )
+        dims = Dims(
+            num_heads=query.shape[1],
+            num_kv_heads=key.shape[1],
+            head_dim=query.shape[3],
+            query_groups=self._labels.query_groups,
+            key_groups=self._labels.key_names,
+        )
+        if site.dims is None:
+            site.start(dims, self.spec.statistics)
+        elif site.dims != dims:
+            before, now = site.dims, dims
+            raise CaptureError(
+                f"layer {site.name!r}: expected (heads, kv heads, head dim) = "
+                f"{(before.num_heads, before.num_kv_heads, before.head_dim)} as in earlier "
+                f"calls, received {(now.num_heads, now.num_kv_heads, now.head_dim)}; reset() "
+                "the probe between different models."
+            )
+        call = Call(
+            query=query,
+            key=key,
+            attn_mask=inputs.attn_mask,
+            is_causal=inputs.is_causal,
+            scale=inputs.scale,
+            enable_gqa=inputs.enable_gqa,
+            kernel=kernel,
+            labels=labels,
+            dims=dims,
+            needs=self.spec.needs,
+            fused_mass=mass,
+        )
+        values: dict[str, object] = {}
+        for statistic in self.spec.statistics:
+            values.update(statistic.update(call))
+        site.add(values)
+
+    def reset(self) -> None:
+        """Forget everything recorded."""
+        self.forwards = 0
+        self.sites = []
+
+    def results(self) -> list[LayerResult]:
+        """One `LayerResult` per call site that saw a call."""
+        out = []
+        for site in self.sites:
+            if site.dims is None:
+                continue
+            dims = site.dims
+            out.append(
+                LayerResult(
+                    name=site.name,
+                    num_heads=dims.num_heads,
+                    num_kv_heads=dims.num_kv_heads,
+                    head_dim=dims.head_dim,
+                    query_groups=dims.query_groups,
+                    key_groups=dims.key_groups,
+                    num_calls=site.calls,
+                    statistics=site.statistics,
+                    states=States(site.compute()),
+                )
+            )
+        return out

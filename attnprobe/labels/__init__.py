@@ -1,0 +1,27 @@
+"""Token group labels: layouts, layouts computed from a model's inputs, and a probe's labels.
+
+- `ModalityLayout`: which group every token position belongs to (spans, slices or a
+  per-sample ``[B, L]`` tensor; ``-1`` = ignored).
+- `InputLayout` (with `TokenLayout` and `VisionLayout`): labels computed from each forward's
+  inputs, following a KV cache.
+- `LabelSource` and `CallLabels`: a probe's labels in one place, and the labels of one
+  attention call that its recorders receive.
+
+Concepts: ``docs/concepts/layouts.md``.
+"""
+
+from attnprobe.labels._inputs import InputLayout, TokenLayout, VisionLayout
+from attnprobe.labels._layout import IGNORE, ModalityLayout, check_label_tensor, check_names
+from attnprobe.labels._source import CallLabels, LabelSource
+
+__all__ = [
+    "IGNORE",
+    "CallLabels",
+    "InputLayout",
+    "LabelSource",
+    "ModalityLayout",
+    "TokenLayout",
+    "VisionLayout",
+    "check_label_tensor",
+    "check_names",
+]

@@ -1,0 +1,203 @@
+"""`Call`: one captured attention call as the statistics see it.
+
+The tensors several statistics share — the kept query rows, the group masses, the one-hot
+indicators, the key and query moments — are computed on first use and then reused, so each is
+computed once per call whatever the statistics asked for. Everything is read without gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from attnprobe import functional
+from attnprobe.labels import CallLabels
+from attnprobe.stats._contract import Dims
+
+__all__ = ["Call"]
+
+
+class Call:
+    """One attention kernel call: its inputs, labels and the tensors derived from them.
+
+    Shapes: ``B`` batch, ``H`` query heads, ``Hk`` key heads, ``Lk`` keys, ``R`` kept query
+    rows, ``D`` head size, ``Gq``/``Gk`` query/key groups.
+
+    Args:
+        query: ``[B, H, Lq, D]`` as the kernel received it.
+        key: ``[B, Hk, Lk, D]``.
+        attn_mask: the kernel's mask (bool, True = attend; or additive float).
+        is_causal: the kernel's causal flag.
+        scale: the kernel's scale (None = ``1/sqrt(D)``).
+        enable_gqa: whether the kernel repeats key heads (``Hk < H``).
+        kernel: the attention function (SDPA signature); None = SDPA.
+        labels: the call's `CallLabels`.
+        dims: the call site's sizes.
+        needs: the union of the statistics' `Statistic.needs`.
+        fused_mass: ``[B, H, Lq, Gk]`` masses the fused kernel call already returned.
+    """
+
+    def __init__(
+        self,
+        *,
+        query: Tensor,
+        key: Tensor,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+        scale: float | None,
+        enable_gqa: bool,
+        kernel: Callable[..., Tensor] | None,
+        labels: CallLabels,
+        dims: Dims,
+        needs: frozenset[str] = frozenset(),
+        fused_mass: Tensor | None = None,
+    ) -> None:
+        self.query_all = query.detach()  # (B, H, Lq, D)
+        self.key = key.detach()  # (B, Hk, Lk, D)
+        self.attn_mask = attn_mask
+        self.is_causal = is_causal
+        self.scale = scale
+        self.enable_gqa = enable_gqa
+        self.kernel = kernel
+        self.labels = labels
+        self.dims = dims
+        self.needs = needs
+        self._fused_mass = fused_mass
+
+    @property
+    def key_labels(self) -> Tensor:
+        """``[B, Lk]`` key group labels (``-1`` = none)."""
+        return self.labels.keys
+
+    @property
+    def query_labels(self) -> Tensor:
+        """``[B, R]`` query-group labels of the kept rows (``-1`` = ignored)."""
+        return self.labels.queries
+
+    @cached_property
+    def _rows(self) -> tuple[Tensor, Tensor | None, bool]:
+        """The kept query rows with their mask rows and causal flag."""
+        rows = self.labels.rows
+        if rows is None:
+            return self.query_all, self.attn_mask, self.is_causal
+        return functional.select_query_rows(
+            self.query_all, self.attn_mask, self.is_causal, rows, self.key.shape[2]
+        )  # (B, H, R, D)
+
+    @property
+    def query(self) -> Tensor:
+        """``[B, H, R, D]`` the kept query rows."""
+        return self._rows[0]
+
+    def attention(self, query: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``[B, H, R', Lk]`` post-softmax weights of kept query rows (all, or the ``rows``
+        among them) through the call's kernel with ``V = I``."""
+        _, mask, causal = self._rows
+        if rows is not None:
+            query, mask, causal = functional.select_query_rows(
+                query, mask, causal, rows, self.key.shape[2]
+            )  # (B, H, C, D)
+        return functional.attention_maps(
+            query,
+            self.key,
+            attn_mask=mask,
+            is_causal=causal,
+            scale=self.scale,
+            enable_gqa=self.enable_gqa,
+            kernel=self.kernel,
+        )  # (B, H, R', Lk)
+
+    @cached_property
+    def maps(self) -> Tensor:
+        """``[B, H, R, Lk]`` full attention maps of the kept rows (``O(R·Lk)`` memory)."""
+        return self.attention(self.query)
+
+    @cached_property
+    def mass(self) -> Tensor:
+        """``[B, H, R, Gk]`` attention mass of each kept row on each key group: from the fused
+        call, from the maps when a statistic needs them, else by the indicator pass."""
+        groups = len(self.dims.key_groups)
+        rows = self.labels.rows
+        if self._fused_mass is not None:
+            mass = self._fused_mass.detach()  # (B, H, Lq, Gk)
+            return mass if rows is None else mass.index_select(2, rows)  # (B, H, R, Gk)
+        if "maps" in self.needs:
+            maps = self.maps  # (B, H, R, Lk)
+            onehot = functional.group_indicator(self.key_labels, groups, maps.dtype)  # (B, Lk, G)
+            return torch.einsum("bhqk,bkg->bhqg", maps, onehot)  # (B, H, R, G)
+        query, mask, causal = self._rows
+        head_dim = query.shape[-1]
+        width = head_dim if groups <= head_dim else groups
+        key_labels = self.key_labels
+        values = self.labels.get(
+            ("values", query.dtype, width),
+            lambda: functional.indicator_values(key_labels, groups, query.dtype, width),
+        )  # (B, 1, Lk, W)
+        return functional.group_attention_mass(
+            query,
+            self.key,
+            key_labels,
+            groups,
+            attn_mask=mask,
+            is_causal=causal,
+            scale=self.scale,
+            enable_gqa=self.enable_gqa,
+            kernel=self.kernel,
+            values=values,
+        )  # (B, H, R, G)
+
+    @cached_property
+    def query_onehot(self) -> Tensor:
+        """``[B, R, Gq]`` float64 indicator of the kept rows' query groups."""
+        labels, groups = self.query_labels, len(self.dims.query_groups)
+        return self.labels.get(
+            ("query_onehot",),
+            lambda: functional.group_indicator(labels, groups, torch.float64),
+        )
+
+    @cached_property
+    def key_onehot(self) -> Tensor:
+        """``[B, Lk, Gk]`` float64 indicator of the key groups."""
+        labels, groups = self.key_labels, len(self.dims.key_groups)
+        return self.labels.get(
+            ("key_onehot",),
+            lambda: functional.group_indicator(labels, groups, torch.float64),
+        )
+
+    @cached_property
+    def mass_sums(self) -> functional.MassSums:
+        """`mass` summed over the rows of each query group (and per sample), float64."""
+        return functional.reduce_mass(
+            self.mass,
+            self.query_labels,
+            len(self.dims.query_groups),
+            onehot=self.query_onehot,
+            has_ignored=self.labels.queries_ignored,
+        )
+
+    @cached_property
+    def key_moments(self) -> functional.GroupMoments:
+        """Per key group token counts, ``Σ k``, ``Σ k²`` (and ``Σ k kᵀ`` when a statistic
+        needs ``"key_outer"``), pooled and per sample, float64."""
+        return functional.group_moments(
+            self.key,
+            self.key_labels,
+            len(self.dims.key_groups),
+            second_moment="key_outer" in self.needs,
+            has_ignored=self.labels.keys_ignored,
+            onehot=self.key_onehot,
+        )
+
+    @cached_property
+    def query_moments(self) -> functional.GroupMoments:
+        """Per query group counts, ``Σ q``, ``Σ q²`` of the kept rows, pooled and per sample."""
+        return functional.group_moments(
+            self.query,
+            self.query_labels,
+            len(self.dims.query_groups),
+            has_ignored=self.labels.queries_ignored,
+            onehot=self.query_onehot,
+        )
