@@ -125,3 +125,33 @@ def test_ensure_adds_zero_entries_for_a_rank_that_saw_nothing() -> None:
     assert acc.compute()["mass"].abs().sum() == 0
     acc.update({"mass": torch.ones(2, 3)})
     assert acc.compute()["mass"].sum() == 6
+
+
+def test_key_norm_statistic_matches_a_direct_computation_and_merges_exactly() -> None:
+    """A statistic added as one class: numbers from numpy on the keys the layer computed,
+    streaming over batches with padding, merge and save/load for free."""
+    import numpy as np
+
+    import attnprobe as ap
+    from attnprobe.models import FusionAttention
+    from attnprobe.stats import KeyNorm
+
+    torch.manual_seed(0)
+    layer = FusionAttention(dim=8, num_heads=2).eval()
+    x = torch.randn(5, 6, 8)
+    labels = torch.tensor([[0, 1, 1, 2, 2, 2, -1]]).repeat(5, 1)  # (B, 1 + L), last key padding
+    with ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 4}, statistics=[KeyNorm()]) as p:
+        p.set_labels(labels[:2])
+        layer(x[:2])
+        first = p.result()
+        p.reset()
+        p.set_labels(labels[2:])
+        layer(x[2:])
+    merged = first.merge(p.result()).layers[0].value("key_norm")  # (Hk, Gk)
+
+    tokens = torch.cat([layer.cls.expand(5, 1, 8), x], dim=1)  # (B, 1 + L, d)
+    keys = layer.k_proj(tokens).view(5, 7, 2, 4).detach().double().numpy()  # (B, L, Hk, D)
+    norms = np.linalg.norm(keys, axis=-1)  # (B, L, Hk)
+    lab = labels.numpy()
+    expected = np.stack([norms[lab == g].mean(0) for g in range(3)], axis=-1)  # (Hk, Gk)
+    np.testing.assert_allclose(merged.numpy(), expected, rtol=1e-12, atol=1e-12)

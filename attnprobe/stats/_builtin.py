@@ -28,6 +28,7 @@ __all__ = [
     "Cosines",
     "Entropy",
     "KeyMoments",
+    "KeyNorm",
     "KeySample",
     "Maps",
     "Mass",
@@ -340,3 +341,41 @@ class Maps(Statistic):
 
     def update(self, call: Call) -> dict[str, Any]:
         return {"maps": call.maps.float().cpu()}
+
+
+@dataclass(frozen=True)
+class KeyNorm(Statistic):
+    """Mean key norm per key head and key group: ``E_{j∈T_m} ‖k_j‖`` over key tokens and
+    samples. Unlike ``‖key_mean‖`` (`KeyMoments`), it does not shrink when keys spread out.
+
+    States: ``key_norm_total`` ``[Hk, Gk]`` (Σ ‖k‖), ``key_norm_count`` ``[Gk]``. Derived:
+    ``key_norm`` ``[Hk, Gk]``.
+
+    Example:
+        >>> import torch, attnprobe as ap
+        >>> from attnprobe.models import FusionAttention
+        >>> layer = FusionAttention(dim=8, num_heads=2).eval()
+        >>> with ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 3},
+        ...               statistics=[KeyNorm()]) as p:
+        ...     _ = layer(torch.randn(4, 5, 8))
+        >>> p.result().layers[0].value("key_norm").shape
+        torch.Size([2, 3])
+    """
+
+    name = "key_norm"
+
+    def states(self, dims: Dims) -> dict[str, State]:
+        kv, gk = dims.num_kv_heads, len(dims.key_groups)
+        return {"key_norm_total": State((kv, gk)), "key_norm_count": State((gk,))}
+
+    def update(self, call: Call) -> dict[str, Any]:
+        norms = call.key.double().norm(dim=-1)  # (B, Hk, Lk)
+        onehot = call.key_onehot  # (B, Lk, Gk), zero rows at ignored keys
+        norms = norms.masked_fill(call.key_labels.unsqueeze(1) < 0, 0.0)  # NaN-safe padding
+        return {
+            "key_norm_total": torch.einsum("bhl,blg->hg", norms, onehot),  # (Hk, Gk)
+            "key_norm_count": onehot.sum((0, 1)),  # (Gk,)
+        }
+
+    def derive(self, states: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {"key_norm": ratio(states["key_norm_total"], states["key_norm_count"])}
