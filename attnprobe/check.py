@@ -4,10 +4,8 @@ Run it once on one small batch before trusting a long experiment: it probes the 
 configured (its own attention kernel), then recomputes every probed layer's attention weights
 the slow, explicit way and sums them per group:
 
-- HuggingFace modules: the model's ``eager`` implementation, weights read from each attention
-  module's output (what ``output_attentions`` returns);
-- timm ``Attention``: timm's non-fused path (``fused_attn = False``), weights read at its
-  attention dropout;
+- modules whose family has an explicit path (`attnprobe.capture.Adapter.reference_weights`):
+  that path's weights — HuggingFace's ``eager`` implementation, timm's non-fused path;
 - any other module: full maps through the math SDPA kernel with ``V = I`` (``store_maps``).
 """
 
@@ -25,7 +23,7 @@ from torch import Tensor, nn
 
 from attnprobe._calls import call_model
 from attnprobe._errors import ProbeConfigError
-from attnprobe.capture import HuggingFaceAdapter, LayerSelector
+from attnprobe.capture import LayerSelector, adapter_for
 from attnprobe.functional import group_indicator
 from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.probe import probe
@@ -98,34 +96,28 @@ def _masses(weights: Tensor, labels: Tensor, groups: int) -> Tensor:
     return totals / counts.view(1, -1, 1)
 
 
+def _recorder_of(weights: dict[str, Tensor], name: str) -> Callable[[Tensor], None]:
+    def record(w: Tensor) -> None:
+        weights[name] = w
+
+    return record
+
+
 @contextlib.contextmanager
 def _eager_reference(
     modules: dict[str, nn.Module], weights: dict[str, Tensor]
 ) -> Iterator[dict[str, str]]:
-    """Switch each module to an explicit attention computation and record its weights."""
+    """Switch each module to its family's explicit attention computation
+    (`attnprobe.capture.Adapter.reference_weights`) and record its weights."""
     how: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         for name, module in modules.items():
-            attention: Any = module
-            if HuggingFaceAdapter().matches(module):
-                config = attention.config
-                before = config._attn_implementation_internal
-                config._attn_implementation_internal = "eager"
-                stack.callback(setattr, config, "_attn_implementation_internal", before)
-                hook: Callable[..., None] = lambda m, a, out, n=name: weights.__setitem__(
-                    n, out[1].detach()
-                )
-                stack.callback(module.register_forward_hook(hook).remove)
-                how[name] = "HF eager attention weights"
-            elif hasattr(module, "fused_attn") and isinstance(
-                getattr(module, "attn_drop", None), nn.Module
-            ):
-                before_fused = attention.fused_attn
-                attention.fused_attn = False
-                stack.callback(setattr, attention, "fused_attn", before_fused)
-                hook = lambda m, a, out, n=name: weights.__setitem__(n, a[0].detach())
-                stack.callback(attention.attn_drop.register_forward_hook(hook).remove)
-                how[name] = "timm non-fused attention weights"
+            adapter = adapter_for(module)
+            if adapter is None:
+                continue
+            described = adapter.reference_weights(module, stack, _recorder_of(weights, name))
+            if described is not None:
+                how[name] = described
         yield how
 
 

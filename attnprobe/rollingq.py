@@ -9,11 +9,11 @@ so that its mean points at an anchor between the modalities' normalised mean key
 gradients flow *through* it into the query projection and the CLS token. ``R`` and the rotation
 counter live in the ``state_dict`` (a reloaded model keeps its rotation).
 
-Where it applies: the bundled `attnprobe.models.FusionAttention` (natively), and the query row
-at ``position`` of any attention module attnprobe can capture — modules calling
-``F.scaled_dot_product_attention`` (timm ``Attention`` with ``fused_attn``), torch
-``nn.MultiheadAttention`` and HuggingFace attention modules — by changing the query their
-attention kernel receives (`attnprobe.capture` ``Adapter.edit_query``).
+Where it applies: the query row at ``position`` of any attention module attnprobe can capture
+(the bundled `attnprobe.models.FusionAttention`, modules calling
+``F.scaled_dot_product_attention``, torch ``nn.MultiheadAttention``, HuggingFace attention
+modules), by changing the query its attention kernel receives through the module's capture
+adapter (`attnprobe.capture.Adapter.edit_query`).
 
 The math is in `attnprobe.functional` (`rotation_between`, `rollingq_anchor`); this module
 holds the state and the epoch-end decision.
@@ -192,7 +192,7 @@ class RollingQ(nn.Module):
         self.register_buffer("rotation", torch.eye(head_dim).repeat(rows, 1, 1))  # (H', D, D)
         self.register_buffer("num_rotations", torch.zeros((), dtype=torch.long))
         self._rotated = False  # mirrors num_rotations > 0 without a device sync per forward
-        self._attachment: tuple[nn.Module, contextlib.ExitStack | None] | None = None
+        self._attachment: tuple[nn.Module, contextlib.ExitStack] | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -237,10 +237,10 @@ class RollingQ(nn.Module):
         """Rotate the query of the attention module at path ``layer`` of ``model``.
 
         The corrector becomes the submodule ``<layer>.rollingq`` (so its buffers are in the
-        model's ``state_dict``). The bundled `attnprobe.models.FusionAttention` calls it
-        natively; other modules get their attention kernel's query changed through their
-        capture adapter (a HuggingFace model's config then names attnprobe's attention wrapper
-        while attached). Attach before loading a checkpoint that holds a rotation.
+        model's ``state_dict``). The module's attention kernel gets its query changed through
+        the module's capture adapter (`attnprobe.capture.Adapter.edit_query`; a HuggingFace
+        model's config then names attnprobe's attention wrapper while attached). Attach before
+        loading a checkpoint that holds a rotation.
 
         Returns:
             ``self``.
@@ -257,26 +257,27 @@ class RollingQ(nn.Module):
                 f"model.named_modules(), e.g. {near or list(modules)[1:4]}."
             )
         module = modules[layer]
-        if getattr(type(module), "supports_query_rotation", False):
-            if getattr(module, "rollingq", None) is not None:
-                raise ProbeConfigError(f"RollingQ.attach: {layer!r} already has a RollingQ.")
-            module.rollingq = self
-            self._attachment = (module, None)
-            return self
+        if isinstance(getattr(module, "rollingq", None), RollingQ):
+            raise ProbeConfigError(f"RollingQ.attach: {layer!r} already has a RollingQ.")
         adapter = adapter_for(module)
         if adapter is None:
             raise ProbeConfigError(
                 f"RollingQ.attach: {layer!r} ({type(module).__name__}) is not an attention "
                 "module attnprobe knows; pick its attention submodule or register an adapter."
             )
-        if hasattr(module, "rollingq"):
+        slot = hasattr(module, "rollingq")  # a module may keep `rollingq = None` for it
+        if slot and getattr(module, "rollingq") is not None:  # noqa: B009
             raise ProbeConfigError(
                 f"RollingQ.attach: {layer!r} already has an attribute 'rollingq'."
             )
         stack = contextlib.ExitStack()
         try:
             adapter.edit_query(module, self, stack, name=layer)
+            if slot:
+                delattr(module, "rollingq")
             module.add_module("rollingq", self)
+            if slot:  # unwinds last: the free slot comes back
+                stack.callback(setattr, module, "rollingq", None)
             stack.callback(delattr, module, "rollingq")
         except BaseException:
             stack.close()
@@ -289,11 +290,8 @@ class RollingQ(nn.Module):
         attachment, self._attachment = self._attachment, None
         if attachment is None:
             return
-        module, stack = attachment
-        if stack is None:
-            setattr(module, "rollingq", None)  # noqa: B010  (unregisters the submodule)
-        else:
-            stack.close()
+        _, stack = attachment
+        stack.close()
 
     # -- the epoch-end step --------------------------------------------------------------------
     def air(self, stats: LayerResult) -> Tensor:

@@ -3,8 +3,8 @@ knows a model family.
 
 Nothing outside this package knows a model family. Built-in adapters, tried after any
 registered with `register_adapter`: ``torch.nn.MultiheadAttention``, HuggingFace attention
-modules that dispatch through ``AttentionInterface``, then any module whose forward calls
-``F.scaled_dot_product_attention`` (timm ``Attention`` included). Layer selection and the
+modules that dispatch through ``AttentionInterface``, timm ``Attention``, then any module whose
+forward calls ``F.scaled_dot_product_attention``. Layer selection and the
 unwrapping of DDP/FSDP wrappers (`select_layers`, `unwrap_model`), the layouts of known models
 (`auto_layout`) and the explicit reference of `attnprobe.self_check` live here too.
 """
@@ -27,9 +27,12 @@ from attnprobe.capture._select import (
     select_layers,
     unwrap_model,
 )
+from attnprobe.capture._timm import TimmAttentionAdapter
 from attnprobe.capture._torch import MultiheadAttentionAdapter
 
-_REGISTRY.extend([MultiheadAttentionAdapter(), HuggingFaceAdapter(), SdpaAdapter()])
+_REGISTRY.extend(
+    [MultiheadAttentionAdapter(), HuggingFaceAdapter(), TimmAttentionAdapter(), SdpaAdapter()]
+)
 
 __all__ = [
     "Adapter",
@@ -39,6 +42,7 @@ __all__ = [
     "MultiheadAttentionAdapter",
     "Recorder",
     "SdpaAdapter",
+    "TimmAttentionAdapter",
     "adapter_for",
     "adapters",
     "auto_layout",

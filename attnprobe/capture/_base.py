@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from attnprobe.labels import InputLayout
+
 __all__ = [
     "Adapter",
     "AttentionInputs",
@@ -232,6 +234,25 @@ class Adapter:
         """Whether ``module`` attends from one sequence to another (its keys need
         ``key_modalities``); automatic layer selection uses it. Default: False."""
         return False
+
+    def default_layout(self, model: nn.Module, *, tower: str | None = None) -> InputLayout | None:
+        """The layout of ``model``'s token sequence when this adapter's family knows the model
+        (`attnprobe.auto_layout` asks each adapter); None otherwise (the default).
+
+        Args:
+            model: the model the probe will be attached to.
+            tower: ``"text"`` or ``"vision"`` for models with both, or None.
+        """
+        return None
+
+    def reference_weights(
+        self, module: nn.Module, stack: contextlib.ExitStack, record: Callable[[Tensor], None]
+    ) -> str | None:
+        """Switch ``module`` to an explicit attention computation whose post-softmax weights
+        ``[B, H, Lq, Lk]`` go to ``record`` on every forward, for `attnprobe.self_check`
+        (undo on ``stack``); returns a description of the reference, or None when this family
+        has none (the check then reads maps through the math SDPA kernel)."""
+        return None
 
     def explain_missing_capture(self, module: nn.Module) -> str | None:
         """How to fix ``module`` running without any attention call being captured (a hint

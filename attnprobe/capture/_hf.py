@@ -32,7 +32,9 @@ from torch import Tensor, nn
 
 from attnprobe._errors import CaptureError
 from attnprobe.capture._base import Adapter, AttentionInputs, QueryEdit, Recorder, dispatch
+from attnprobe.capture._hf_layouts import hf_layout
 from attnprobe.capture._sdpa import _code_names
+from attnprobe.labels import InputLayout
 
 __all__ = ["PREFIX", "HuggingFaceAdapter"]
 
@@ -331,6 +333,23 @@ class HuggingFaceAdapter(Adapter):
                 continue
             seen.add(id(config))
             stack.callback(_use_config(config))
+
+    def default_layout(self, model: nn.Module, *, tower: str | None = None) -> InputLayout | None:
+        return hf_layout(model, tower)
+
+    def reference_weights(
+        self, module: nn.Module, stack: contextlib.ExitStack, record: Callable[[Tensor], None]
+    ) -> str | None:
+        config: Any = module.config
+        before = config._attn_implementation_internal
+        config._attn_implementation_internal = "eager"
+        stack.callback(setattr, config, "_attn_implementation_internal", before)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            record(out[1].detach())  # (B, H, Lq, Lk), what output_attentions returns
+
+        stack.callback(module.register_forward_hook(hook).remove)
+        return "HF eager attention weights"
 
     def edit_query(
         self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str

@@ -187,14 +187,6 @@ class SdpaAdapter(Adapter):
 
         join_tap(module, "capture", recorder, stack, install)
 
-    def explain_missing_capture(self, module: nn.Module) -> str | None:
-        if getattr(module, "fused_attn", None) is False:
-            return (
-                "it has fused_attn = False (timm's explicit path): set module.fused_attn = True, "
-                "or register an adapter for it (attnprobe.register_adapter)"
-            )
-        return None
-
     def edit_query(
         self, module: nn.Module, edit: QueryEdit, stack: contextlib.ExitStack, *, name: str
     ) -> None:

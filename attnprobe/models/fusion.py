@@ -1,7 +1,7 @@
 """The "Vanilla MT" fusion layer and a small late-fusion Transformer around it.
 
 Fusion layer (RollingQ paper, arXiv 2506.11465, §3 and the reference code's fusion block, as
-summarised in ``shared/design/ROLLINGQ.md``): a learned fusion-CLS token is prepended to all
+see ``docs/concepts/rollingq.md``): a learned fusion-CLS token is prepended to all
 tokens of all modalities; one attention layer (1 head by default) with separate Q/K/V/output
 projections with bias, temperature √d_head, dropout on the attention map and after the output
 projection, and **no residual, no norm, no MLP**. A linear classifier reads the CLS output.
@@ -9,7 +9,7 @@ projection, and **no residual, no norm, no MLP**. A linear classifier reads the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -48,8 +48,9 @@ class FusionAttention(nn.Module):
 
     Shapes: ``tokens`` ``[B, L, d]`` → output ``[B, 1 + L, d]``; row 0 is the fusion CLS.
 
-    RollingQ (`attnprobe.RollingQ`) attaches natively: ``RollingQ(...).attach(model, path)``
-    sets `rollingq`, which rotates the CLS query ``[B, H, D]`` before the attention kernel
+    RollingQ (`attnprobe.RollingQ`) attaches as to any module that calls
+    ``F.scaled_dot_product_attention``: ``RollingQ(...).attach(model, path)`` makes it the
+    submodule ``rollingq``, and its rotation of the CLS query row reaches the attention kernel
     (keys, values and the other tokens' queries untouched).
 
     Example:
@@ -58,12 +59,6 @@ class FusionAttention(nn.Module):
         >>> layer(torch.randn(3, 5, 8)).shape
         torch.Size([3, 6, 8])
     """
-
-    supports_query_rotation = True
-    """RollingQ sets `rollingq` instead of intercepting the kernel call."""
-
-    rollingq: Callable[[Tensor], Tensor] | None
-    """The query rotation (a `attnprobe.RollingQ` module) or None."""
 
     def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.2) -> None:
         super().__init__()
@@ -79,7 +74,8 @@ class FusionAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
         self.out_drop = nn.Dropout(dropout)
-        self.rollingq = None
+        self.rollingq: nn.Module | None = None
+        """The `attnprobe.RollingQ` corrector `RollingQ.attach` puts here (None: none)."""
 
     def forward(self, tokens: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """Attend over ``[CLS, tokens]``; ``key_padding_mask`` ``[B, L]`` is True at padding."""
@@ -91,8 +87,6 @@ class FusionAttention(nn.Module):
             return t.view(batch, length + 1, heads, head_dim).transpose(1, 2)  # (B, H, 1+L, dh)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        if self.rollingq is not None:
-            q = self.rollingq(q)  # (B, H, 1+L, dh), the CLS row rotated
         mask = None
         if key_padding_mask is not None:
             keep = ~key_padding_mask.bool()  # (B, L)
