@@ -563,7 +563,7 @@ def _layer_of(result: ProbeResult | LayerResult, layer: str | None, fn: str) -> 
     for item in result.layers:
         if item.name == layer:
             return item
-    raise _fail(fn, f"no layer {layer!r}; layers: {list(result.names)}.")
+    raise _fail(fn, f"no layer {layer!r}; layers: {list(result.layer_names)}.")
 
 
 def _projection_basis(

@@ -46,9 +46,10 @@ from attnprobe.stats import (
     Statistic,
 )
 
-__all__ = ["LayerSelector", "Method", "Probe", "probe"]
+__all__ = ["Capture", "LayerSelector", "Probe", "probe"]
 
-Method = Literal["second_pass", "fused"]
+Capture = Literal["second_pass", "fused"]
+"""How a probe gets the masses from an attention call (`Probe`'s ``capture``)."""
 
 
 def _warn_if_degenerate(layer: LayerResult) -> None:
@@ -143,7 +144,7 @@ class Probe:
             ``modalities`` then describes the queries, and ``layers=None`` selects the modules
             known to be cross-attention (HuggingFace's). Per-batch key labels go through
             `Probe.set_key_labels`.
-        method: ``"second_pass"`` (default; the model's outputs are bit-for-bit unchanged) or
+        capture: ``"second_pass"`` (default; the model's outputs are bit-for-bit unchanged) or
             ``"fused"`` (one kernel call with ``V' = [V, E]``; outputs equal up to rounding).
         key_stats: accumulate per-(head, group) key and query moments and per-sample mean-key
             cosines (AIR).
@@ -164,6 +165,7 @@ class Probe:
             `attnprobe.stats.Statistic` of your own); one given here replaces the one of the
             same name that the options above select. The masses (`attnprobe.stats.Mass`) are
             always kept.
+        method: deprecated spelling of ``capture``.
     """
 
     def __init__(
@@ -174,7 +176,7 @@ class Probe:
         layers: LayerSelector = None,
         queries: Sequence[str] | str | None = None,
         key_modalities: ModalityLayout | Mapping[str, int] | None = None,
-        method: Method = "second_pass",
+        capture: Capture = "second_pass",
         key_stats: bool = True,
         second_moment: bool = False,
         reservoir_size: int = 0,
@@ -183,15 +185,23 @@ class Probe:
         store_maps: bool = False,
         entropy: bool = False,
         statistics: Sequence[Statistic] = (),
+        method: Capture | None = None,
     ) -> None:
+        if method is not None:
+            warnings.warn(
+                f"probe(method={method!r}) is deprecated; use probe(capture={method!r}).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            capture = method
         if key_modalities is not None and not isinstance(key_modalities, (Mapping, ModalityLayout)):
             raise ProbeConfigError(
                 "probe: expected key_modalities as an attnprobe.ModalityLayout, a mapping of "
                 f"name -> length or None, received {type(key_modalities).__name__}."
             )
-        if method not in ("second_pass", "fused"):
+        if capture not in ("second_pass", "fused"):
             raise ProbeConfigError(
-                f"probe: expected method 'second_pass' or 'fused', received {method!r}."
+                f"probe: expected capture 'second_pass' or 'fused', received {capture!r}."
             )
         chosen = _statistics(
             key_stats=key_stats,
@@ -215,11 +225,11 @@ class Probe:
         if automatic:
             assert input_layout is not None
             layers = input_layout.layers
-        self.method: Method = method
+        self.capture: Capture = capture
         """``"second_pass"`` or ``"fused"``."""
         self._spec = RecordSpec(
             statistics=chosen,
-            fused=method == "fused",
+            fused=capture == "fused",
             restricted_queries=len(self._labels.query_groups) != len(self._labels.names),
         )
         try:
@@ -240,11 +250,11 @@ class Probe:
             for n, m, _ in self._selection
         ]
         self._stack: contextlib.ExitStack | None = None
-        if method == "fused":
+        if capture == "fused":
             warnings.warn(
-                "probe(method='fused') returns the model's attention output from a kernel call "
+                "probe(capture='fused') returns the model's attention output from a kernel call "
                 "with a wider value matrix: outputs equal the unprobed model's only up to "
-                "floating-point rounding. Use method='second_pass' for bit-identical outputs.",
+                "floating-point rounding. Use capture='second_pass' for bit-identical outputs.",
                 AttnProbeWarning,
                 stacklevel=3,
             )
@@ -442,14 +452,14 @@ class Probe:
         n = len(self._selection)
         return (
             f"Probe({n} layer{'s' if n != 1 else ''}, groups={list(self.layout.names)}{keys}, "
-            f"method={self.method!r}, {state})"
+            f"capture={self.capture!r}, {state})"
         )
 
 
 def probe(model: nn.Module, **options: Any) -> Probe:
     """Probe the attention layers of ``model`` per modality: ``Probe(model, **options)``.
 
-    The options (``modalities``, ``layers``, ``queries``, ``key_modalities``, ``method``,
+    The options (``modalities``, ``layers``, ``queries``, ``key_modalities``, ``capture``,
     ``key_stats``, ``second_moment``, ``reservoir_size``, ``seed``, ``per_sample``,
     ``store_maps``, ``entropy``, ``statistics``) are documented on `Probe`.
 
@@ -464,7 +474,7 @@ def probe(model: nn.Module, **options: Any) -> Probe:
         >>> x = torch.randn(3, 6, 16)
         >>> with ap.probe(model, modalities={"cls": 1, "audio": 2, "video": 3}) as p:
         ...     _ = model(x)
-        >>> p.result().names
+        >>> p.result().layer_names
         ('layers.0.self_attn', 'layers.1.self_attn')
         >>> frame = p.result().to_frame()
         >>> frame.groupby(["layer", "head", "query_modality"])["mass"].sum().round(6).unique()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,15 +435,26 @@ class ProbeResult:
     layers: tuple[LayerResult, ...]
 
     @property
-    def names(self) -> tuple[str, ...]:
-        """Layer names, in model order."""
+    def layer_names(self) -> tuple[str, ...]:
+        """The names of the layers (call sites), in model order."""
         return tuple(layer.name for layer in self.layers)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Deprecated: `layer_names` (``names`` are group names elsewhere)."""
+        warnings.warn(
+            "ProbeResult.names is deprecated; use ProbeResult.layer_names (the names of "
+            "groups are ModalityLayout.names).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.layer_names
 
     def __getitem__(self, name: str) -> LayerResult:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise KeyError(f"no layer {name!r} in this result; layers: {list(self.names)}")
+        raise KeyError(f"no layer {name!r} in this result; layers: {list(self.layer_names)}")
 
     def __iter__(self) -> Iterator[LayerResult]:
         return iter(self.layers)
@@ -452,10 +464,10 @@ class ProbeResult:
 
     def merge(self, other: ProbeResult) -> ProbeResult:
         """The result over the data of both probes (e.g. two shards, two epochs)."""
-        if self.names != other.names:
+        if self.layer_names != other.layer_names:
             raise AttnProbeError(
-                f"cannot merge probe results over different layers: {list(self.names)} vs "
-                f"{list(other.names)}."
+                f"cannot merge probe results over different layers: {list(self.layer_names)} vs "
+                f"{list(other.layer_names)}."
             )
         return ProbeResult(
             tuple(a.merge(b) for a, b in zip(self.layers, other.layers, strict=True))

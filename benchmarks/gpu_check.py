@@ -155,7 +155,7 @@ def invariants(device: str) -> None:
             ref = model(x)
             with ap.probe(model, modalities=layout) as p:
                 out = model(x)
-            with ap.probe(model, modalities=layout, method="fused"):
+            with ap.probe(model, modalities=layout, capture="fused"):
                 fused = model(x)
         sums = p.result().to_frame().groupby(["layer", "head", "query_modality"])["mass"].sum()
         print(
@@ -209,7 +209,7 @@ def overhead(device: str, lengths: list[int], repeats: int) -> None:
                 model, modalities=layout, queries="cls", key_stats=False
             ),
             "fused, all queries": ap.probe(
-                model, modalities=layout, method="fused", key_stats=False
+                model, modalities=layout, capture="fused", key_stats=False
             ),
         }
         times: dict[str, list[float]] = {name: [] for name in probes}

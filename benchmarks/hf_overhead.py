@@ -13,7 +13,7 @@ weights, nothing downloaded: 6 layers, hidden size 512, 8 query heads and 4 key/
 1. ``sdpa``: ``model.set_attn_implementation("sdpa")``, the plain forward (the baseline of every
    ratio);
 2. ``sdpa + attnprobe``: the same, inside ``attnprobe.probe(model, modalities=layout)`` with the
-   defaults (``method="second_pass"``, ``key_stats=True``, all queries), attached once for the
+   defaults (``capture="second_pass"``, ``key_stats=True``, all queries), attached once for the
    whole run and closed at the end;
 3. ``eager + output_attentions``, what users do today: ``set_attn_implementation("eager")``,
    a forward with ``output_attentions=True``, then the per-group masses of every layer computed
@@ -25,7 +25,7 @@ weights, nothing downloaded: 6 layers, hidden size 512, 8 query heads and 4 key/
    about 10 % of this estimate, on either side; the table prints it next to them), and the
    variant is skipped, with the estimate printed, when that exceeds ``--max-eager-gb``;
 4. with ``--with-mass-only``: ``sdpa + attnprobe`` with ``key_stats=False`` (attention mass only);
-5. with ``--with-fused``: ``sdpa + attnprobe`` with ``method="fused"`` (one kernel call with
+5. with ``--with-fused``: ``sdpa + attnprobe`` with ``capture="fused"`` (one kernel call with
    ``V' = [V, E]``: masses exact, outputs equal up to rounding, no second ``q kᵀ``).
 
 Each variant has its own copy of the model (``copy.deepcopy`` of one seeded build, so the weights
@@ -176,7 +176,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("sdpa", "sdpa", "plain"),
     Variant("probe", "sdpa + attnprobe", "probe"),
     Variant("probe_mass", "sdpa + attnprobe (key_stats=False)", "probe", (("key_stats", False),)),
-    Variant("probe_fused", "sdpa + attnprobe (method='fused')", "probe", (("method", "fused"),)),
+    Variant("probe_fused", "sdpa + attnprobe (capture='fused')", "probe", (("capture", "fused"),)),
     Variant("eager", "eager + output_attentions + slicing", "eager"),
 )
 BY_KEY = {v.key: v for v in VARIANTS}
@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--with-fused",
         action="store_true",
-        help="also time sdpa + attnprobe with method='fused'",
+        help="also time sdpa + attnprobe with capture='fused'",
     )
     parser.add_argument("--worker", choices=list(BY_KEY), help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)

@@ -277,31 +277,31 @@ VARIANTS: tuple[Variant, ...] = (
         "sp_all_mass",
         "2 second_pass, all queries, mass only",
         "probe",
-        {"method": "second_pass", "key_stats": False},
+        {"capture": "second_pass", "key_stats": False},
     ),
     Variant(
         "sp_all_stats",
         "3 second_pass, all queries, key_stats",
         "probe",
-        {"method": "second_pass", "key_stats": True},
+        {"capture": "second_pass", "key_stats": True},
     ),
     Variant(
         "sp_cls_mass",
         "4 second_pass, cls query, mass only",
         "probe",
-        {"method": "second_pass", "key_stats": False, "queries": ["cls"]},
+        {"capture": "second_pass", "key_stats": False, "queries": ["cls"]},
     ),
     Variant(
         "sp_cls_stats",
         "5 second_pass, cls query, key_stats",
         "probe",
-        {"method": "second_pass", "key_stats": True, "queries": ["cls"]},
+        {"capture": "second_pass", "key_stats": True, "queries": ["cls"]},
     ),
     Variant(
         "fused_all_mass",
         "6 fused, all queries, mass only",
         "probe",
-        {"method": "fused", "key_stats": False},
+        {"capture": "fused", "key_stats": False},
     ),
     Variant("eager_hook", "7 eager weights + forward hook", "eager"),
 )
@@ -317,7 +317,7 @@ class Runner:
         self.eager: EagerMassHook | None = None
         if variant.kind == "probe":
             with warnings.catch_warnings():
-                # method="fused" warns that outputs equal the model's only up to rounding
+                # capture="fused" warns that outputs equal the model's only up to rounding
                 warnings.simplefilter("ignore", AttnProbeWarning)
                 self.probe = ap.probe(model, modalities=layout, **variant.options)
         elif variant.kind == "eager":

@@ -35,10 +35,10 @@ def test_torch_decoder_cross_attention_matches_mha_weights() -> None:
         p.set_key_labels(key_labels)
         decoder(target, memory, memory_key_padding_mask=memory_padding)
     result = p.result()
-    assert result.names == ("layers.0.multihead_attn", "layers.1.multihead_attn")
+    assert result.layer_names == ("layers.0.multihead_attn", "layers.1.multihead_attn")
     # reference: the same calls again, unprobed, asking the module for its weights
     weights: dict[str, torch.Tensor] = {}
-    for name in result.names:
+    for name in result.layer_names:
         decoder.get_submodule(name).register_forward_hook(
             lambda m, args, kwargs, out, n=name: weights.__setitem__(
                 n,
@@ -113,10 +113,10 @@ def test_hf_bert_decoder_cross_attention_matches_eager(backend: str) -> None:
         probed = model(**inputs).last_hidden_state
     assert torch.equal(reference, probed)
     result = p.result()
-    assert all("crossattention" in n for n in result.names) and len(result.names) == 2
+    assert all("crossattention" in n for n in result.layer_names) and len(result.layer_names) == 2
     weights: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
-    for name in result.names:
+    for name in result.layer_names:
         modules[name].register_forward_hook(
             lambda m, a, out, n=name: weights.__setitem__(n, out[1].detach())
         )

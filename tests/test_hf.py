@@ -190,7 +190,7 @@ def check_against_eager(
     model: nn.Module, result: ap.ProbeResult, layout: ap.ModalityLayout, inputs: dict[str, Any]
 ) -> float:
     """Largest difference between the probe's masses and the eager reference."""
-    weights = eager_weights(model, result.names, **inputs)
+    weights = eager_weights(model, result.layer_names, **inputs)
     worst = 0.0
     for layer in result.layers:
         w = weights[layer.name]
@@ -242,7 +242,7 @@ def test_bert_segments_match_eager(backend: str) -> None:
     assert layout.names == ("cls", "segment_a", "segment_b")
     reference, probed, result = run(model, inputs, modalities=layout)
     assert_same_outputs(reference, probed)
-    assert result.names == (
+    assert result.layer_names == (
         "encoder.layer.0.attention.self",
         "encoder.layer.1.attention.self",
     )
@@ -319,7 +319,7 @@ def test_llava_image_tokens_match_eager_per_sample() -> None:
     assert layout.names == ("bos", "text", "image")
     reference, probed, result = run(model, inputs, modalities=layout)
     assert_same_outputs(reference, probed)
-    assert all(n.startswith("model.language_model.") for n in result.names)
+    assert all(n.startswith("model.language_model.") for n in result.layer_names)
     labels = layout(**inputs)
     # image positions differ per sample: found from the ids, not assumed
     assert labels.labels(2, 24)[0, 5].item() == 2 and labels.labels(2, 24)[1, 5].item() == 1
@@ -328,7 +328,7 @@ def test_llava_image_tokens_match_eager_per_sample() -> None:
     # the vision tower, with its own layout, in the same model
     vision = ap.auto_layout(model, tower="vision")
     _, _, vision_result = run(model, inputs, modalities=vision)
-    assert all(n.startswith("model.vision_tower.") for n in vision_result.names)
+    assert all(n.startswith("model.vision_tower.") for n in vision_result.layer_names)
     check_against_eager(model, vision_result, vision(**inputs), inputs)
     assert_restored(model, "sdpa")
 
@@ -411,7 +411,7 @@ def test_query_restriction_and_fused_on_hf() -> None:
     for a, b in zip(full.layers, cls.layers, strict=True):
         torch.testing.assert_close(b.mass[:, 0], a.mass[:, 0], atol=1e-6, rtol=0)
     with pytest.warns(ap.AttnProbeWarning, match="fused"):
-        reference, probed, fused = run(model, inputs, modalities=layout, method="fused")
+        reference, probed, fused = run(model, inputs, modalities=layout, capture="fused")
     torch.testing.assert_close(probed.last_hidden_state, reference.last_hidden_state)
     for a, b in zip(full.layers, fused.layers, strict=True):
         torch.testing.assert_close(b.mass, a.mass, atol=1e-6, rtol=0)

@@ -251,7 +251,7 @@ def test_encoder_train_identical_and_eval_fastpath_bounded() -> None:
                 out = enc(x, src_key_padding_mask=kpm)
         keep = ~kpm  # the nested-tensor fast path zeroes padded rows; compare real tokens
         assert (ref[keep] - out[keep]).abs().max() < 1e-5
-        assert p.result().names == ("layers.0.self_attn", "layers.1.self_attn")
+        assert p.result().layer_names == ("layers.0.self_attn", "layers.1.self_attn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,7 +431,7 @@ def test_fused_method_matches_second_pass() -> None:
         with ap.probe(model, modalities=LAYOUT) as second:
             ref = model(*args, **kwargs)
         with pytest.warns(ap.AttnProbeWarning, match="wider value matrix"):
-            fused_probe = ap.probe(model, modalities=LAYOUT, method="fused")
+            fused_probe = ap.probe(model, modalities=LAYOUT, capture="fused")
         with fused_probe:
             out = model(*args, **kwargs)
         ref_t = ref[0] if isinstance(ref, tuple) else ref
@@ -597,8 +597,8 @@ def test_selection_errors() -> None:
         ap.probe(model, modalities=LAYOUT, layers=[])
     with _raises(ProbeConfigError, "the layers predicate selected none"):
         ap.probe(model, modalities=LAYOUT, layers=lambda n, m: False)
-    with _raises(ProbeConfigError, "probe: expected method 'second_pass' or 'fused'"):
-        ap.probe(model, modalities=LAYOUT, method="eager")  # type: ignore[arg-type]
+    with _raises(ProbeConfigError, "probe: expected capture 'second_pass' or 'fused'"):
+        ap.probe(model, modalities=LAYOUT, capture="eager")  # type: ignore[arg-type]
     with _raises(ModalityLayoutError, "unknown modality 'text'"):
         ap.probe(model, modalities=LAYOUT, queries=["text"])
     with _raises(ProbeConfigError, "probe: expected modalities as an attnprobe.ModalityLayout"):
@@ -624,7 +624,7 @@ def test_capture_errors() -> None:
     with _raises(CaptureError, "'blocks.1' never ran while the probe was attached"):
         p.result()
     with pytest.warns(ap.AttnProbeWarning, match="left out of the result"):
-        assert p.result(strict=False).names == ("blocks.0",)
+        assert p.result(strict=False).layer_names == ("blocks.0",)
     enc = _mha_models()[1][1]
     with ap.probe(enc, modalities=LAYOUT, layers=["layers.0"]) as q:
         enc(torch.randn(1, 8, 16))
@@ -688,8 +688,8 @@ PROBE_OPTIONS: dict[str, dict[str, Any]] = {
     "cls_entropy": {"queries": ["cls", "video"], "entropy": True},
     "samples": {"per_sample": True, "reservoir_size": 4, "second_moment": True},
     "maps": {"store_maps": True, "key_stats": False},
-    "fused": {"method": "fused"},
-    "fused_cls": {"method": "fused", "queries": "cls"},
+    "fused": {"capture": "fused"},
+    "fused_cls": {"capture": "fused", "queries": "cls"},
 }
 
 
@@ -714,7 +714,7 @@ def _independent_models() -> dict[str, tuple[nn.Module, Tensor]]:
 def _probed(model: nn.Module, x: Tensor, *option_sets: dict[str, Any]) -> list[ap.ProbeResult]:
     probes = []
     with contextlib.ExitStack() as stack, warnings.catch_warnings():
-        warnings.simplefilter("ignore", ap.AttnProbeWarning)  # method="fused" says it rounds
+        warnings.simplefilter("ignore", ap.AttnProbeWarning)  # capture="fused" says it rounds
         for options in option_sets:
             probes.append(stack.enter_context(ap.probe(model, modalities=LAYOUT, **options)))
         with torch.no_grad():
@@ -730,7 +730,7 @@ def test_two_probes_on_the_same_layer_each_give_their_solo_result(model_kind: st
     for first, a in PROBE_OPTIONS.items():
         for second, b in PROBE_OPTIONS.items():
             ra, rb = _probed(model, x, a, b)
-            both_fused = a.get("method") == b.get("method") == "fused"
+            both_fused = a.get("capture") == b.get("capture") == "fused"
             for name, got in ((first, ra), (second, rb)):
                 want = solo[name]
                 assert [layer.name for layer in got] == [layer.name for layer in want]
@@ -756,3 +756,18 @@ def test_a_cls_probe_and_a_full_probe_on_one_mha_the_own_loop_rollingq_pattern()
         m(x)
     assert p2.result().layers[0].states == alone.result().layers[0].states
     assert p1.result().layers[0].query_groups == ("cls",)
+
+
+def test_old_spellings_warn_and_keep_working() -> None:
+    layer = FusionAttention(dim=8).eval()
+    x = torch.randn(2, 5, 8)
+    with (
+        pytest.warns(DeprecationWarning, match=r"use probe\(capture='fused'\)"),
+        pytest.warns(ap.AttnProbeWarning, match="wider value matrix"),
+    ):
+        old = ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 3}, method="fused")
+    assert old.capture == "fused"
+    with old:
+        layer(x)
+    with pytest.warns(DeprecationWarning, match="use ProbeResult.layer_names"):
+        assert old.result().names == old.result().layer_names == ("FusionAttention",)
