@@ -32,19 +32,7 @@ from attnprobe.capture import (
 )
 from attnprobe.labels import InputLayout, LabelSource, ModalityLayout
 from attnprobe.results import LayerResult, ProbeResult
-from attnprobe.stats import (
-    Cosines,
-    Dims,
-    Entropy,
-    KeyMoments,
-    KeySample,
-    Maps,
-    Mass,
-    QueryMoments,
-    SampleMass,
-    SampleMeans,
-    Statistic,
-)
+from attnprobe.stats import Dims, Statistic, from_options
 
 __all__ = ["Capture", "LayerSelector", "Probe", "probe"]
 
@@ -74,33 +62,8 @@ def _warn_if_degenerate(layer: LayerResult) -> None:
         )
 
 
-def _statistics(
-    *,
-    key_stats: bool,
-    second_moment: bool,
-    reservoir_size: int,
-    seed: int,
-    per_sample: bool,
-    store_maps: bool,
-    entropy: bool,
-    extra: Sequence[Statistic],
-) -> tuple[Statistic, ...]:
-    """The statistics the probe options select, with ``extra`` replacing those of its names."""
-    if reservoir_size < 0:
-        raise ProbeConfigError(f"probe: expected reservoir_size >= 0, received {reservoir_size}.")
-    chosen: list[Statistic] = [Mass()]
-    if key_stats:
-        chosen += [KeyMoments(outer=second_moment), QueryMoments(), Cosines()]
-    if entropy:
-        chosen.append(Entropy())
-    if reservoir_size:
-        chosen.append(KeySample(reservoir_size, seed))
-    if per_sample:
-        chosen.append(SampleMass())
-        if key_stats:
-            chosen.append(SampleMeans())
-    if store_maps:
-        chosen.append(Maps())
+def _statistics(chosen: tuple[Statistic, ...], extra: Sequence[Statistic]) -> tuple[Statistic, ...]:
+    """The statistics the probe options chose, with ``extra`` replacing those of its names."""
     for statistic in extra:
         if not isinstance(statistic, Statistic) or not statistic.name:
             raise ProbeConfigError(
@@ -203,15 +166,21 @@ class Probe:
             raise ProbeConfigError(
                 f"probe: expected capture 'second_pass' or 'fused', received {capture!r}."
             )
+        if reservoir_size < 0:
+            raise ProbeConfigError(
+                f"probe: expected reservoir_size >= 0, received {reservoir_size}."
+            )
         chosen = _statistics(
-            key_stats=key_stats,
-            second_moment=second_moment,
-            reservoir_size=reservoir_size,
-            seed=seed,
-            per_sample=per_sample,
-            store_maps=store_maps,
-            entropy=entropy,
-            extra=tuple(statistics),
+            from_options(
+                key_stats=key_stats,
+                second_moment=second_moment,
+                reservoir_size=reservoir_size,
+                seed=seed,
+                per_sample=per_sample,
+                store_maps=store_maps,
+                entropy=entropy,
+            ),
+            tuple(statistics),
         )
         self._model = unwrap_model(model)
         self._labels = LabelSource(

@@ -21,19 +21,11 @@ from torch import Tensor
 from attnprobe._errors import AttnProbeError
 from attnprobe._io import load_tagged
 from attnprobe.stats import (
-    Cosines,
     Dims,
-    Entropy,
-    KeyMoments,
-    KeySample,
-    Maps,
-    Mass,
-    QueryMoments,
-    SampleMass,
-    SampleMeans,
     State,
     States,
     Statistic,
+    from_options,
     merge_states,
     ratio,
     statistic_class,
@@ -363,23 +355,15 @@ class LayerResult:
     @classmethod
     def _from_legacy(cls, fields: dict[str, Any]) -> LayerResult:
         """A result saved by attnprobe 0.1 (one field per state)."""
-        statistics: list[Statistic] = [Mass()]
-        if fields.get("key_total") is not None:
-            statistics += [
-                KeyMoments(outer=fields.get("key_outer") is not None),
-                QueryMoments(),
-                Cosines(),
-            ]
-        if fields.get("entropy_total") is not None:
-            statistics.append(Entropy())
-        if fields.get("key_sample") is not None:
-            statistics.append(KeySample(int(fields["reservoir_size"])))
-        if fields.get("sample_mass") is not None:
-            statistics.append(SampleMass())
-        if fields.get("sample_key_mean") is not None:
-            statistics.append(SampleMeans())
-        if fields.get("maps") is not None:
-            statistics.append(Maps())
+        sample = fields.get("key_sample")
+        statistics = from_options(
+            key_stats=fields.get("key_total") is not None,
+            second_moment=fields.get("key_outer") is not None,
+            reservoir_size=int(fields.get("reservoir_size", 0)) if sample is not None else 0,
+            per_sample=fields.get("sample_mass") is not None,
+            store_maps=fields.get("maps") is not None,
+            entropy=fields.get("entropy_total") is not None,
+        )
         states = {
             k: v
             for k, v in fields.items()
@@ -391,7 +375,7 @@ class LayerResult:
             )
         return cls(
             **{k: fields[k] for k in _LEGACY_META if k != "reservoir_size"},
-            statistics=tuple(statistics),
+            statistics=statistics,
             states=States(states),
         )
 

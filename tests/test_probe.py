@@ -771,3 +771,25 @@ def test_old_spellings_warn_and_keep_working() -> None:
         layer(x)
     with pytest.warns(DeprecationWarning, match="use ProbeResult.layer_names"):
         assert old.result().names == old.result().layer_names == ("FusionAttention",)
+
+
+def test_a_result_saved_by_attnprobe_0_1_loads_with_the_same_numbers() -> None:
+    """tests/data/result_v0.1.pt was written by attnprobe 0.1 (one field per state) from this
+    model, input and options; today's probe gives the same states bit for bit."""
+    torch.manual_seed(0)
+    layer = FusionAttention(dim=8, num_heads=2).eval()
+    x = torch.randn(4, 5, 8)
+    options: dict[str, Any] = {
+        "reservoir_size": 4,
+        "per_sample": True,
+        "second_moment": True,
+        "entropy": True,
+        "store_maps": True,
+    }
+    with ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 3}, **options) as p, torch.no_grad():
+        layer(x)
+    old = ap.ProbeResult.load(Path(__file__).parent / "data" / "result_v0.1.pt").layers[0]
+    new = p.result().layers[0]
+    assert old.states == new.states
+    assert set(old.statistics) == set(new.statistics)
+    assert old.merge(new).num_calls == 2

@@ -35,6 +35,7 @@ __all__ = [
     "QueryMoments",
     "SampleMass",
     "SampleMeans",
+    "from_options",
 ]
 
 ENTROPY_CHUNK_ELEMENTS = 1 << 22
@@ -379,3 +380,35 @@ class KeyNorm(Statistic):
 
     def derive(self, states: Mapping[str, Any]) -> dict[str, Tensor]:
         return {"key_norm": ratio(states["key_norm_total"], states["key_norm_count"])}
+
+
+def from_options(
+    *,
+    key_stats: bool = True,
+    second_moment: bool = False,
+    reservoir_size: int = 0,
+    seed: int = 0,
+    per_sample: bool = False,
+    store_maps: bool = False,
+    entropy: bool = False,
+) -> tuple[Statistic, ...]:
+    """The statistics that `attnprobe.probe`'s options select (module docstring).
+
+    Example:
+        >>> [s.name for s in from_options(per_sample=True)]
+        ['mass', 'key_moments', 'query_moments', 'cosines', 'sample_mass', 'sample_means']
+    """
+    chosen: list[Statistic] = [Mass()]
+    if key_stats:
+        chosen += [KeyMoments(outer=second_moment), QueryMoments(), Cosines()]
+    if entropy:
+        chosen.append(Entropy())
+    if reservoir_size:
+        chosen.append(KeySample(reservoir_size, seed))
+    if per_sample:
+        chosen.append(SampleMass())
+        if key_stats:
+            chosen.append(SampleMeans())
+    if store_maps:
+        chosen.append(Maps())
+    return tuple(chosen)
