@@ -21,22 +21,15 @@ from attnprobe._errors import (
     ModalityLayoutError,
     ProbeConfigError,
 )
-from attnprobe.analysis import (
-    History,
-    KeyGap,
-    ModalityBias,
-    NoiseSweep,
-    corrupt,
-    key_gap,
-    modality_bias,
-    noise_sweep,
-)
+from attnprobe.analysis import History, KeyGap, ModalityBias, NoiseSweep, key_gap, modality_bias
 from attnprobe.capture import Adapter, AttentionInputs, auto_layout, register_adapter
 from attnprobe.check import SelfCheck, self_check
+from attnprobe.corruption import corrupt
 from attnprobe.labels import InputLayout, ModalityLayout, TokenLayout, VisionLayout
 from attnprobe.probe import Probe, probe
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.rollingq import RollingQ
+from attnprobe.sweep import noise_sweep
 
 __version__ = "0.1.0"
 

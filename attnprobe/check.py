@@ -26,7 +26,7 @@ from attnprobe._errors import ProbeConfigError
 from attnprobe.capture import LayerSelector, adapter_for
 from attnprobe.functional import group_indicator
 from attnprobe.labels import InputLayout, ModalityLayout
-from attnprobe.probe import probe
+from attnprobe.runner import run_model, run_probed
 
 __all__ = ["SelfCheck", "self_check"]
 
@@ -87,7 +87,8 @@ def _labels_of(modalities: Any, inputs: Any, batch: int, length: int) -> Tensor:
 
 
 def _masses(weights: Tensor, labels: Tensor, groups: int) -> Tensor:
-    """``[H, G, G]`` masses from weights ``[B, H, L, L]`` in float64 (``OVERVIEW.md``)."""
+    """``[H, G, G]`` masses from weights ``[B, H, L, L]`` in float64
+    (``docs/concepts/attention-mass.md``, "Definition")."""
     onehot = group_indicator(labels.to(weights.device), groups, torch.float64)  # (B, L, G)
     per_row = torch.einsum("bhqk,bkg->bhqg", weights.double(), onehot)  # (B, H, L, G)
     per_row = torch.nan_to_num(per_row) * onehot.sum(-1)[:, None, :, None]  # drop padded rows
@@ -158,28 +159,30 @@ def self_check(
     was_training = model.training
     model.eval()  # dropout off: the reference must see the probe's pre-dropout distribution
     try:
-        with (
-            probe(model, modalities=modalities, layers=layers, key_stats=False) as p,
-            torch.no_grad(),
-        ):
-            call_model(model, inputs)
-        result = p.result()
+        # one batch on this process: no DDP sync, the reference weights are this rank's own
+        probed = run_probed(
+            model, [inputs], sync=False, modalities=modalities, layers=layers, key_stats=False
+        )
+        result = probed.result
         modules = dict(model.named_modules())
-        selected = {name: modules[name] for name in p.layers}
+        selected = {name: modules[name] for name in probed.layers}
         weights: dict[str, Tensor] = {}
-        with _eager_reference(selected, weights) as how, torch.no_grad():
-            call_model(model, inputs)
-        rest = tuple(name for name in p.layers if name not in weights)
+        with _eager_reference(selected, weights) as how:
+            run_model(model, [inputs])
+        rest = tuple(name for name in probed.layers if name not in weights)
         if rest:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            with (
-                probe(model, modalities=modalities, layers=list(rest), store_maps=True) as maps,
-                sdpa_kernel(SDPBackend.MATH),
-                torch.no_grad(),
-            ):
-                call_model(model, inputs)
-            for layer in maps.result().layers:
+            with sdpa_kernel(SDPBackend.MATH):
+                maps = run_probed(
+                    model,
+                    [inputs],
+                    sync=False,
+                    modalities=modalities,
+                    layers=list(rest),
+                    store_maps=True,
+                )
+            for layer in maps.result.layers:
                 if layer.maps is not None and ":" not in layer.name:
                     weights[layer.name] = torch.cat(list(layer.maps))
                     how[layer.name] = "math SDPA maps (V = I)"

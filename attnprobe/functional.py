@@ -3,7 +3,7 @@
 Nothing here holds state or knows about hooks or model families; every function maps tensors to
 tensors and can be tested against a hand-written reference.
 
-The indicator-value pass (``shared/design/CAPTURE.md``): attention output is linear in the
+The indicator-value pass (``docs/concepts/attention-mass.md``): attention output is linear in the
 values, ``out = softmax(q kᵀ·s + mask) · V``. With ``V = E``, the one-hot matrix of key group
 labels, the same kernel call returns for every query row the attention mass on each group,
 exactly, with the kernel's own masking, without materialising the ``Lq × Lk`` map.
@@ -22,6 +22,7 @@ from torch import Tensor
 __all__ = [
     "GroupMoments",
     "MassSums",
+    "angle_between",
     "attention_maps",
     "fused_attention",
     "group_attention_mass",
@@ -117,7 +118,7 @@ def group_attention_mass(
     """Attention mass of every query row on every key group, by one kernel call.
 
     ``mass[b, h, i, g] = Σ_{j: labels[b, j] = g} softmax_j(q_i·k_j·s + mask_ij)``
-    (``shared/design/OVERVIEW.md``, "Attention mass"; ``CAPTURE.md``, indicator-value pass).
+    (``docs/concepts/attention-mass.md``, "Definition" and "The indicator-value pass").
     Mass on ignored keys (label ``-1``) and on a kernel's sink logits is in none of the groups:
     a row's masses then sum to less than 1 and the difference is the residual.
 
@@ -132,7 +133,8 @@ def group_attention_mass(
         enable_gqa: pass ``enable_gqa=True`` to the kernel (``Hk < H``).
         kernel: the attention function to run, default ``F.scaled_dot_product_attention``.
         pad_to_head_dim: zero-pad the indicator to width ``D`` so that the value width equals the
-            query width; on CPU this keeps SDPA on its fast kernel (``CAPTURE.md``, measured).
+            query width; on CPU this keeps SDPA on its fast kernel
+            (``docs/concepts/attention-mass.md``; ``docs/benchmarks.md``).
         values: the indicator values from `indicator_values` for these labels, when the caller
             keeps them between calls (they depend on the labels, dtype and width only).
 
@@ -181,12 +183,13 @@ def fused_attention(
 ) -> tuple[Tensor, Tensor]:
     """The model's attention output and the group masses from one kernel call, ``V' = [V, E]``.
 
-    Same formula as `group_attention_mass` (``CAPTURE.md``, "Fused single call"). Fast kernels
-    want equal query and value widths (CPU flash attention; GPU kernels also want a multiple of
-    8), so ``q`` and ``k`` are zero-padded to the width ``W`` of ``[V, E]`` rounded up to 8, and
-    the scale is passed explicitly: zero columns add nothing to ``q·k``, so the scores are the
-    model's. The output is mathematically the model's; whether it is bit-identical depends on
-    the kernel (it was on CPU flash attention in torch 2.13, see the tests and benchmarks).
+    Same formula as `group_attention_mass` (``docs/concepts/attention-mass.md``, "Second pass
+    or fused call"). Fast kernels want equal query and value widths (CPU flash attention; GPU
+    kernels also want a multiple of 8), so ``q`` and ``k`` are zero-padded to the width ``W`` of
+    ``[V, E]`` rounded up to 8, and the scale is passed explicitly: zero columns add nothing to
+    ``q·k``, so the scores are the model's. The output is mathematically the model's; whether
+    it is bit-identical depends on the kernel (it was on CPU flash attention in torch 2.13, see
+    the tests and benchmarks).
     Dropout, when given, is applied by the kernel to the whole row, so the masses are then
     post-dropout; probes call this with ``dropout_p=0`` only.
 
@@ -269,7 +272,7 @@ def group_entropy(weights: Tensor, key_labels: Tensor, num_groups: int) -> tuple
 
     With the row's weights renormalised inside group ``m``, ``ã_j = a_j / M_m`` for
     ``j ∈ T_m``: ``H_m = −Σ_{j∈T_m} ã_j log ã_j = log M_m − (Σ_{j∈T_m} a_j log a_j) / M_m``
-    (``METRICS.md``, "entropy within m"; 0 when the row looks at one token of ``m``,
+    (``docs/guides/analysis.md``, "Modality bias"; 0 when the row looks at one token of ``m``,
     ``log L_m`` when it spreads evenly). Rows with no mass on ``m`` have no entropy there.
 
     Args:
@@ -454,9 +457,9 @@ def mean_cosines(
     ``q̄_i`` is sample ``i``'s mean query of a query group and ``k̄_i`` its mean key of a key
     group; the AIR of the RollingQ paper (Ni et al., ICML 2025, arXiv 2506.11465) is
     ``E_i[cos(q_i, k̄ᵃ_i) − cos(q_i, k̄ᵇ_i)]``, the difference of two of these means
-    (``shared/design/OVERVIEW.md``, "AIR"). A sample counts for a pair only when it has tokens
-    in both groups and both means are non-zero. Grouped-query attention: query head ``h`` uses
-    key head ``h // (H / Hk)``, as in SDPA.
+    (``docs/concepts/statistics.md``, "Per-sample mean-key cosines and AIR"). A sample counts
+    for a pair only when it has tokens in both groups and both means are non-zero. Grouped-query
+    attention: query head ``h`` uses key head ``h // (H / Hk)``, as in SDPA.
 
     Args:
         query_total: ``[B, H, Gq, D]`` per-sample query sums.
@@ -479,7 +482,7 @@ def mean_cosines(
     return cos.sum(0), present.sum(0).double()
 
 
-# -- RollingQ rotations (Ni et al., ICML 2025, arXiv 2506.11465; ``shared/design/ROLLINGQ.md``) --
+# -- RollingQ rotations (Ni et al., ICML 2025, arXiv 2506.11465; ``docs/concepts/rollingq.md``) --
 
 RotationMethod = Literal["plane", "svd"]
 """How `rotation_between` builds the rotation."""
@@ -489,7 +492,8 @@ def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> 
     """The rotation ``W`` (orthogonal, ``det W = +1``) that turns the direction of ``x`` into
     the direction of ``y``: ``W x/‖x‖ = y/‖y‖``, so ``‖W x‖ = ‖x‖``.
 
-    RollingQ (``ROLLINGQ.md``, step d) offers two constructions, which agree on ``x``:
+    RollingQ (``docs/concepts/rollingq.md``, "The algorithm") offers two constructions, which
+    agree on ``x``:
 
     - ``"plane"``: the minimal rotation, acting only in ``span{x, y}``:
       ``G = I + (cos φ − 1)(u uᵀ + w wᵀ) + sin φ (w uᵀ − u wᵀ)`` with ``u = x̂``, ``w`` the unit
@@ -568,7 +572,8 @@ def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> 
 def rollingq_anchor(
     key_means: Tensor, query_mean: Tensor, cosines: Tensor, rho: float
 ) -> tuple[Tensor, Tensor]:
-    """The RollingQ anchor query and the modality weights ``α`` (``ROLLINGQ.md``, steps b–c).
+    """The RollingQ anchor query and the modality weights ``α``
+    (``docs/concepts/rollingq.md``, "The algorithm").
 
     Two modalities (the paper): ``α = ½(1 + tanh(−ρ·AIR))`` with ``AIR = cos_a − cos_b``, and
     the anchor direction ``a = α μ_a/‖μ_a‖ + (1 − α) μ_b/‖μ_b‖``. More than two modalities (an
@@ -603,3 +608,30 @@ def rollingq_anchor(
     direction = direction / direction.norm(dim=-1, keepdim=True)  # NaN if the means cancel
     anchor = direction * query_mean.double().norm(dim=-1, keepdim=True)  # (..., D)
     return anchor, alpha
+
+
+def angle_between(a: Tensor, b: Tensor) -> Tensor:
+    """The angle ``arccos(aᵀb / (‖a‖ ‖b‖))`` between vectors along the last dimension, in
+    degrees.
+
+    The cosine is clamped to ``[−1, 1]`` against rounding; a zero vector gives NaN (no angle).
+    RollingQ reports its rotation angle with it (`attnprobe.rollingq.RotationPlan.angle`).
+
+    Args:
+        a: ``[..., D]`` vectors.
+        b: ``[..., D]`` vectors (broadcast against ``a``).
+
+    Returns:
+        ``[...]`` angles in degrees, in ``[0, 180]``, in the dtype of ``a · b``.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([[1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+        >>> b = torch.tensor([[0.0, 2.0], [-1.0, 0.0]], dtype=torch.float64)
+        >>> angle_between(a, b).tolist()
+        [90.0, 180.0]
+        >>> angle_between(torch.zeros(2), torch.ones(2)).isnan().item()
+        True
+    """
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))  # (...)
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))

@@ -2,7 +2,7 @@
 
 Ni, Wei, Liu, Chen, Peng, Lin, Hu. *RollingQ: Reviving the Cooperation Dynamics in Multimodal
 Transformer*, ICML 2025, arXiv 2506.11465 (algorithm as summarised in
-``shared/design/ROLLINGQ.md``). A learned fusion query that stopped adapting to its input is
+``docs/concepts/rollingq.md``). A learned fusion query that stopped adapting to its input is
 rotated, at the end of a training epoch whose attention imbalance rate (AIR) reaches ``β``,
 so that its mean points at an anchor between the modalities' normalised mean keys. The rotation
 ``R`` is a frozen buffer: no gradient, no weight decay, but the forward pass uses ``R·q`` so
@@ -15,8 +15,9 @@ Where it applies: the query row at ``position`` of any attention module attnprob
 modules), by changing the query its attention kernel receives through the module's capture
 adapter (`attnprobe.capture.Adapter.edit_query`).
 
-The math is in `attnprobe.functional` (`rotation_between`, `rollingq_anchor`); this module
-holds the state and the epoch-end decision.
+The math is in `attnprobe.functional` (`rotation_between`, `rollingq_anchor`,
+`angle_between`) and the statistics it reads in `attnprobe.metrics` (`cosines`, `air`,
+`group_indices`); this module holds the state and the epoch-end decision.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from attnprobe._calls import call_model
 from attnprobe._errors import AnalysisError, ProbeConfigError
 from attnprobe.capture import adapter_for
-from attnprobe.functional import RotationMethod, rollingq_anchor, rotation_between
+from attnprobe.functional import RotationMethod, angle_between, rollingq_anchor, rotation_between
 from attnprobe.labels import InputLayout, ModalityLayout
-from attnprobe.probe import probe
+from attnprobe.metrics import air, cosines, group_indices
 from attnprobe.results import LayerResult
+from attnprobe.runner import run_probed
 
 __all__ = ["RollingQ", "RotationPlan", "RotationStep", "anchor_statistics"]
 
@@ -68,7 +69,7 @@ class RotationPlan:
     @property
     def angle(self) -> Tensor:
         """``[H']`` the angle between ``q̄`` and the anchor, in degrees."""
-        return _angle_deg(self.query_mean, self.anchor)
+        return angle_between(self.query_mean, self.anchor)
 
 
 @dataclass(frozen=True)
@@ -296,10 +297,12 @@ class RollingQ(nn.Module):
     # -- the epoch-end step --------------------------------------------------------------------
     def air(self, stats: LayerResult) -> Tensor:
         """``[H']`` AIR of the rotated query from probe statistics: ``cos_a − cos_b`` for two
-        modalities, ``max_m cosᵐ − min_m cosᵐ`` for more (float64)."""
-        cos = self._cosines(stats)  # (H', M)
+        modalities (`attnprobe.metrics.air`), ``max_m cosᵐ − min_m cosᵐ`` for more (float64)."""
+        cos = self._cosines(stats)  # (H', M); raises when the statistics have no AIR
         if len(self.modalities) == 2:
-            return cos[:, 0] - cos[:, 1]
+            a, b = self.modalities
+            values = air(stats, self.query, a, b)  # (H,)
+            return values if self.per_head else values[:1]  # (H',)
         return cos.max(-1).values - cos.min(-1).values
 
     def due(self, stats: LayerResult) -> bool:
@@ -341,8 +344,9 @@ class RollingQ(nn.Module):
     def step(
         self, stats: LayerResult, *, anchor: LayerResult | None = None, epoch: int | None = None
     ) -> RotationStep:
-        """The epoch-end check (``ROLLINGQ.md``): if fewer than ``max_rotations`` rotations
-        were applied and ``|AIR| ≥ β``, rotate: ``R ← W·R``, ``n ← n + 1``.
+        """The epoch-end check (``docs/concepts/rollingq.md``): if fewer than
+        ``max_rotations`` rotations were applied and ``|AIR| ≥ β``, rotate: ``R ← W·R``,
+        ``n ← n + 1``.
 
         Args:
             stats: the probe's statistics of the epoch (the layer's `LayerResult`, probed with
@@ -396,30 +400,21 @@ class RollingQ(nn.Module):
         self._rotated = bool(self.num_rotations.item() > 0)
 
     def _indices(self, stats: LayerResult) -> tuple[int, list[int]]:
-        if self.query not in stats.query_groups:
-            raise AnalysisError(
-                f"RollingQ: layer {stats.name!r} has no query group {self.query!r} (query "
-                f"groups: {list(stats.query_groups)}); probe it with queries={self.query!r}."
-            )
-        missing = [m for m in self.modalities if m not in stats.key_groups]
-        if missing:
-            raise AnalysisError(
-                f"RollingQ: layer {stats.name!r} has no key group {missing}; key groups: "
-                f"{list(stats.key_groups)}."
-            )
+        """The query group's and the modalities' indices in ``stats``, checking its heads."""
+        indices = group_indices(stats, self.query, self.modalities, caller="RollingQ")
         heads = stats.num_heads
         if (self.per_head and heads != self.num_heads) or (not self.per_head and heads != 1):
             raise AnalysisError(
                 f"RollingQ: built for {self.num_heads} head(s), but layer {stats.name!r} has "
                 f"{heads}."
             )
-        return stats.query_groups.index(self.query), [
-            stats.key_groups.index(m) for m in self.modalities
-        ]
+        return indices
 
     def _cosines(self, stats: LayerResult) -> Tensor:
-        iq, ik = self._indices(stats)
-        cos = stats.mean_cosine[:, iq][:, ik].double()  # (H, M)
+        """``[H', M]`` ``E_i cos(q̄_i, k̄ᵐ_i)`` of the rotated query (`attnprobe.metrics.cosines`),
+        checked to be finite."""
+        self._indices(stats)  # the groups and heads, with RollingQ's errors
+        cos = cosines(stats, self.query, self.modalities)  # (H, M)
         if not bool(torch.isfinite(cos).all()):
             raise AnalysisError(
                 f"RollingQ: layer {stats.name!r} has no AIR statistics for {self.query!r} vs "
@@ -438,7 +433,8 @@ def anchor_statistics(
     inputs: Any = None,
 ) -> LayerResult:
     """The frozen pass of the reference: the model in eval mode, without gradients, over
-    ``batches``; returns the probed layer's statistics (``q̄``, ``μ_m``, AIR cosines).
+    ``batches`` (`attnprobe.runner.run_probed`); returns the probed layer's statistics (``q̄``,
+    ``μ_m``, AIR cosines).
 
     Args:
         model: the model (its train/eval mode is restored).
@@ -451,20 +447,18 @@ def anchor_statistics(
 
     Under ``torch.distributed`` the statistics are summed over ranks (each rank passes its
     shard of the data).
+
+    Example:
+        >>> import torch
+        >>> from attnprobe.models import LateFusionTransformer
+        >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
+        >>> data = [((torch.randn(8, 4, 6), torch.randn(8, 3, 8)), torch.zeros(8))
+        ...         for _ in range(2)]
+        >>> stats = anchor_statistics(model, data, modalities=model.fusion_layout(), layer="fusion",
+        ...                           inputs=lambda batch: batch[0])
+        >>> stats.query_groups, stats.num_queries.tolist(), model.training
+        (('cls',), [16.0], True)
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with probe(model, modalities=modalities, layers=layer, queries=query) as p, torch.no_grad():
-            for batch in batches:
-                call_model(model, batch if inputs is None else inputs(batch))
-        p.sync()
-        result = p.result()
-    finally:
-        model.train(was_training)
-    return result.layers[0]
-
-
-def _angle_deg(a: Tensor, b: Tensor) -> Tensor:
-    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
-    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    fed = batches if inputs is None else (inputs(batch) for batch in batches)
+    run = run_probed(model, fed, modalities=modalities, layers=layer, queries=query)
+    return run.result.layers[0]

@@ -9,7 +9,7 @@ unimodal probe accuracy), ``_rollingq`` (the epoch-end rotation check) and ``_sa
 (metrics row appended and fsynced, attention history, checkpoint). Extend it with callbacks
 (`Trainer.add_callback`), not by subclassing.
 
-Training recipe (``shared/design/ROLLINGQ.md``, "The reference model"): SGD with momentum 0.9,
+Training recipe (``docs/guides/training.md``, "With the training wrapper"): SGD with momentum 0.9,
 weight decay 1e-4, lr 1e-3, cosine schedule after a linear warm-up of 2.5 epochs; the
 schedule is a pure function of the step, and dropout is reseeded from ``(seed, epoch, rank)``
 at every epoch start, so a resumed run repeats the uninterrupted one exactly.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -40,12 +41,15 @@ from torch.utils.data import default_collate
 from attnprobe._calls import call_model
 from attnprobe._errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
 from attnprobe._io import load_tagged
-from attnprobe.analysis.adaptability import corrupt
 from attnprobe.analysis.history import History
+from attnprobe.corruption import corrupt
+from attnprobe.functional import angle_between
 from attnprobe.labels import ModalityLayout
+from attnprobe.metrics import centroid_gap, cosines, shares
 from attnprobe.probe import probe
 from attnprobe.results import LayerResult, ProbeResult
-from attnprobe.rollingq import RollingQ, _angle_deg, anchor_statistics
+from attnprobe.rollingq import RollingQ, anchor_statistics
+from attnprobe.runner import run_model, run_probed
 
 __all__ = ["ATTENTION", "CHECKPOINT", "METRICS", "TrainConfig", "Trainer", "load_checkpoint"]
 
@@ -385,33 +389,24 @@ class Trainer:
             "train_accuracy": float(sums[1] / sums[2]),
         }
 
-    def _indices(self, stats: LayerResult) -> tuple[int, list[int]]:
-        """The query group's index and the modalities' key-group indices in ``stats``."""
-        return stats.query_groups.index(self.query), [
-            stats.key_groups.index(m) for m in self.modalities
-        ]
-
     def _shares(self, stats: LayerResult) -> dict[str, float]:
         """Share of the CLS query's attention per modality (excluded groups left out), mean
-        over heads."""
-        iq, ik = self._indices(stats)
-        mass = stats.mass[:, iq][:, ik].double()  # (H, M)
-        share = (mass / mass.sum(-1, keepdim=True)).mean(0)  # (M,)
+        over heads (`attnprobe.metrics.shares`)."""
+        share = shares(stats, self.query, self.modalities).mean(0)  # (H, M) -> (M,)
         return {m: float(share[i]) for i, m in enumerate(self.modalities)}
 
     def _attention_columns(self, stats: LayerResult) -> dict[str, float]:
-        """Share per modality, AIR (``cos_a − cos_b`` of the CLS query, mean over heads) and
-        the centroid key gap ``1 − cos(μ_a, μ_b)`` (mean over key heads)."""
-        iq, ik = self._indices(stats)
+        """Share per modality, AIR (``cos_a − cos_b`` of the CLS query, mean over heads;
+        `attnprobe.metrics.cosines`) and the centroid key gap ``1 − cos(μ_a, μ_b)`` (mean over
+        key heads; `attnprobe.metrics.centroid_gap`, 1 where a mean key is zero)."""
         row = {f"share_{m}": v for m, v in self._shares(stats).items()}
-        cos = stats.mean_cosine[:, iq][:, ik].double().mean(0)  # (M,)
+        cos = cosines(stats, self.query, self.modalities).mean(0)  # (H, M) -> (M,)
         for i, m in enumerate(self.modalities):
             row[f"cos_{m}"] = float(cos[i])
-        keys = stats.key_mean.double()[:, ik]  # (Hk, M, D)
         for i, a in enumerate(self.modalities):
             for j in range(i + 1, len(self.modalities)):
                 b = self.modalities[j]
-                gap = 1.0 - F.cosine_similarity(keys[:, i], keys[:, j], dim=-1).mean()
+                gap = centroid_gap(stats, a, b, zero=1.0).mean()  # (Hk,) -> ()
                 suffix = "" if len(self.modalities) == 2 else f"_{a}_{b}"
                 row[f"key_gap{suffix}"] = float(gap)
                 row[f"air{suffix}"] = float(cos[i] - cos[j])
@@ -420,56 +415,70 @@ class Trainer:
     def _evaluate(self, epoch: int) -> dict[str, float]:
         """Accuracy and CLS shares on the evaluation set, clean and with each input modality
         corrupted at ``corruption_level`` (noise fixed per sample), and unimodal probe
-        accuracy on the clean set."""
+        accuracy on the clean set (each condition one `attnprobe.runner.run_probed` pass)."""
         assert self.eval_data is not None
 
         row: dict[str, float] = {}
         clean_share: dict[str, float] = {}
-        self.core.eval()
-        try:
-            for condition in ("clean", *self.inputs):
-                sums: dict[str, Tensor] = {}
-                shares: dict[str, float] = {}
-                order = torch.arange(len(self.eval_data))
-                with self._probe(key_stats=False) as p, torch.no_grad():
-                    for indices, (inputs, target) in self._batches(
-                        self.eval_data, order, with_indices=True
-                    ):
-                        if condition != "clean":
-                            inputs = self._corrupt(inputs, condition, indices)
-                        logits, unimodal = _outputs(call_model(self.core, inputs))
-                        counts = {"fused": (logits.argmax(-1) == target).sum()}
-                        if condition == "clean":
-                            for m, extra in unimodal.items():
-                                counts[f"unimodal_{m}"] = (extra.argmax(-1) == target).sum()
-                        counts["n"] = torch.tensor(len(target))
-                        for key, value in counts.items():
-                            sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64)) + value
-                    if p is not None:
-                        p.sync()
-                        shares = self._shares(p.result().layers[0])
-                names = sorted(sums)
-                flat = torch.stack([sums[k].double().cpu() for k in names])  # (K,)
-                _all_reduce(flat)
-                total = dict(zip(names, flat.tolist(), strict=True))
-                if condition == "clean":
-                    row["eval_accuracy"] = total["fused"] / total["n"]
-                    for m in self.inputs:
-                        key = f"unimodal_{m}"
-                        if key in total:
-                            row[f"unimodal_accuracy_{m}"] = total[key] / total["n"]
-                    for m, value in shares.items():
-                        row[f"eval_share_{m}"] = value
-                    clean_share = shares
-                else:
-                    row[f"eval_accuracy_{condition}_corrupted"] = total["fused"] / total["n"]
-                    for m, value in shares.items():
-                        row[f"eval_share_{m}_{condition}_corrupted"] = value
-                    if condition in clean_share:
-                        row[f"delta_share_{condition}"] = clean_share[condition] - shares[condition]
-        finally:
-            self.core.train()
+        for condition in ("clean", *self.inputs):
+            condition_share: dict[str, float] = {}
+            order = torch.arange(len(self.eval_data))
+            batches = self._batches(self.eval_data, order, with_indices=True)
+            count = functools.partial(self._eval_counts, condition)
+            if self.layer is None or self.layout is None:
+                outputs = run_model(self.core, batches, call=count)
+            else:
+                run = run_probed(
+                    self.core,
+                    batches,
+                    call=count,
+                    modalities=self.layout,
+                    layers=self.layer,
+                    queries=self.query,
+                    key_stats=False,
+                )
+                outputs = run.outputs
+                condition_share = self._shares(run.result.layers[0])
+            sums: dict[str, Tensor] = {}
+            for counts in outputs:
+                for key, value in counts.items():
+                    sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64)) + value
+            names = sorted(sums)
+            flat = torch.stack([sums[k].double().cpu() for k in names])  # (K,)
+            _all_reduce(flat)
+            total = dict(zip(names, flat.tolist(), strict=True))
+            if condition == "clean":
+                row["eval_accuracy"] = total["fused"] / total["n"]
+                for m in self.inputs:
+                    key = f"unimodal_{m}"
+                    if key in total:
+                        row[f"unimodal_accuracy_{m}"] = total[key] / total["n"]
+                for m, value in condition_share.items():
+                    row[f"eval_share_{m}"] = value
+                clean_share = condition_share
+            else:
+                row[f"eval_accuracy_{condition}_corrupted"] = total["fused"] / total["n"]
+                for m, value in condition_share.items():
+                    row[f"eval_share_{m}_{condition}_corrupted"] = value
+                if condition in clean_share:
+                    delta = clean_share[condition] - condition_share[condition]
+                    row[f"delta_share_{condition}"] = delta
         return row
+
+    def _eval_counts(self, condition: str, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        """One evaluation batch (``(indices, (inputs, target))``) under ``condition`` (``"clean"``
+        or the corrupted input modality): correct predictions of the fused head (and, clean,
+        of the unimodal heads) and the number of samples ``n``."""
+        indices, (inputs, target) = batch
+        if condition != "clean":
+            inputs = self._corrupt(inputs, condition, indices)
+        logits, unimodal = _outputs(call_model(model, inputs))
+        counts = {"fused": (logits.argmax(-1) == target).sum()}
+        if condition == "clean":
+            for m, extra in unimodal.items():
+                counts[f"unimodal_{m}"] = (extra.argmax(-1) == target).sum()
+        counts["n"] = torch.tensor(len(target))
+        return counts
 
     def _corrupt(
         self, inputs: tuple[Tensor, ...], modality: str, indices: Tensor
@@ -509,7 +518,7 @@ class Trainer:
             q = frozen.query_mean.unsqueeze(-1)  # (H', D, 1)
             by_frozen = (frozen.rotation @ q).squeeze(-1)
             by_running = (running.rotation @ q).squeeze(-1)
-            difference = float(_angle_deg(by_frozen, by_running).mean())
+            difference = float(angle_between(by_frozen, by_running).mean())
         step = rq.step(self._air_stats, anchor=anchor, epoch=epoch)
         row: dict[str, Any] = step.to_dict()
         row["rollingq_running_vs_frozen_deg"] = difference

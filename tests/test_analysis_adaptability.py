@@ -12,6 +12,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 import attnprobe as ap
+from tests._imports import loaded_by
 
 LAYOUT = {"cls": 1, "audio": 4, "video": 6}
 
@@ -137,3 +138,22 @@ def test_bad_arguments_are_explained() -> None:
         ap.noise_sweep(model, batches(), prepare, modalities=LAYOUT, corrupted=["cls"])
     with pytest.raises(ap.AnalysisError, match=r"\[0, 1\]"):
         ap.corrupt(torch.ones(2, 3), 1.5)
+
+
+def test_the_analyzers_run_no_model_and_old_import_paths_work() -> None:
+    """Analysis is results in, results out: importing `attnprobe.analysis` loads neither the
+    probe nor the runner (read from the import statements); `noise_sweep`, which runs the model,
+    lives in `attnprobe.sweep` and its former import paths still reach it."""
+    loaded = loaded_by("attnprobe.analysis")
+    forbidden = ("attnprobe.probe", "attnprobe.capture", "attnprobe.runner", "attnprobe.sweep")
+    assert sorted(m for m in loaded if m.startswith(forbidden)) == []
+    from attnprobe.analysis import corrupt, noise_sweep
+    from attnprobe.analysis.adaptability import noise_sweep as old_path
+    from attnprobe.corruption import corrupt as corruption_corrupt
+    from attnprobe.sweep import noise_sweep as sweep_noise_sweep
+
+    assert noise_sweep is old_path is ap.noise_sweep is sweep_noise_sweep
+    assert ap.analysis.noise_sweep is sweep_noise_sweep
+    assert corrupt is ap.corrupt is ap.analysis.corrupt is corruption_corrupt
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        _ = ap.analysis.missing  # type: ignore[attr-defined]

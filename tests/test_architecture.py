@@ -130,7 +130,7 @@ def _imports(path: Path) -> list[tuple[str, str, int]]:
             module = node.module
             if node.level:  # relative import
                 base = here.split(".")
-                module = ".".join(base[: len(base) - node.level + 1] + [node.module])
+                module = ".".join([*base[: len(base) - node.level + 1], node.module])
             if not module.startswith("attnprobe"):
                 continue
             for alias in node.names:

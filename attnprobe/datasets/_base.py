@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from attnprobe._errors import AttnProbeError
-from attnprobe.analysis.adaptability import corrupt
+from attnprobe.corruption import corrupt
 
 __all__ = ["MultimodalDataset"]
 
@@ -28,8 +28,9 @@ class MultimodalDataset:
     Items are ``((x_1[i], ..., x_M[i]), target[i])``, the format `attnprobe.training.Trainer`
     and a ``DataLoader`` take. ``quality[m][i]`` is the fraction of modality ``m``'s signal left
     in sample ``i``: 1 for a clean sample, ``(1 − λ)`` after `corrupted` at level ``λ`` (the
-    corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` of `attnprobe.corrupt`; ``METRICS.md``, "Dynamic
-    adaptability"); it is the ground truth an adaptive fusion layer should follow.
+    corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` of `attnprobe.corrupt`;
+    ``docs/concepts/adaptability.md``); it is the ground truth an adaptive fusion layer should
+    follow.
 
     Example:
         >>> import attnprobe.datasets as ds
