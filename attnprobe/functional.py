@@ -484,11 +484,13 @@ def mean_cosines(
 
 # -- RollingQ rotations (Ni et al., ICML 2025, arXiv 2506.11465; ``docs/concepts/rollingq.md``) --
 
-RotationMethod = Literal["plane", "svd"]
+RotationConstruction = Literal["plane", "svd"]
 """How `rotation_between` builds the rotation."""
+RotationMethod = RotationConstruction
+"""Deprecated name of `RotationConstruction`."""
 
 
-def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> Tensor:
+def rotation_between(x: Tensor, y: Tensor, construction: RotationConstruction = "plane") -> Tensor:
     """The rotation ``W`` (orthogonal, ``det W = +1``) that turns the direction of ``x`` into
     the direction of ``y``: ``W x/‖x‖ = y/‖y‖``, so ``‖W x‖ = ‖x‖``.
 
@@ -509,7 +511,7 @@ def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> 
     Args:
         x: ``[..., D]`` the vectors to rotate (non-zero), ``D ≥ 2``.
         y: ``[..., D]`` the target directions (non-zero).
-        method: ``"plane"`` or ``"svd"``.
+        construction: ``"plane"`` or ``"svd"``.
 
     Returns:
         ``[..., D, D]`` rotations.
@@ -523,9 +525,9 @@ def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> 
         >>> round(float(torch.linalg.det(w)), 12)
         1.0
     """
-    if method not in ("plane", "svd"):
+    if construction not in ("plane", "svd"):
         raise ValueError(
-            f"rotation_between: expected method 'plane' or 'svd', received {method!r}."
+            f"rotation_between: expected construction 'plane' or 'svd', received {construction!r}."
         )
     if x.shape != y.shape or x.shape[-1] < 2:
         raise ValueError(
@@ -539,7 +541,7 @@ def rotation_between(x: Tensor, y: Tensor, method: RotationMethod = "plane") -> 
     u, v = x64 / x_norm, y64 / y_norm  # (..., D) unit vectors
     dim = u.shape[-1]
     eye = torch.eye(dim, dtype=torch.float64, device=u.device).expand(*u.shape[:-1], dim, dim)
-    if method == "svd":
+    if construction == "svd":
         m = v.unsqueeze(-1) * u.unsqueeze(-2)  # (..., D, D) = ŷ x̂ᵀ
         left, _, right_t = torch.linalg.svd(m)  # (..., D, D) each
         w = left @ right_t  # (..., D, D)

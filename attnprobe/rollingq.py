@@ -24,17 +24,23 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from attnprobe._distributed import broadcast
 from attnprobe._errors import AnalysisError, ProbeConfigError
 from attnprobe.capture import adapter_for
-from attnprobe.functional import RotationMethod, angle_between, rollingq_anchor, rotation_between
+from attnprobe.functional import (
+    RotationConstruction,
+    angle_between,
+    rollingq_anchor,
+    rotation_between,
+)
 from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.metrics import air, cosines, group_indices
 from attnprobe.results import LayerResult
@@ -120,8 +126,9 @@ class RollingQ(nn.Module):
         beta: AIR threshold ``β``: rotate only when ``|AIR| ≥ β`` (reference: 0).
         rho: anchor sharpness ``ρ`` (reference: 0, the bisector; the code calls it ``sigma``).
         max_rotations: at most this many rotations (reference: 1; the paper uses up to 3).
-        method: ``"plane"`` (minimal rotation in ``span{q̄, q_b}``, default) or ``"svd"``
+        construction: ``"plane"`` (minimal rotation in ``span{q̄, q_b}``, default) or ``"svd"``
             (the reference construction); both give the same rotated mean query.
+        method: deprecated spelling of ``construction``.
 
     Buffers (in the ``state_dict``): ``rotation`` ``[H', D, D]`` (identity at first) and
     ``num_rotations``. Until the first rotation the forward pass returns its input unchanged,
@@ -157,8 +164,17 @@ class RollingQ(nn.Module):
         beta: float = 0.0,
         rho: float = 0.0,
         max_rotations: int = 1,
-        method: RotationMethod = "plane",
+        construction: RotationConstruction = "plane",
+        method: RotationConstruction | None = None,
     ) -> None:
+        if method is not None:
+            warnings.warn(
+                f"RollingQ(method={method!r}) is deprecated; use "
+                f"RollingQ(construction={method!r}).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            construction = method
         super().__init__()
         modalities = tuple(modalities)
         if len(modalities) < 2 or len(set(modalities)) != len(modalities):
@@ -177,9 +193,9 @@ class RollingQ(nn.Module):
                 f"RollingQ: expected head_dim >= 2 and num_heads >= 1, received head_dim="
                 f"{head_dim}, num_heads={num_heads}."
             )
-        if method not in ("plane", "svd"):
+        if construction not in ("plane", "svd"):
             raise ProbeConfigError(
-                f"RollingQ: expected method 'plane' or 'svd', received {method!r}."
+                f"RollingQ: expected construction 'plane' or 'svd', received {construction!r}."
             )
         if max_rotations < 0 or beta < 0:
             raise ProbeConfigError(
@@ -188,7 +204,8 @@ class RollingQ(nn.Module):
             )
         self.head_dim, self.num_heads, self.per_head = head_dim, num_heads, per_head
         self.modalities, self.query, self.position = modalities, query, position
-        self.beta, self.rho, self.max_rotations, self.method = beta, rho, max_rotations, method
+        self.beta, self.rho, self.max_rotations = beta, rho, max_rotations
+        self.construction: RotationConstruction = construction
         rows = num_heads if per_head else 1
         self.register_buffer("rotation", torch.eye(head_dim).repeat(rows, 1, 1))  # (H', D, D)
         self.register_buffer("num_rotations", torch.zeros((), dtype=torch.long))
@@ -200,7 +217,7 @@ class RollingQ(nn.Module):
             f"head_dim={self.head_dim}, modalities={list(self.modalities)}, "
             f"num_heads={self.num_heads}, per_head={self.per_head}, position={self.position}, "
             f"beta={self.beta}, rho={self.rho}, max_rotations={self.max_rotations}, "
-            f"method={self.method!r}"
+            f"construction={self.construction!r}"
         )
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -338,7 +355,7 @@ class RollingQ(nn.Module):
                 f"RollingQ: the weighted normalised mean keys of layer {source.name!r} cancel "
                 "out (antiparallel mean keys with equal weights): there is no anchor direction."
             )
-        rotation = rotation_between(query_mean, target, self.method)  # (H', D, D)
+        rotation = rotation_between(query_mean, target, self.construction)  # (H', D, D)
         return RotationPlan(query_mean, key_means, cos, alpha, target, rotation)
 
     def step(
@@ -390,13 +407,8 @@ class RollingQ(nn.Module):
         with torch.no_grad():
             self.rotation.copy_(rotation.to(self.rotation.device))
             self.num_rotations.fill_(count)
-            if dist.is_available() and dist.is_initialized():
-                for buffer in (self.rotation, self.num_rotations):
-                    on_cpu = dist.get_backend() == "gloo" and buffer.device.type != "cpu"
-                    data = buffer.cpu() if on_cpu else buffer
-                    dist.broadcast(data, src=0)
-                    if on_cpu:
-                        buffer.copy_(data)
+            for buffer in (self.rotation, self.num_rotations):
+                broadcast(buffer, src=0)  # every rank holds rank 0's bits
         self._rotated = bool(self.num_rotations.item() > 0)
 
     def _indices(self, stats: LayerResult) -> tuple[int, list[int]]:

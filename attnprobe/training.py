@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from attnprobe._calls import call_model
+from attnprobe._distributed import all_reduce_sum, rank_and_world
 from attnprobe._errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
 from attnprobe._io import load_tagged
 from attnprobe.analysis.history import History
@@ -228,7 +229,7 @@ class Trainer:
             )
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.resume = resume
-        self.rank, self.world = _rank_and_world()
+        self.rank, self.world = rank_and_world()
         self.model = model
         if self.world > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
             self.model = nn.parallel.DistributedDataParallel(model)
@@ -374,7 +375,7 @@ class Trainer:
                 last = p.result()
         sums = sums.cpu()
         sums[2] = seen
-        _all_reduce(sums)
+        all_reduce_sum(sums)
         stats = None
         if p is not None:
             result = last if earlier is None else earlier.merge(last)
@@ -445,7 +446,7 @@ class Trainer:
                     sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64)) + value
             names = sorted(sums)
             flat = torch.stack([sums[k].double().cpu() for k in names])  # (K,)
-            _all_reduce(flat)
+            all_reduce_sum(flat)
             total = dict(zip(names, flat.tolist(), strict=True))
             if condition == "clean":
                 row["eval_accuracy"] = total["fused"] / total["n"]
@@ -636,24 +637,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_reduce(tensor: Tensor) -> None:
-    """Sum a CPU tensor over ranks in place (through the GPU when the backend needs it)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    if dist.get_backend() == "gloo":
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return
-    on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
-    tensor.copy_(on_device.cpu())
-
-
 def _mix(*values: int) -> int:
     """A 63-bit seed from several integers (stable across runs and platforms)."""
     seed = 0x9E3779B97F4A7C15

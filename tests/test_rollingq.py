@@ -161,7 +161,7 @@ def hand_statistics(model: LateFusionTransformer, batches: list[Any]) -> dict[st
 @pytest.mark.parametrize("method", ["plane", "svd"])
 def test_anchor_statistics_and_rotation_against_a_direct_computation(method: str) -> None:
     model, batches = model_and_batches(seed=5)
-    rq = ap.RollingQ(16, modalities=("audio", "video"), rho=2.0, method=method)  # type: ignore[arg-type]
+    rq = ap.RollingQ(16, modalities=("audio", "video"), rho=2.0, construction=method)  # type: ignore[arg-type]
     rq.attach(model, "fusion")
     stats = anchor_statistics(model, batches, modalities=model.fusion_layout(), layer="fusion")
     ref = hand_statistics(model, batches)
@@ -193,7 +193,7 @@ def test_plane_and_svd_models_give_the_same_logits() -> None:
     logits = []
     for method in ("plane", "svd"):
         model, batches = model_and_batches(seed=2)
-        rq = ap.RollingQ(16, modalities=("audio", "video"), method=method)  # type: ignore[arg-type]
+        rq = ap.RollingQ(16, modalities=("audio", "video"), construction=method)  # type: ignore[arg-type]
         rq.attach(model, "fusion")
         stats = anchor_statistics(model, batches, modalities=model.fusion_layout(), layer="fusion")
         rq.step(stats)
@@ -492,3 +492,9 @@ def test_native_fusion_layer_and_generic_path_agree() -> None:
     generic.load_state_dict(state)
     heads = wrapped(x)  # (B, 1, L, d)
     torch.testing.assert_close(layer.out_proj(heads.squeeze(1)), out_native, atol=1e-6, rtol=1e-6)
+
+
+def test_rollingq_method_is_a_deprecated_spelling_of_construction() -> None:
+    with pytest.warns(DeprecationWarning, match=r"use RollingQ\(construction='svd'\)"):
+        rq = ap.RollingQ(8, modalities=("a", "b"), method="svd")
+    assert rq.construction == "svd"
