@@ -38,8 +38,8 @@ demo: install
 	$(BIN)/attnprobe example rollingq $(DEMO_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check attnprobe tests benchmarks examples docs/scripts
-	$(BIN)/ruff format --check attnprobe tests benchmarks examples docs/scripts
+	$(BIN)/ruff check attnprobe tests benchmarks examples docs/scripts conftest.py
+	$(BIN)/ruff format --check attnprobe tests benchmarks examples docs/scripts conftest.py
 
 typecheck: install-dev
 	$(BIN)/mypy

@@ -1,7 +1,7 @@
-"""``python -m attnprobe``: the ``attnprobe`` command."""
+"""``python -m attnprobe``: the ``attnprobe`` command (`attnprobe.app.cli.main`)."""
 
 import sys
 
-from attnprobe.cli import main
+from attnprobe.app.cli import main
 
 sys.exit(main())

@@ -2,10 +2,10 @@
 
 Run: ``python examples/rollingq_example.py`` (about two minutes on 2 CPU cores).
 
-Part 1 runs `attnprobe.example` (what ``attnprobe example rollingq --quick`` runs) and reads its
-summary table. Part 2 shows the pieces it is made of, for one seed: bundled data, the reference
-fusion model with and without RollingQ, the training wrapper, and the noise sweep that measures
-whether attention follows input quality.
+Part 1 runs `attnprobe.app.example` (what ``attnprobe example rollingq --quick`` runs) and
+reads its summary table. Part 2 shows the pieces it is made of, for one seed: bundled data, the
+reference fusion model with and without RollingQ, the training wrapper, and the noise sweep that
+measures whether attention follows input quality.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pandas as pd
 
 import attnprobe as ap
 import attnprobe.datasets as ds
-from attnprobe import example
+from attnprobe.app import example
 from attnprobe.models import LateFusionTransformer
 from attnprobe.training import TrainConfig, Trainer
 
 
 def with_the_example(out_dir: str) -> None:
-    example.run(out_dir, example.ExampleConfig.quick(seeds=2), progress=False)
+    example.run(out_dir, example.ExampleConfig.quick(seeds=2), progress=False, log=print)
     summary = pd.read_csv(f"{out_dir}/summary.csv")
     table = summary.pivot(index="metric", columns="method", values="mean")
     print(table.loc[["accuracy", "attention_quality_r", "abs_air", "key_gap"]].round(3))

@@ -17,8 +17,8 @@ import torch
 from scipy import stats
 
 import attnprobe as ap
-from attnprobe import cli, example
-from attnprobe._run_figures import FIGURES
+from attnprobe.app import cli, example
+from attnprobe.app.example import FIGURES
 from attnprobe.training import load_checkpoint
 
 TINY = example.ExampleConfig(seeds=2, epochs=2, train_samples=256, dim=16)

@@ -1,12 +1,15 @@
-"""Package surface: light import, public names, CLI."""
+"""Package surface: light import, public names, CLI, the deprecated module paths."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
+import pytest
+
 import attnprobe as ap
-from attnprobe.cli import main
+from attnprobe.app.cli import main
 
 
 def test_import_is_light() -> None:
@@ -54,3 +57,23 @@ def test_examples_run(capsys) -> None:  # type: ignore[no-untyped-def]
     for script in sorted((Path(__file__).parents[1] / "examples").glob("*.py")):
         runpy.run_path(str(script), run_name="__main__")
     assert "epoch 2: CLS attention mass" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "names"),
+    [
+        ("attnprobe.example", "attnprobe.app.example", ["run", "report", "ExampleConfig"]),
+        ("attnprobe.report", "attnprobe.app.report", ["report", "RunReport"]),
+        ("attnprobe.cli", "attnprobe.app.cli", ["main"]),
+    ],
+)
+def test_deprecated_modules_warn_and_reexport(old: str, new: str, names: list[str]) -> None:
+    """The old module paths still work: importing one warns, naming the new module, and it
+    holds the new module's objects."""
+    target = importlib.import_module(new)
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated; use {new}"):
+        shim = importlib.import_module(old)
+    assert set(shim.__all__) == set(target.__all__)
+    for name in {*names, *target.__all__}:
+        assert getattr(shim, name) is getattr(target, name), name

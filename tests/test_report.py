@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import attnprobe as ap
-from attnprobe import cli
+from attnprobe.app import cli
+from attnprobe.app.report import RunReport, report
 from attnprobe.models import ConcatFusion, LateFusionTransformer
-from attnprobe.report import RunReport, report
 from attnprobe.training import TrainConfig, Trainer
 
 DIMS = {"audio": 6, "video": 8}

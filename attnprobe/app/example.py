@@ -1,0 +1,678 @@
+"""The bundled RollingQ example: vanilla attention fusion, the same with RollingQ, and the
+concatenation baseline, trained over several seeds on bundled data, compared with paired
+statistics (``attnprobe example rollingq``; the method: ``docs/concepts/rollingq.md``, the
+data: ``docs/guides/datasets.md``, the measures: ``docs/concepts/adaptability.md``).
+
+`run` trains and evaluates, one run folder per (method, seed); `report` rebuilds every table
+and figure from the files alone. The report is the run report of `attnprobe.app.report`
+(`write_report`: per-run table, summary over seeds, ``summary.md``, training figures) with
+what only the example has: its per-run numbers from the test-set noise sweep, its paired tests
+(``paired.csv``) and its figures of the sweep and of the fusion keys. Layout of an example
+folder::
+
+    config.json                      the settings (a rerun with other settings is refused)
+    runs/<method>-seed<k>/
+        metrics.csv, attention.csv, checkpoint.pt    the training wrapper's files
+        sweep.csv                    accuracy and attention share per corrupted modality and
+                                     noise level on the test split
+        adaptability.csv             attention–quality correlations and ΔM (attention runs)
+        keys_*.pt                    fusion-layer probe results for the key-distribution figure
+        done.json                    written last: the run is complete
+    runs.csv                         one row of final numbers per run
+    summary.csv, paired.csv, summary.md   mean ± std per method; paired differences and tests
+    figures/*.png
+
+Protocol: the test split is never used for training or selection; numbers are those of the
+last epoch. Corrupted test sets are drawn once per (seed, modality, level) and shared by every
+method, so the comparisons are paired sample by sample. RollingQ runs with the reference's
+defaults (β = 0, ρ = 0, one rotation after the first epoch), and once more gated by the
+imbalance (β = 0.5, up to three rotations), the same on every dataset: nothing is tuned per
+dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+import attnprobe as ap
+from attnprobe import AttnProbeError, plot
+from attnprobe.app.figures import TRAINING_FIGURES, Job, Style, facets, save
+from attnprobe.app.report import RunReport, markdown_table, write_report
+from attnprobe.app.runs import Run, air_columns, key_gap_columns, read_csv, read_metrics, stack
+from attnprobe.datasets import MultimodalDataset, SyntheticConfig, mfeat, synthetic
+from attnprobe.models import ConcatFusion, LateFusionTransformer
+from attnprobe.training import TrainConfig, Trainer
+
+__all__ = [
+    "DATASETS",
+    "FIGURES",
+    "METHODS",
+    "ExampleConfig",
+    "is_example_folder",
+    "rebuild",
+    "report",
+    "run",
+]
+
+METHODS = ("vanilla", "rollingq", "rollingq_gated", "concat")
+"""Vanilla MT (fusion attention); + RollingQ with the reference's defaults (β = 0, one
+rotation after the first epoch); + RollingQ gated by the imbalance (β = 0.5, up to three
+rotations: it waits until ``|AIR| ≥ β``); and the static concatenation."""
+DATASETS = ("synthetic", "mfeat")
+_ATTENTION = ("vanilla", "rollingq", "rollingq_gated")
+_LABELS = {
+    "vanilla": "Vanilla MT",
+    "rollingq": "MT + RollingQ",
+    "rollingq_gated": "MT + RollingQ (β=0.5, ≤3)",
+    "concat": "Concat",
+}
+_DONE = "done.json"
+FIGURES = (
+    *TRAINING_FIGURES,
+    "key_distribution.png",
+    "share_vs_noise.png",
+    "accuracy_vs_noise.png",
+)
+"""The figures of an example folder, in the order they are drawn: the run report's training
+figures, then the fusion keys around the first rotation and the test-set noise sweep."""
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    """Settings of the example (defaults: the full run; `quick` gives the smoke-test ones)."""
+
+    dataset: str = "synthetic"
+    """``"synthetic"`` (`attnprobe.datasets.synthetic`) or ``"mfeat"`` (UCI Multiple
+    Features, six views)."""
+    seeds: int = 5
+    epochs: int = 30
+    train_samples: int | None = None
+    """Synthetic only: training samples (default `SyntheticConfig`'s 4000)."""
+    dim: int = 32
+    depth: int = 1
+    heads: int = 2
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    """Noise levels ``λ`` of the test-set sweep."""
+    methods: tuple[str, ...] = METHODS
+    gated_beta: float = 0.5
+    """β of ``rollingq_gated`` (rotate only when ``|AIR| ≥ β``)."""
+    gated_rotations: int = 3
+    """``max_rotations`` of ``rollingq_gated``."""
+
+    @classmethod
+    def quick(cls, dataset: str = "synthetic", seeds: int = 2) -> ExampleConfig:
+        """A smoke run (under a minute on 2 CPU cores for the synthetic data, about two for
+        mfeat): fewer training samples (synthetic only), epochs and seeds."""
+        return cls(dataset=dataset, seeds=seeds, epochs=8, train_samples=1024)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise AttnProbeError(
+                f"example rollingq: expected a dataset in {list(DATASETS)}, received "
+                f"{self.dataset!r}."
+            )
+        if self.seeds < 1 or self.epochs < 1:
+            raise AttnProbeError(
+                f"example rollingq: expected seeds >= 1 and epochs >= 1, received seeds="
+                f"{self.seeds}, epochs={self.epochs}."
+            )
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise AttnProbeError(
+                f"example rollingq: expected methods from {list(METHODS)}, received "
+                f"{list(self.methods)}."
+            )
+        if 0.0 not in self.levels or any(not 0.0 <= x <= 1.0 for x in self.levels):
+            raise AttnProbeError(
+                f"example rollingq: expected noise levels in [0, 1] including 0, received "
+                f"{list(self.levels)}."
+            )
+
+
+# -- data and models --------------------------------------------------------------------------
+Splits = tuple[MultimodalDataset, MultimodalDataset, MultimodalDataset]
+
+
+def _splits(cfg: ExampleConfig, seed: int) -> Splits:
+    """Train, validation and test splits of seed ``seed``."""
+    if cfg.dataset == "synthetic":
+        data = SyntheticConfig()
+        if cfg.train_samples is not None:
+            data = dataclasses.replace(data, sizes=(cfg.train_samples, *data.sizes[1:]))
+        return (
+            synthetic("train", seed=seed, config=data),
+            synthetic("val", seed=seed, config=data),
+            synthetic("test", seed=seed, config=data),
+        )
+    return mfeat("train", seed=seed), mfeat("val", seed=seed), mfeat("test", seed=seed)
+
+
+def _model(cfg: ExampleConfig, method: str, data: MultimodalDataset, seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # same seed: same encoder weights for every method
+    kind = ConcatFusion if method == "concat" else LateFusionTransformer
+    return kind(
+        data.input_dims,
+        data.lengths,
+        data.num_classes,
+        dim=cfg.dim,
+        depth=cfg.depth,
+        heads=cfg.heads,
+        unimodal_heads=True,
+    )
+
+
+def _corrupted_sets(
+    test: MultimodalDataset, levels: Sequence[float], seed: int
+) -> dict[tuple[str, float], MultimodalDataset]:
+    """The test split with one modality corrupted at each level, drawn once for all methods."""
+    sets = {}
+    for k, m in enumerate(test.modalities):
+        for j, level in enumerate(levels):
+            sets[(m, level)] = (
+                test if level == 0 else test.corrupted(m, level, seed=seed * 1009 + 31 * k + j)
+            )
+    return sets
+
+
+# -- one run ---------------------------------------------------------------------------------
+def _key_result(model: nn.Module, data: MultimodalDataset, limit: int = 1024) -> ap.ProbeResult:
+    """Fusion-layer statistics with a key reservoir, model frozen (for the key picture)."""
+    was_training = model.training
+    model.eval()
+    try:
+        layout = model.fusion_layout()  # type: ignore[operator]
+        with (
+            ap.probe(model, modalities=layout, layers="fusion", reservoir_size=256) as p,
+            torch.no_grad(),
+        ):
+            for inputs, _ in data.subset(range(min(limit, len(data)))).batches(256):
+                model(*inputs)
+        return p.result()
+    finally:
+        model.train(was_training)
+
+
+def _sweep(
+    model: nn.Module,
+    method: str,
+    sets: dict[tuple[str, float], MultimodalDataset],
+    modalities: Sequence[str],
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Accuracy and attention share on every corrupted test set; adaptability scores."""
+    levels = sorted({level for _, level in sets})
+    if method in _ATTENTION:
+        batches = list(range(0, len(sets[(modalities[0], 0.0)]), 256))
+
+        def prepare(start: int, m: str | None, level: float, _: Any) -> tuple[Any, Tensor]:
+            data = sets[(m or modalities[0], level)]
+            part = slice(start, start + 256)
+            return tuple(x[part] for x in data.inputs.values()), data.targets[part]
+
+        result = ap.noise_sweep(
+            model,
+            batches,
+            prepare,
+            modalities=model.fusion_layout(),  # type: ignore[operator]
+            corrupted=list(modalities),
+            layer="fusion",
+            levels=levels,
+            logits=lambda output: output.logits,
+        )
+        return result.to_frame(), result.adaptability()
+    rows = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for (m, level), data in sets.items():
+                hits = [
+                    (model(*inputs).logits.argmax(-1) == y).double().sum()
+                    for inputs, y in data.batches(256)
+                ]
+                rows.append((m, level, float(sum(hits) / len(data))))
+    finally:
+        model.train(was_training)
+    return pd.DataFrame(rows, columns=["corrupted", "level", "accuracy"]), None
+
+
+def _train_one(cfg: ExampleConfig, method: str, seed: int, folder: Path, progress: bool) -> None:
+    train, val, test = _splits(cfg, seed)
+    model = _model(cfg, method, train, seed)
+    rq = None
+    if method.startswith("rollingq"):
+        gated = method == "rollingq_gated"  # else the reference's defaults: β = 0, one rotation
+        rq = ap.RollingQ(
+            cfg.dim,
+            modalities=train.modalities,
+            beta=cfg.gated_beta if gated else 0.0,
+            max_rotations=cfg.gated_rotations if gated else 1,
+        ).attach(model, "fusion")
+    attention = method in _ATTENTION
+    trainer = Trainer(
+        model,
+        train,
+        modalities=model.fusion_layout() if attention else None,  # type: ignore[operator]
+        layer="fusion" if attention else None,
+        eval_data=val,
+        rollingq=rq,
+        out_dir=folder,
+        config=TrainConfig(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            optimizer=cfg.optimizer,  # type: ignore[arg-type]
+            seed=seed,
+            eval_every=max(1, cfg.epochs // 10),
+            progress=progress,
+            tensorboard=False,
+        ),
+    )
+    if rq is not None:
+        _watch_rotation(trainer, rq, train, folder)
+    start = time.perf_counter()
+    metrics = trainer.fit()
+    seconds = time.perf_counter() - start
+    sets = _corrupted_sets(test, cfg.levels, seed)
+    sweep, scores = _sweep(model, method, sets, train.modalities)
+    sweep.to_csv(folder / "sweep.csv", index=False)
+    if scores is not None:
+        scores.to_csv(folder / "adaptability.csv", index=False)
+        _key_result(model, test).save(folder / "keys_final.pt")
+    done = {"method": method, "seed": seed, "epochs": len(metrics), "train_seconds": seconds}
+    (folder / _DONE).write_text(json.dumps(done, indent=1))
+
+
+def _watch_rotation(
+    trainer: Trainer, rq: ap.RollingQ, train: MultimodalDataset, folder: Path
+) -> None:
+    """At the epoch of the first rotation, save the fusion-layer statistics on training
+    samples with the query before (``keys_before.pt``) and after (``keys_after.pt``) it."""
+    before = rq.rotation.detach().clone()
+
+    def on_epoch_end(_: Trainer, row: dict[str, Any]) -> None:
+        nonlocal before
+        if row.get("rollingq_rotated") and not (folder / "keys_before.pt").exists():
+            model = trainer.core
+            _key_result(model, train).save(folder / "keys_after.pt")
+            after = rq.rotation.detach().clone()
+            try:
+                with torch.no_grad():
+                    rq.rotation.copy_(before)
+                _key_result(model, train).save(folder / "keys_before.pt")
+            finally:
+                with torch.no_grad():
+                    rq.rotation.copy_(after)
+        before = rq.rotation.detach().clone()
+
+    trainer.add_callback("on_epoch_end", on_epoch_end)
+
+
+def run(
+    out_dir: str | Path,
+    config: ExampleConfig | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Train every (method, seed) of the example into ``out_dir`` and write the report.
+
+    Finished runs are skipped and a killed run resumes from its last epoch, so rerunning the
+    same command completes an interrupted example; a folder written with other settings is
+    refused.
+
+    Args:
+        out_dir: the example folder.
+        config: the settings (`ExampleConfig`; `ExampleConfig.quick` for a smoke run).
+        progress: show progress bars.
+        log: where a line naming each run goes as it starts (``print`` on the command
+            line; default: nowhere).
+
+    Returns:
+        ``out_dir``.
+    """
+    cfg = config or ExampleConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    saved_path = out / "config.json"
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        if saved != settings:
+            changed = sorted(k for k in settings if saved.get(k) != settings[k])
+            raise AttnProbeError(
+                f"{out} holds an example run with other settings ({', '.join(changed)}); "
+                "choose another --out, or delete the folder to start again."
+            )
+    else:
+        saved_path.write_text(json.dumps(settings, indent=1))
+    jobs = [(m, s) for s in range(cfg.seeds) for m in cfg.methods]
+    for index, (method, seed) in enumerate(jobs):
+        folder = out / "runs" / f"{method}-seed{seed}"
+        if (folder / _DONE).exists():
+            continue
+        if log is not None:
+            log(f"[{index + 1}/{len(jobs)}] {cfg.dataset}: {_LABELS[method]}, seed {seed}")
+        folder.mkdir(parents=True, exist_ok=True)
+        _train_one(cfg, method, seed, folder, progress)
+    report(out)
+    return out
+
+
+# -- the report: the run report (attnprobe.app.report) and what only the example has ------------
+def is_example_folder(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` looks like a folder `run` wrote (``config.json`` and ``runs/``)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "config.json").is_file() and (run_dir / "runs").is_dir()
+
+
+def report(
+    run_dir: str | Path, out: str | Path | None = None, *, progress: bool = False
+) -> pd.DataFrame:
+    """Rebuild the tables and figures of an example folder from its files (`rebuild`, which
+    takes the same arguments); returns the summary (one row per method and metric:
+    ``mean``, ``std``, ``num_seeds``)."""
+    return rebuild(run_dir, out, progress=progress).summary
+
+
+def rebuild(
+    run_dir: str | Path, out: str | Path | None = None, *, progress: bool = False
+) -> RunReport:
+    """Rebuild ``runs.csv``, ``summary.csv``, ``paired.csv``, ``summary.md`` and the figures
+    of an example folder from its files: the run report (`attnprobe.app.report.write_report`)
+    with the example's per-run numbers, paired tests and figures. ``attnprobe report`` calls
+    it on an example folder.
+
+    Args:
+        run_dir: the folder `run` wrote.
+        out: where the tables and ``figures/`` go (default: ``run_dir`` itself).
+        progress: a progress bar over the figures.
+
+    Returns:
+        An `attnprobe.app.report.RunReport` of kind ``"example"``.
+
+    Raises:
+        AttnProbeError: ``run_dir`` is not an example folder, holds no finished run, or a run
+            file is corrupt.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AttnProbeError(f"{run_dir} is not a folder; expected an example run folder.")
+    found = list(_finished_runs(run_dir))
+    if not found:
+        raise AttnProbeError(f"{run_dir} has no finished run (no runs/*/{_DONE}).")
+    cfg = _read_config(run_dir / "config.json")
+    return write_report(
+        "example",
+        run_dir,
+        run_dir if out is None else Path(out),
+        found,
+        _final_row,
+        lambda _, summary, tables: _markdown(summary, tables["paired.csv"], cfg),
+        tables={"paired.csv": _paired},
+        labels=_LABELS,
+        order=METHODS,
+        figures=_figures,
+        progress=progress,
+    )
+
+
+def _finished_runs(run_dir: Path) -> Iterator[Run]:
+    """The finished runs of an example folder; any other folder under ``runs/`` is refused."""
+    folders = sorted((run_dir / "runs").glob("*-seed*"))
+    if not folders:
+        raise AttnProbeError(
+            f"{run_dir} has no runs/<method>-seed<k> folders; expected a folder written by "
+            "`attnprobe example rollingq`."
+        )
+    for folder in folders:
+        method, seed = folder.name.rsplit("-seed", 1)
+        if method not in METHODS or not seed.isdigit():
+            raise AttnProbeError(
+                f"{folder} is not an example run: expected runs/<method>-seed<k> with a method "
+                f"in {list(METHODS)}; move other folders out of {run_dir / 'runs'}."
+            )
+        if (folder / _DONE).exists():
+            yield method, int(seed), folder
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The settings an example folder was written with (empty when ``config.json`` is gone)."""
+    try:
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+    except (ValueError, TypeError) as exc:  # not JSON, not text, not an object
+        raise AttnProbeError(
+            f"cannot read {path}: {type(exc).__name__}; expected the JSON settings "
+            "`attnprobe example rollingq` writes."
+        ) from None
+
+
+def _final_row(run: Run) -> dict[str, Any]:
+    """The numbers a run ends with (last epoch; test split for the sweep)."""
+    method, seed, folder = run
+    metrics = read_metrics(folder / "metrics.csv")
+    sweep = read_csv(folder / "sweep.csv")
+    last = metrics.iloc[-1]
+    row: dict[str, Any] = {"method": method, "seed": seed}
+    accuracy = sweep.drop_duplicates(["corrupted", "level"])
+    row["accuracy"] = float(accuracy[accuracy["level"] == 0]["accuracy"].iloc[0])
+    noisy = accuracy[accuracy["level"] > 0]
+    row["accuracy_corrupted"] = float(noisy["accuracy"].mean())
+    for m, part in noisy.groupby("corrupted", sort=False):
+        row[f"accuracy_{m}_corrupted"] = float(part["accuracy"].mean())
+    try:
+        row["train_seconds"] = json.loads((folder / _DONE).read_text())["train_seconds"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise AttnProbeError(
+            f"{folder / _DONE} is corrupt: expected the JSON record a finished run writes; "
+            "delete it and rerun `attnprobe example rollingq` with the same settings to redo "
+            "the run."
+        ) from None
+    if method not in _ATTENTION:
+        return row
+    scores = read_csv(folder / "adaptability.csv")
+    row["attention_quality_r"] = float(scores["pearson_r"].mean())
+    row["delta_mass"] = float(scores["delta_mass"].mean())
+    for _, s in scores.iterrows():
+        row[f"attention_quality_r_{s['corrupted']}"] = float(s["pearson_r"])
+        row[f"delta_mass_{s['corrupted']}"] = float(s["delta_mass"])
+    row["abs_air"] = float(np.mean([abs(last[c]) for c in air_columns(metrics)]))
+    row["key_gap"] = float(np.mean([last[c] for c in key_gap_columns(metrics)]))
+    return row
+
+
+_SUMMARY = (
+    ("accuracy", "clean test accuracy"),
+    ("accuracy_corrupted", "test accuracy, one modality corrupted (mean over modalities, λ > 0)"),
+    ("attention_quality_r", "attention–quality Pearson r (mean over corrupted modalities)"),
+    ("delta_mass", "ΔM = share(clean) − share(λ = 1) of the corrupted modality (mean)"),
+    ("abs_air", "|AIR| at the last epoch (mean over modality pairs)"),
+    ("key_gap", "key gap 1 − cos(μ_a, μ_b) at the last epoch (mean over pairs)"),
+)
+_PAIRS = (
+    ("rollingq", "vanilla"),
+    ("rollingq_gated", "vanilla"),
+    ("vanilla", "concat"),
+    ("rollingq", "concat"),
+    ("rollingq_gated", "concat"),
+)
+
+
+def _paired(runs: pd.DataFrame) -> pd.DataFrame:
+    """Paired differences over seeds: mean, std, paired t-test and Wilcoxon signed-rank."""
+    from scipy import stats
+
+    rows = []
+    for first, second in _PAIRS:
+        a = runs[runs["method"] == first].set_index("seed")
+        b = runs[runs["method"] == second].set_index("seed")
+        seeds = a.index.intersection(b.index)
+        for metric, _ in _SUMMARY:
+            if metric not in a or metric not in b or len(seeds) == 0:
+                continue
+            diff = (a.loc[seeds, metric] - b.loc[seeds, metric]).dropna().to_numpy(float)
+            if len(diff) == 0:
+                continue
+            t_p = w_p = math.nan
+            if len(diff) >= 2 and np.ptp(diff) > 0:
+                t_p = float(stats.ttest_rel(diff, np.zeros_like(diff)).pvalue)
+            if len(diff) >= 2 and np.any(diff != 0):
+                w_p = float(stats.wilcoxon(diff).pvalue)
+            rows.append(
+                {
+                    "comparison": f"{first} - {second}",
+                    "metric": metric,
+                    "mean_difference": float(diff.mean()),
+                    "std_difference": float(diff.std(ddof=1)) if len(diff) > 1 else math.nan,
+                    "num_seeds": len(diff),
+                    "wins": int((diff > 0).sum()),
+                    "t_test_p": t_p,
+                    "wilcoxon_p": w_p,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _per_modality_label(metric: str) -> str:
+    for prefix, label in (
+        ("attention_quality_r_", "attention–quality r, {} corrupted"),
+        ("delta_mass_", "ΔM of {}"),
+    ):
+        if metric.startswith(prefix):
+            return label.format(metric[len(prefix) :])
+    return f"accuracy, {metric[len('accuracy_') : -len('_corrupted')]} corrupted (mean over λ > 0)"
+
+
+def _cell(row: pd.Series) -> str:
+    return f"{row['mean']:.3f} ± {row['std']:.3f}"
+
+
+def _markdown(summary: pd.DataFrame, paired: pd.DataFrame, cfg: Mapping[str, Any]) -> str:
+    present = set(summary["method"])
+    columns = {m: _LABELS[m] for m in METHODS if m in present}
+    main = {metric for metric, _ in _SUMMARY}
+    per_modality = [
+        (metric, _per_modality_label(metric))
+        for metric in dict.fromkeys(summary["metric"])
+        if metric not in main and metric != "train_seconds"
+    ]
+    lines = [
+        f"# RollingQ example: {cfg.get('dataset')}, {cfg.get('seeds')} seeds, "
+        f"{cfg.get('epochs')} epochs",
+        "",
+        "Mean ± std over seeds (test split, last epoch).",
+        "",
+        *markdown_table(summary, columns, _SUMMARY, _cell),
+        "",
+        "Per corrupted modality:",
+        "",
+        *markdown_table(
+            summary,
+            columns,
+            [*per_modality, ("train_seconds", "training time per run (s)")],
+            _cell,
+        ),
+        "",
+        "Paired differences over seeds (first − second): mean ± std, seeds where the first "
+        "is larger, paired t-test p, Wilcoxon signed-rank p.",
+        "",
+        "| comparison | metric | difference | larger | t-test p | Wilcoxon p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, r in paired.iterrows():
+        lines.append(
+            f"| {r['comparison']} | {r['metric']} | {r['mean_difference']:+.3f} ± "
+            f"{r['std_difference']:.3f} | {r['wins']}/{r['num_seeds']} | {r['t_test_p']:.3g} | "
+            f"{r['wilcoxon_p']:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- the example's own figures (after the run report's training figures) ------------------------
+_KEY_FILES = (
+    ("keys_before.pt", "before its first rotation"),
+    ("keys_after.pt", "just after it"),
+    ("keys_final.pt", "end of training"),
+)
+
+
+def _figures(found: Sequence[Run], style: Style) -> list[Job]:
+    """The key distributions and, where the runs wrote ``sweep.csv``, the noise sweep."""
+    jobs: list[Job] = [(FIGURES[3], lambda p: _key_distribution(found, p, style))]
+    sweep = stack(found, "sweep.csv")
+    if not sweep.empty:
+        jobs.append((FIGURES[4], lambda p: _share_vs_noise(sweep, p, style)))
+        jobs.append((FIGURES[5], lambda p: _accuracy_vs_noise(sweep, p, style)))
+    return jobs
+
+
+def _key_distribution(found: Sequence[Run], path: Path, style: Style) -> bool:
+    """The first seed's fusion keys and CLS query from the ``keys_*.pt`` probe results: each
+    RollingQ run just before and just after its first rotation, then every run at the end of
+    training (runs that rotated first)."""
+    seeds = [s for _, s, f in found if any((f / name).exists() for name, _ in _KEY_FILES)]
+    if not seeds:
+        return False
+    seed = min(seeds)
+    runs = sorted(
+        ((m, f) for m, s, f in found if s == seed),
+        key=lambda run: (not (run[1] / _KEY_FILES[0][0]).exists(), style.order.index(run[0])),
+    )
+    present = [
+        (folder / name, f"{method}\n{when}")
+        for method, folder in runs
+        for name, when in _KEY_FILES
+        if (folder / name).exists()
+    ]
+    fig, axes = facets(len(present), size=(5.4, 5.0))
+    for ax, (file, title) in zip(axes, present, strict=True):
+        plot.key_distribution(ap.ProbeResult.load(file), query="cls", ax=ax, max_points=200)
+        ax.set_title(f"{title}, seed {seed}", fontsize=10)
+    fig.suptitle("Fusion-layer keys per modality and the CLS query direction")
+    save(fig, path)
+    return True
+
+
+def _by_corrupted(
+    frame: pd.DataFrame, y: str, ylabel: str, title: str, path: Path, style: Style
+) -> None:
+    """One panel per corrupted modality: ``y`` against the noise level, one line per method
+    (``ylabel`` may name the modality as ``{m}``)."""
+    names = list(dict.fromkeys(frame["corrupted"]))
+    fig, axes = facets(len(names))
+    for ax, m in zip(axes, names, strict=True):
+        style.lines(frame[frame["corrupted"] == m], "level", y, ax, marker="o")
+        ax.set_title(f"{m} corrupted")
+        ax.set_xlabel("noise level λ")
+        ax.set_ylabel(ylabel.format(m=m))
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def _share_vs_noise(sweep: pd.DataFrame, path: Path, style: Style) -> bool:
+    if "key_modality" not in sweep:
+        return False
+    own = sweep[sweep["key_modality"] == sweep["corrupted"]]
+    title = "Does attention leave a corrupted modality? (test split, mean ± sd over seeds)"
+    _by_corrupted(own, "share", "CLS share of {m}", title, path, style)
+    return True
+
+
+def _accuracy_vs_noise(sweep: pd.DataFrame, path: Path, style: Style) -> None:
+    rows = sweep.drop_duplicates(["method", "seed", "corrupted", "level"])
+    title = "Accuracy with one modality corrupted (test split, mean ± sd over seeds)"
+    _by_corrupted(rows, "accuracy", "test accuracy", title, path, style)
