@@ -13,62 +13,69 @@ Example:
     (9, 6)
 """
 
-from attnprobe._errors import (
-    AnalysisError,
-    AttnProbeError,
-    AttnProbeWarning,
-    CaptureError,
-    ModalityLayoutError,
-    ProbeConfigError,
-)
-from attnprobe.analysis import History, KeyGap, ModalityBias, NoiseSweep, key_gap, modality_bias
+from attnprobe.analysis import History, key_gap, modality_bias
 from attnprobe.capture import Adapter, AttentionInputs, auto_layout, register_adapter
-from attnprobe.check import SelfCheck, self_check
-from attnprobe.corruption import corrupt
-from attnprobe.labels import InputLayout, ModalityLayout, TokenLayout, VisionLayout
+from attnprobe.check import self_check
+from attnprobe.errors import AttnProbeError, AttnProbeWarning
+from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.probe import Probe, probe
-from attnprobe.results import LayerResult, ProbeResult
+from attnprobe.results import ProbeResult
 from attnprobe.rollingq import RollingQ
 from attnprobe.sweep import noise_sweep
 
 __version__ = "0.1.0"
 
+_MOVED = {
+    "AnalysisError": "attnprobe.errors",
+    "CaptureError": "attnprobe.errors",
+    "ModalityLayoutError": "attnprobe.errors",
+    "ProbeConfigError": "attnprobe.errors",
+    "KeyGap": "attnprobe.analysis",
+    "ModalityBias": "attnprobe.analysis",
+    "NoiseSweep": "attnprobe.analysis",
+    "LayerResult": "attnprobe.results",
+    "SelfCheck": "attnprobe.check",
+    "TokenLayout": "attnprobe.labels",
+    "VisionLayout": "attnprobe.labels",
+    "corrupt": "attnprobe.corruption",
+}
+"""Names the top level exported before 0.2, and the module that holds each now."""
+
 
 def __getattr__(name: str) -> object:
     """``attnprobe.plot`` and ``attnprobe.training`` load on first use, so that
-    ``import attnprobe`` does not import matplotlib, seaborn or tqdm."""
-    if name in ("plot", "training"):
-        import importlib
+    ``import attnprobe`` does not import matplotlib, seaborn or tqdm; the names that moved off
+    the top level (`_MOVED`) still resolve, with a ``DeprecationWarning`` naming their home."""
+    import importlib
 
+    if name in ("plot", "training"):
         return importlib.import_module(f"attnprobe.{name}")
+    if name in _MOVED:
+        import warnings
+
+        home = _MOVED[name]
+        warnings.warn(
+            f"attnprobe.{name} is deprecated; use {home}.{name}.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(home), name)
     raise AttributeError(f"module 'attnprobe' has no attribute {name!r}")
 
 
 __all__ = [
     "Adapter",
-    "AnalysisError",
     "AttentionInputs",
     "AttnProbeError",
     "AttnProbeWarning",
-    "CaptureError",
     "History",
     "InputLayout",
-    "KeyGap",
-    "LayerResult",
-    "ModalityBias",
     "ModalityLayout",
-    "ModalityLayoutError",
-    "NoiseSweep",
     "Probe",
-    "ProbeConfigError",
     "ProbeResult",
     "RollingQ",
-    "SelfCheck",
-    "TokenLayout",
-    "VisionLayout",
     "__version__",
     "auto_layout",
-    "corrupt",
     "key_gap",
     "modality_bias",
     "noise_sweep",

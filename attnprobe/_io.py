@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from attnprobe._errors import AttnProbeError
+from attnprobe.errors import AttnProbeError
 
 __all__ = ["load_tagged"]
 

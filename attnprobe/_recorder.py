@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from attnprobe import functional
-from attnprobe._errors import CaptureError, ModalityLayoutError
 from attnprobe.capture import AttentionInputs
+from attnprobe.errors import CaptureError, ModalityLayoutError
 from attnprobe.labels import CallLabels, LabelSource
 from attnprobe.results import LayerResult
 from attnprobe.stats import Call, Dims, SiteAccumulator, States, Statistic

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from attnprobe._calls import call_model
-from attnprobe._errors import ProbeConfigError
 from attnprobe.capture import LayerSelector, adapter_for
+from attnprobe.errors import ProbeConfigError
 from attnprobe.functional import group_indicator
 from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.runner import run_model, run_probed

@@ -2,7 +2,7 @@
 
 It lives on its own, below the probe and the analyzers, so that the bundled datasets
 (`attnprobe.datasets`) can corrupt their inputs without importing the probe machinery; it is
-re-exported as `attnprobe.corrupt` and `attnprobe.analysis.corrupt`. The protocol and the
+re-exported as `attnprobe.corruption.corrupt` and `attnprobe.analysis.corrupt`. The protocol and the
 adaptability score built on it: ``docs/concepts/adaptability.md``.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnprobe._errors import AnalysisError
+from attnprobe.errors import AnalysisError
 
 __all__ = ["corrupt"]
 

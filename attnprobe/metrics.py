@@ -32,7 +32,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from attnprobe._errors import AnalysisError
+from attnprobe.errors import AnalysisError
 from attnprobe.results import LayerResult
 
 __all__ = [

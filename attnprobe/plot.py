@@ -28,9 +28,9 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
 from numpy.typing import NDArray
 
-from attnprobe._errors import AttnProbeError
 from attnprobe.analysis.bias import ModalityBias
 from attnprobe.analysis.history import History
+from attnprobe.errors import AttnProbeError
 from attnprobe.results import LayerResult, ProbeResult
 
 __all__ = [
@@ -374,7 +374,7 @@ def bias_heatmap(
     cells are NaN.
 
     Args:
-        bias: an `attnprobe.ModalityBias` or its ``to_frame("head")``.
+        bias: an `attnprobe.analysis.ModalityBias` or its ``to_frame("head")``.
         metric: ``"share"``, ``"mass"`` or ``"normalised_mass"``.
         query: the query group (``"cls"``, a modality, or ``"all"``).
         key: the key group; default: the first with a finite ``metric`` (in layout order).
@@ -404,7 +404,7 @@ def bias_heatmap(
     else:
         raise _fail(
             fn,
-            "expected an attnprobe.ModalityBias (attnprobe.modality_bias(result)) or its "
+            "expected an attnprobe.analysis.ModalityBias (attnprobe.modality_bias(result)) or its "
             f"to_frame('head'), received {type(bias).__name__}.",
         )
     if metric not in _METRIC_LABELS:
@@ -474,8 +474,8 @@ def block_masses(
     sums to 1 (less any residual on ignored keys). Values are drawn on a fixed [0, 1] scale.
 
     Args:
-        bias: an `attnprobe.ModalityBias` (its `ModalityBias.block` is drawn), or a frame that
-            ``bias.block(...)`` returned (then ``layer`` and ``head`` must be None).
+        bias: an `attnprobe.analysis.ModalityBias` (its `ModalityBias.block` is drawn), or a
+            frame that ``bias.block(...)`` returned (then ``layer`` and ``head`` must be None).
         layer: the layer name (default: the mean over layers).
         head: the head (default: the mean over heads).
         ax: the axes to draw on (default: a new figure).
@@ -512,8 +512,8 @@ def block_masses(
     else:
         raise _fail(
             fn,
-            "expected an attnprobe.ModalityBias (attnprobe.modality_bias(result)) or the frame "
-            f"of bias.block(), received {type(bias).__name__}.",
+            "expected an attnprobe.analysis.ModalityBias (attnprobe.modality_bias(result)) or "
+            f"the frame of bias.block(), received {type(bias).__name__}.",
         )
     try:
         grid = matrix.astype(np.float64)

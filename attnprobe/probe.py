@@ -21,7 +21,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from attnprobe._distributed import is_distributed
-from attnprobe._errors import AttnProbeWarning, CaptureError, ProbeConfigError
 from attnprobe._recorder import LayerRecorder, RecordSpec
 from attnprobe.capture import (
     Adapter,
@@ -30,6 +29,7 @@ from attnprobe.capture import (
     select_layers,
     unwrap_model,
 )
+from attnprobe.errors import AttnProbeWarning, CaptureError, ProbeConfigError
 from attnprobe.labels import InputLayout, LabelSource, ModalityLayout
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.stats import Dims, Statistic, from_options

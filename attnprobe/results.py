@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from attnprobe._errors import AttnProbeError
 from attnprobe._io import load_tagged
+from attnprobe.errors import AttnProbeError
 from attnprobe.stats import (
     Dims,
     State,

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from attnprobe._distributed import broadcast
-from attnprobe._errors import AnalysisError, ProbeConfigError
 from attnprobe.capture import adapter_for
+from attnprobe.errors import AnalysisError, ProbeConfigError
 from attnprobe.functional import (
     RotationConstruction,
     angle_between,

@@ -5,7 +5,7 @@ model (through `attnprobe.runner.run_probed`) and hands the per-sample shares an
 `attnprobe.analysis.NoiseSweep`, which holds the analysis — the share per level, the
 correlations of share and quality, ``ΔM``. The model and its input structure are the user's: a
 small function maps a batch, the modality to corrupt and the level to the model's inputs and
-targets, typically with `attnprobe.corrupt` (``x̃ = (1 − λ)·x + λ·ε·σ_x``).
+targets, typically with `attnprobe.corruption.corrupt` (``x̃ = (1 − λ)·x + λ·ε·σ_x``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from attnprobe._calls import call_model
-from attnprobe._errors import AnalysisError
 from attnprobe.analysis.adaptability import NoiseSweep
+from attnprobe.errors import AnalysisError
 from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.metrics import shares
 from attnprobe.runner import run_probed
@@ -91,8 +91,8 @@ def noise_sweep(
         prepare: ``prepare(batch, modality, level, generator) -> (inputs, targets)``: the
             model's inputs (a tuple of positional arguments, a mapping of keyword arguments or
             one tensor) with ``modality`` corrupted at ``level`` — typically with
-            `attnprobe.corrupt` — and the class targets (or None). The generator is seeded per
-            (modality, level).
+            `attnprobe.corruption.corrupt` — and the class targets (or None). The generator is
+            seeded per (modality, level).
         modalities: the layout of the probed layer's tokens (as for `attnprobe.probe`).
         corrupted: the modalities to corrupt, one at a time (names the ``prepare`` function
             understands and that are key groups of the layout).
@@ -118,9 +118,9 @@ def noise_sweep(
         >>> def prepare(batch, modality, level, generator):
         ...     (audio, video), y = batch
         ...     if modality == "audio":
-        ...         audio = ap.corrupt(audio, level, generator)
+        ...         audio = ap.corruption.corrupt(audio, level, generator)
         ...     if modality == "video":
-        ...         video = ap.corrupt(video, level, generator)
+        ...         video = ap.corruption.corrupt(video, level, generator)
         ...     return (audio, video), y
         >>> sweep = noise_sweep(model, data, prepare, modalities=model.fusion_layout(),
         ...                     corrupted=["audio"], layer="fusion", levels=[0.0, 1.0])

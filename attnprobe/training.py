@@ -40,10 +40,10 @@ from torch.utils.data import default_collate
 
 from attnprobe._calls import call_model
 from attnprobe._distributed import all_reduce_sum, rank_and_world
-from attnprobe._errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
 from attnprobe._io import load_tagged
 from attnprobe.analysis.history import History
 from attnprobe.corruption import corrupt
+from attnprobe.errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
 from attnprobe.functional import angle_between
 from attnprobe.labels import ModalityLayout
 from attnprobe.metrics import centroid_gap, cosines, shares

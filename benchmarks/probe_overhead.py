@@ -4,7 +4,7 @@ What is measured
 ----------------
 A 6-layer stack of pre-norm Transformer blocks (d = 512, 8 heads of 64, MLP 4×, self-attention
 written as a small ``nn.Module`` that calls ``F.scaled_dot_product_attention``; causal, as in the
-measurement of ``CAPTURE.md``, or non-causal with ``--no-causal``),
+measurement in ``docs/concepts/attention-mass.md``, or non-causal with ``--no-causal``),
 batch 1, float32, CPU, ``torch.set_num_threads(2)``, ``model.eval()`` and ``torch.no_grad()``.
 The token layout is ``{"cls": 1, "audio": L // 4, "video": L - 1 - L // 4}``. At every sequence
 length ``L`` these variants run on the same model and the same input:
@@ -65,10 +65,10 @@ peak growth)``, both measured from the same starting point (model and input allo
 else), for each of the two measures. The result tensors a probe keeps are live at the end of the
 forward and count towards its peak.
 
-Targets (``shared/design/CAPTURE.md``), evaluated at L = 2048 and printed with PASS/FAIL from the
-measured numbers: exact capture of all queries (variants 2 and 3) ≤ 1.35× time, CLS-only capture
-(variants 4 and 5) ≤ 1.05× time, and both ≤ 1.05× peak memory (by either measure). The script
-reports; it does not tune anything to meet them.
+Targets (the project's, in ``docs/benchmarks.md``), evaluated at L = 2048 and printed with
+PASS/FAIL from the measured numbers: exact capture of all queries (variants 2 and 3) ≤ 1.35×
+time, CLS-only capture (variants 4 and 5) ≤ 1.05× time, and both ≤ 1.05× peak memory (by either
+measure). The script reports; it does not tune anything to meet them.
 
 Usage::
 
@@ -110,7 +110,7 @@ from _common import status_kib as _status_kib
 from torch import Tensor, nn
 
 import attnprobe as ap
-from attnprobe._errors import AttnProbeWarning
+from attnprobe.errors import AttnProbeWarning
 
 DIM = 512
 HEADS = 8
@@ -696,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     print(f"load average after: {_load()} (other processes on the machine make timings noisy)")
 
-    print(f"targets at L = {TARGET_LENGTH} (shared/design/CAPTURE.md), from the numbers above:")
+    print(f"targets at L = {TARGET_LENGTH} (docs/benchmarks.md), from the numbers above:")
     if TARGET_LENGTH not in results:
         print(f"  not evaluated: L = {TARGET_LENGTH} was not measured in this run")
         return

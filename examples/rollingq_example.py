@@ -37,7 +37,7 @@ def by_hand(seed: int = 0) -> None:
         inputs = list(inputs)
         if modality is not None:
             k = train.modalities.index(modality)
-            inputs[k] = ap.corrupt(inputs[k], level, generator)
+            inputs[k] = ap.corruption.corrupt(inputs[k], level, generator)
         return tuple(inputs), targets
 
     for rollingq in (False, True):

@@ -56,7 +56,7 @@ def masses_from_weights(
 ) -> np.ndarray:
     """Per-(head, query group, key group) attention mass from full attention weights, by loops
     in float64 numpy: the mean over the (sample, query row) pairs of each query group of the
-    weight summed over each key group's columns (``OVERVIEW.md``, "Attention mass").
+    weight summed over each key group's columns (``docs/concepts/attention-mass.md``).
 
     weights ``[B, H, Lq, Lk]``; key_labels ``[B, Lk]``; query_labels ``[B, Lq]`` (-1 = dropped).
     Returns ``[H, Gq, Gk]`` (NaN for a query group with no row)."""

@@ -59,7 +59,7 @@ def prepare(batch: Any, modality: str | None, level: float, generator: torch.Gen
     audio, video, y = batch
 
     def content_only(x: Tensor) -> Tensor:  # channel 0 plays the role of a position code
-        return torch.cat([x[..., :1], ap.corrupt(x[..., 1:], level, generator)], dim=-1)
+        return torch.cat([x[..., :1], ap.corruption.corrupt(x[..., 1:], level, generator)], dim=-1)
 
     if modality == "audio":
         audio = content_only(audio)
@@ -128,16 +128,16 @@ def test_accuracy_per_level_matches_a_direct_run() -> None:
 
 def test_bad_arguments_are_explained() -> None:
     model = Fusion(adaptive=True)
-    with pytest.raises(ap.AnalysisError, match="not a group"):
+    with pytest.raises(ap.errors.AnalysisError, match="not a group"):
         ap.noise_sweep(model, batches(), prepare, modalities=LAYOUT, corrupted=["text"])
-    with pytest.raises(ap.AnalysisError, match="levels in"):
+    with pytest.raises(ap.errors.AnalysisError, match="levels in"):
         ap.noise_sweep(
             model, batches(), prepare, modalities=LAYOUT, corrupted=["audio"], levels=[2]
         )
-    with pytest.raises(ap.AnalysisError, match="is in exclude"):
+    with pytest.raises(ap.errors.AnalysisError, match="is in exclude"):
         ap.noise_sweep(model, batches(), prepare, modalities=LAYOUT, corrupted=["cls"])
-    with pytest.raises(ap.AnalysisError, match=r"\[0, 1\]"):
-        ap.corrupt(torch.ones(2, 3), 1.5)
+    with pytest.raises(ap.errors.AnalysisError, match=r"\[0, 1\]"):
+        ap.corruption.corrupt(torch.ones(2, 3), 1.5)
 
 
 def test_the_analyzers_run_no_model_and_old_import_paths_work() -> None:
@@ -154,6 +154,6 @@ def test_the_analyzers_run_no_model_and_old_import_paths_work() -> None:
 
     assert noise_sweep is old_path is ap.noise_sweep is sweep_noise_sweep
     assert ap.analysis.noise_sweep is sweep_noise_sweep
-    assert corrupt is ap.corrupt is ap.analysis.corrupt is corruption_corrupt
+    assert corrupt is ap.corruption.corrupt is ap.analysis.corrupt is corruption_corrupt
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         _ = ap.analysis.missing  # type: ignore[attr-defined]

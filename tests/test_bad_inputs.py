@@ -21,7 +21,7 @@ def model() -> nn.Module:
     ).eval()
 
 
-def probed(x: Tensor, layout: object = LAYOUT, **options: object) -> ap.LayerResult:
+def probed(x: Tensor, layout: object = LAYOUT, **options: object) -> ap.results.LayerResult:
     m = model()
     with torch.no_grad(), ap.probe(m, modalities=layout, **options) as p:  # type: ignore[arg-type]
         m(x)
@@ -63,7 +63,7 @@ def test_an_empty_batch_among_others_changes_nothing() -> None:
 @pytest.mark.parametrize("length", [6, 10])
 def test_a_sequence_longer_or_shorter_than_the_layout_is_refused(length: int) -> None:
     with pytest.raises(
-        ap.ModalityLayoutError,
+        ap.errors.ModalityLayoutError,
         match=rf"covers 8 tokens \(cls=1, a=3, b=4\) but the sequence has {length} tokens",
     ):
         probed(torch.randn(2, length, 8))
@@ -86,11 +86,11 @@ def test_a_modality_with_zero_tokens_gets_zero_mass() -> None:
 
 
 def test_labels_of_a_wrong_dtype_or_range_are_refused() -> None:
-    with pytest.raises(ap.ModalityLayoutError, match="expected an integer label tensor"):
+    with pytest.raises(ap.errors.ModalityLayoutError, match="expected an integer label tensor"):
         ap.ModalityLayout.from_labels(torch.zeros(2, 8), ["cls", "a"])
-    with pytest.raises(ap.ModalityLayoutError, match="label"):
+    with pytest.raises(ap.errors.ModalityLayoutError, match="label"):
         ap.ModalityLayout.from_labels(torch.full((2, 8), 5), ["cls", "a"])
-    with pytest.raises(ap.ModalityLayoutError, match="label"):
+    with pytest.raises(ap.errors.ModalityLayoutError, match="label"):
         ap.ModalityLayout.from_labels(torch.full((2, 8), -2), ["cls", "a"])
 
 
@@ -111,7 +111,7 @@ def test_a_non_attention_module_selected_is_reported() -> None:
     m = model()
     with ap.probe(m, modalities=LAYOUT, layers="layers.0.linear1") as p:
         m(clean())
-    with pytest.raises(ap.CaptureError, match="no attention call was captured"):
+    with pytest.raises(ap.errors.CaptureError, match="no attention call was captured"):
         p.result()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ap.AttnProbeWarning)
@@ -119,5 +119,5 @@ def test_a_non_attention_module_selected_is_reported() -> None:
 
 
 def test_an_unknown_layer_name_is_refused() -> None:
-    with pytest.raises(ap.ProbeConfigError, match=r"layers\.7"):
+    with pytest.raises(ap.errors.ProbeConfigError, match=r"layers\.7"):
         ap.probe(model(), modalities=LAYOUT, layers="layers.7.self_attn")

@@ -64,14 +64,14 @@ def test_cross_attention_needs_key_modalities() -> None:
     layer = nn.TransformerDecoderLayer(d_model=16, nhead=2, batch_first=True)
     decoder = nn.TransformerDecoder(layer, num_layers=1).eval()
     with (
-        pytest.raises(ap.ModalityLayoutError, match="key_modalities"),
+        pytest.raises(ap.errors.ModalityLayoutError, match="key_modalities"),
         ap.probe(decoder, modalities={"text": 5}, layers="layers.0.multihead_attn"),
     ):
         decoder(torch.randn(1, 5, 16), torch.randn(1, 7, 16))
-    with pytest.raises(ap.ProbeConfigError, match="select the cross-attention layers"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="select the cross-attention layers"):
         ap.probe(decoder, modalities={"text": 5}, key_modalities={"audio": 7})
     p = ap.probe(decoder, modalities={"text": 5}, layers="layers.0.self_attn")
-    with pytest.raises(ap.ProbeConfigError, match="no key_modalities"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="no key_modalities"):
         p.set_key_labels(None)
 
 

@@ -78,8 +78,8 @@ def test_mfeat_values_are_standardised_raw_rows() -> None:
 
 
 def test_mfeat_views_carry_the_published_signal() -> None:
-    """A ridge least-squares classifier per view (numpy) reaches the accuracies DATA.md
-    reports for linear models (fac 0.976 ... mor 0.728), so the views are the real digits."""
+    """A ridge least-squares classifier per view (numpy) reaches the accuracies published
+    for linear models (fac 0.976 ... mor 0.728), so the views are the real digits."""
     train, test = ds.mfeat("train"), ds.mfeat("test")
     accuracy = {}
     for view in ds.MFEAT_VIEWS:
@@ -193,17 +193,17 @@ def test_corrupted_levels_fraction_and_mixed_split() -> None:
 def test_corrupt_per_sample_levels_match_the_scalar_formula() -> None:
     x = torch.randn(5, 3, 4)
     levels = torch.tensor([0.0, 0.25, 0.5, 1.0, 0.5])
-    per_sample = ap.corrupt(x, levels, torch.Generator().manual_seed(9))
+    per_sample = ap.corruption.corrupt(x, levels, torch.Generator().manual_seed(9))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
     sigma = x.flatten(1).std(1).view(-1, 1, 1)
     lam = levels.view(-1, 1, 1)
     expected = (1 - lam) * x + lam * noise * sigma  # docs/concepts/adaptability.md
     torch.testing.assert_close(per_sample, expected)
     assert torch.equal(per_sample[0], x[0])
-    with pytest.raises(ap.AnalysisError, match="one level per sample"):
-        ap.corrupt(x, torch.tensor([0.5, 0.5]))
-    with pytest.raises(ap.AnalysisError, match=r"\[0, 1\]"):
-        ap.corrupt(x, torch.tensor([0.5, 0.5, 2.0, 0.0, 0.0]))
+    with pytest.raises(ap.errors.AnalysisError, match="one level per sample"):
+        ap.corruption.corrupt(x, torch.tensor([0.5, 0.5]))
+    with pytest.raises(ap.errors.AnalysisError, match=r"\[0, 1\]"):
+        ap.corruption.corrupt(x, torch.tensor([0.5, 0.5, 2.0, 0.0, 0.0]))
 
 
 def test_dataset_validation_and_trainer_compatibility() -> None:
@@ -236,4 +236,4 @@ def test_the_datasets_do_not_import_the_probe_or_the_analyzers() -> None:
     assert "attnprobe.datasets._base" in loaded and "attnprobe.corruption" in loaded
     forbidden = ("attnprobe.probe", "attnprobe.capture", "attnprobe.analysis", "attnprobe.runner")
     assert sorted(m for m in loaded if m.startswith(forbidden)) == []
-    assert ds.MultimodalDataset.corrupted is not None and ap.corrupt is corrupt
+    assert ds.MultimodalDataset.corrupted is not None and ap.corruption.corrupt is corrupt

@@ -51,7 +51,10 @@ def test_code_blocks_run(path: Path) -> None:
     for line, code in python_blocks(path):
         # pad with newlines so that a traceback names the line of the Markdown file
         source = "\n" * (line - 1) + code
-        exec(compile(source, path.relative_to(ROOT).as_posix(), "exec"), namespace)
+        # dont_inherit: the code runs as pasted, without this file's `from __future__` imports
+        exec(
+            compile(source, path.relative_to(ROOT).as_posix(), "exec", dont_inherit=True), namespace
+        )
     assert adapters() == registered, f"{path.name} left an adapter registered"
 
 
@@ -78,3 +81,21 @@ def test_the_figure_script_draws_every_figure_the_pages_show(tmp_path: Path) -> 
     assert "concepts/key-gap.png" in linked
     drawn = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")}
     assert linked <= drawn, linked - drawn
+
+
+def test_nothing_points_to_files_outside_the_repository() -> None:
+    """Docstrings, pages and scripts send readers to docs/, not to design notes that are not in
+    the repository."""
+    notes = ["OVERVIEW", "CAPTURE", "METRICS", "ROLLINGQ", "DATA"]
+    pattern = re.compile(r"shared/" + r"design|\b(" + "|".join(notes) + r")\.md\b")
+    roots = ["attnprobe", "docs", "tests", "benchmarks", "examples", "notebooks"]
+    files = [ROOT / "README.md", ROOT / "Makefile", ROOT / "mkdocs.yml"]
+    for root in roots:
+        files += [p for p in (ROOT / root).rglob("*") if p.suffix in {".py", ".md", ".ipynb"}]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in files
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []

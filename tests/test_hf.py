@@ -274,7 +274,7 @@ def test_clip_both_towers_with_two_probes() -> None:
         "attention_mask": (ids != 0).long(),
         "pixel_values": torch.randn(2, 3, 32, 32),
     }
-    with pytest.raises(ap.ProbeConfigError, match="tower="):
+    with pytest.raises(ap.errors.ProbeConfigError, match="tower="):
         ap.auto_layout(model)
     text, vision = ap.auto_layout(model, tower="text"), ap.auto_layout(model, tower="vision")
     with torch.no_grad():
@@ -435,7 +435,7 @@ def test_custom_registered_backend_is_wrapped_and_restored() -> None:
         model.set_attn_implementation("test_custom")
         inputs = text_inputs()
         layout = ap.auto_layout(model)
-        with pytest.raises(ap.CaptureError, match="eager or sdpa"):
+        with pytest.raises(ap.errors.CaptureError, match="eager or sdpa"):
             ap.probe(model, modalities=layout, queries="bos").attach()
         assert_restored(model, "test_custom")
         reference, probed, result = run(model, inputs, modalities=layout)
@@ -492,14 +492,14 @@ def test_text_layout_needs_input_ids_and_right_tower() -> None:
     layout = ap.auto_layout(model)
     embeds = model.get_input_embeddings()(torch.tensor([[1, 5, 6]]))
     with (
-        pytest.raises(ap.ModalityLayoutError, match="input_ids"),
+        pytest.raises(ap.errors.ModalityLayoutError, match="input_ids"),
         ap.probe(model, modalities=layout),
     ):
         model(inputs_embeds=embeds)
     assert_restored(model, "sdpa")
     # a fixed layout of the wrong length names the layer and the lengths
     with (
-        pytest.raises(ap.ModalityLayoutError, match="3 tokens"),
+        pytest.raises(ap.errors.ModalityLayoutError, match="3 tokens"),
         ap.probe(model, modalities={"bos": 1, "text": 2}),
     ):
         model(input_ids=torch.tensor([[1, 5, 6, 7]]))
@@ -552,9 +552,9 @@ def test_self_check_reports_a_wrong_probe() -> None:
 
 def test_auto_layout_from_another_model_is_explained() -> None:
     model = llava()
-    with pytest.raises(ap.ProbeConfigError, match="build it from the model you probe"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="build it from the model you probe"):
         ap.probe(model.model.language_model, modalities=ap.auto_layout(model))
-    with pytest.raises(ap.ProbeConfigError, match="expected a HuggingFace"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="expected a HuggingFace"):
         ap.auto_layout(nn.Linear(2, 2))
 
 
@@ -586,5 +586,7 @@ def test_timm_explicit_path_names_fused_attn() -> None:
     model.blocks[0].attn.fused_attn = False
     with ap.probe(model, modalities=ap.auto_layout(model)) as p, torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
-    with pytest.raises(ap.CaptureError, match=r"fused_attn = False.*module.fused_attn = True"):
+    with pytest.raises(
+        ap.errors.CaptureError, match=r"fused_attn = False.*module.fused_attn = True"
+    ):
         p.result()

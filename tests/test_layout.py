@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import attnprobe as ap
-from attnprobe import ModalityLayoutError
+from attnprobe.errors import ModalityLayoutError
 
 
 def test_lengths_give_contiguous_spans() -> None:

@@ -15,7 +15,7 @@ from attnprobe.models import FusionAttention
 LAYOUT = {"cls": 1, "a": 2, "b": 3, "c": 2, "d": 1, "e": 2}
 
 
-def probed(heads: int = 2, seed: int = 0, **options: object) -> ap.LayerResult:
+def probed(heads: int = 2, seed: int = 0, **options: object) -> ap.results.LayerResult:
     torch.manual_seed(seed)
     layer = FusionAttention(dim=8, num_heads=heads).eval()
     with ap.probe(layer, modalities=LAYOUT, **options) as p, torch.no_grad():  # type: ignore[arg-type]
@@ -50,7 +50,7 @@ def test_shares_match_numpy_and_mass_shares_sums_in_group_order() -> None:
     assert np.array_equal(
         metrics.mass_shares(full, torch.from_numpy(included)).numpy(), expected, equal_nan=True
     )  # bit for bit
-    with pytest.raises(ap.AnalysisError, match="one included flag per group"):
+    with pytest.raises(ap.errors.AnalysisError, match="one included flag per group"):
         metrics.mass_shares(full, [True, False])
 
 
@@ -90,13 +90,15 @@ def test_centroid_gap_of_a_zero_mean_key() -> None:
 def test_group_lookups_explain_what_is_missing() -> None:
     layer = probed(queries="cls")
     assert metrics.group_indices(layer, "cls", ["e", "a"]) == (0, [5, 1])
-    with pytest.raises(ap.AnalysisError, match=r"no query group 'a'.*queries='a'"):
+    with pytest.raises(ap.errors.AnalysisError, match=r"no query group 'a'.*queries='a'"):
         metrics.group_indices(layer, "a", ["b"])
-    with pytest.raises(ap.AnalysisError, match=r"RollingQ: .*no key groups 'x', 'y'; key groups"):
+    with pytest.raises(
+        ap.errors.AnalysisError, match=r"RollingQ: .*no key groups 'x', 'y'; key groups"
+    ):
         metrics.group_indices(layer, "cls", ["a", "x", "y"], caller="RollingQ")
-    with pytest.raises(ap.AnalysisError, match="at least one key group"):
+    with pytest.raises(ap.errors.AnalysisError, match="at least one key group"):
         metrics.key_indices(layer, [])
-    with pytest.raises(ap.AnalysisError, match="per_sample=True"):
+    with pytest.raises(ap.errors.AnalysisError, match="per_sample=True"):
         metrics.shares(layer, "cls", ["a"], per_sample=True)
-    with pytest.raises(ap.AnalysisError, match="key_stats=True"):
+    with pytest.raises(ap.errors.AnalysisError, match="key_stats=True"):
         metrics.centroid_gap(probed(key_stats=False), "a", "b")

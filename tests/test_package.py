@@ -33,9 +33,9 @@ def test_public_api() -> None:
     }
     for name in ap.__all__:
         assert hasattr(ap, name), name
-    assert issubclass(ap.ModalityLayoutError, ap.AttnProbeError)
-    assert issubclass(ap.ModalityLayoutError, ValueError)
-    assert issubclass(ap.CaptureError, RuntimeError)
+    assert issubclass(ap.errors.ModalityLayoutError, ap.AttnProbeError)
+    assert issubclass(ap.errors.ModalityLayoutError, ValueError)
+    assert issubclass(ap.errors.CaptureError, RuntimeError)
 
 
 def test_cli_demo(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -77,3 +77,14 @@ def test_deprecated_modules_warn_and_reexport(old: str, new: str, names: list[st
     assert set(shim.__all__) == set(target.__all__)
     for name in {*names, *target.__all__}:
         assert getattr(shim, name) is getattr(target, name), name
+
+
+def test_top_level_is_small_and_moved_names_warn() -> None:
+    import importlib
+
+    assert len(ap.__all__) <= 20
+    assert ap.__all__ == sorted(ap.__all__, key=str.lower) or ap.__all__ == sorted(ap.__all__)
+    for name, home in ap._MOVED.items():
+        with pytest.warns(DeprecationWarning, match=rf"use {home}\.{name}"):
+            old = getattr(ap, name)
+        assert old is getattr(importlib.import_module(home), name)

@@ -49,7 +49,7 @@ def result() -> ap.ProbeResult:
 
 
 @pytest.fixture(scope="module")
-def bias(result: ap.ProbeResult) -> ap.ModalityBias:
+def bias(result: ap.ProbeResult) -> ap.analysis.ModalityBias:
     return ap.modality_bias(result, exclude=["cls"])
 
 
@@ -140,7 +140,7 @@ def _new_ax() -> Axes:
 
 def test_every_function_uses_the_given_axes_and_leaves_global_state(
     result: ap.ProbeResult,
-    bias: ap.ModalityBias,
+    bias: ap.analysis.ModalityBias,
     history: ap.History,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -267,7 +267,7 @@ def test_attention_share_input_errors(history: ap.History, result: ap.ProbeResul
 # --------------------------------------------------------------------------- bias_heatmap
 
 
-def test_bias_heatmap_share(bias: ap.ModalityBias) -> None:
+def test_bias_heatmap_share(bias: ap.analysis.ModalityBias) -> None:
     ax = plot.bias_heatmap(bias)  # key: the first key group with shares (audio)
     assert isinstance(ax.collections[0], QuadMesh)
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("layer", "head")
@@ -281,7 +281,7 @@ def test_bias_heatmap_share(bias: ap.ModalityBias) -> None:
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
 
 
-def test_bias_heatmap_normalised_mass_is_centred_at_one(bias: ap.ModalityBias) -> None:
+def test_bias_heatmap_normalised_mass_is_centred_at_one(bias: ap.analysis.ModalityBias) -> None:
     ax = _new_ax()
     frame = bias.to_frame("head")
     assert plot.bias_heatmap(frame, metric="normalised_mass", key="video", ax=ax) is ax
@@ -322,17 +322,19 @@ def test_bias_heatmap_large_grids_are_not_annotated() -> None:
         ({"key": "cls"}, r"NaN everywhere: 'cls' is excluded from shares.*metric='mass'"),
     ],
 )
-def test_bias_heatmap_errors(bias: ap.ModalityBias, kwargs: dict[str, str], match: str) -> None:
+def test_bias_heatmap_errors(
+    bias: ap.analysis.ModalityBias, kwargs: dict[str, str], match: str
+) -> None:
     with pytest.raises(ap.AttnProbeError, match=match):
         plot.bias_heatmap(bias, **kwargs)  # type: ignore[arg-type]
 
 
-def test_bias_heatmap_input_errors(bias: ap.ModalityBias, result: ap.ProbeResult) -> None:
+def test_bias_heatmap_input_errors(bias: ap.analysis.ModalityBias, result: ap.ProbeResult) -> None:
     with pytest.raises(
         ap.AttnProbeError, match=r"lacks column\(s\) \['head'\].*to_frame\('head'\)"
     ):
         plot.bias_heatmap(bias.to_frame("layer"))
-    with pytest.raises(ap.AttnProbeError, match=r"expected an attnprobe\.ModalityBias"):
+    with pytest.raises(ap.AttnProbeError, match=r"expected an attnprobe\.analysis\.ModalityBias"):
         plot.bias_heatmap(result)  # type: ignore[arg-type]
     assert len(plot.bias_heatmap(bias, metric="mass", key="cls").texts) == 2
 
@@ -340,7 +342,7 @@ def test_bias_heatmap_input_errors(bias: ap.ModalityBias, result: ap.ProbeResult
 # --------------------------------------------------------------------------- block_masses
 
 
-def test_block_masses(bias: ap.ModalityBias) -> None:
+def test_block_masses(bias: ap.analysis.ModalityBias) -> None:
     ax = plot.block_masses(bias)
     block = bias.block()
     assert [t.get_text() for t in ax.texts] == [f"{v:.2f}" for v in block.to_numpy().ravel()]
@@ -351,7 +353,7 @@ def test_block_masses(bias: ap.ModalityBias) -> None:
     assert (mesh.norm.vmin, mesh.norm.vmax) == (0.0, 1.0)
 
 
-def test_block_masses_one_head_on_given_axes(bias: ap.ModalityBias) -> None:
+def test_block_masses_one_head_on_given_axes(bias: ap.analysis.ModalityBias) -> None:
     ax = _new_ax()
     assert plot.block_masses(bias, layer="FusionAttention", head=1, ax=ax) is ax
     block = bias.block(layer="FusionAttention", head=1)
@@ -360,14 +362,14 @@ def test_block_masses_one_head_on_given_axes(bias: ap.ModalityBias) -> None:
     assert len(plot.block_masses(block).texts) == 9
 
 
-def test_block_masses_errors(bias: ap.ModalityBias) -> None:
+def test_block_masses_errors(bias: ap.analysis.ModalityBias) -> None:
     with pytest.raises(ap.AttnProbeError, match=r"block_masses: .*2 heads, received head=5"):
         plot.block_masses(bias, head=5)
     with pytest.raises(ap.AttnProbeError, match=r"block_masses: .*no layer 'enc'"):
         plot.block_masses(bias, layer="enc")
     with pytest.raises(ap.AttnProbeError, match="received a DataFrame"):
         plot.block_masses(bias.block(), head=0)
-    with pytest.raises(ap.AttnProbeError, match=r"expected an attnprobe\.ModalityBias"):
+    with pytest.raises(ap.AttnProbeError, match=r"expected an attnprobe\.analysis\.ModalityBias"):
         plot.block_masses("bias")  # type: ignore[arg-type]
     with pytest.raises(ap.AttnProbeError, match="expected a numeric query group"):
         plot.block_masses(pd.DataFrame({"audio": ["a", "b"]}))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.functional import scaled_dot_product_attention as bound_sdpa
 
 import attnprobe as ap
-from attnprobe import CaptureError, ModalityLayoutError, ProbeConfigError
+from attnprobe.errors import CaptureError, ModalityLayoutError, ProbeConfigError
 from attnprobe.models import FusionAttention, LateFusionTransformer
 from tests._reference import reference_attention, reference_group_mass
 
@@ -27,7 +27,7 @@ from tests._reference import reference_attention, reference_group_mass
 
 
 class SdpaBlock(nn.Module):
-    """Custom attention calling SDPA through a name bound at import (CAPTURE.md pitfall 4)."""
+    """Custom attention calling SDPA through a name bound at import (a patch of F would miss it)."""
 
     def __init__(self, dim: int = 16, heads: int = 4, kv_heads: int = 4, causal: bool = False):
         super().__init__()

@@ -118,7 +118,7 @@ def test_random_invalid_layouts_raise_the_documented_error(spec: object) -> None
         valid = all(name for name in spec) and all(count >= 0 for count in spec.values())
         try:
             layout = ap.ModalityLayout(spec)
-        except ap.ModalityLayoutError:
+        except ap.errors.ModalityLayoutError:
             assert not valid
             return
         assert valid and layout.length == sum(spec.values())
@@ -127,7 +127,7 @@ def test_random_invalid_layouts_raise_the_documented_error(spec: object) -> None
         valid = int(labels.min()) >= -1 and int(labels.max()) <= 2
         try:
             ap.ModalityLayout.from_labels(labels, ["g0", "g1", "g2"])
-        except ap.ModalityLayoutError:
+        except ap.errors.ModalityLayoutError:
             assert not valid
             return
         assert valid
@@ -235,13 +235,13 @@ def test_compiling_a_probed_model_fails_loudly(kind: str) -> None:
         if kind == "rollingq":
             rq = ap.RollingQ(4, modalities=("a", "b"), num_heads=2, per_head=True)
             rq.attach(model, "inner.0")
-            with pytest.raises(ap.CaptureError, match=r"torch\.compile"):
+            with pytest.raises(ap.errors.CaptureError, match=r"torch\.compile"):
                 compiled(*args)
             rq.detach()
         else:
             with (
                 ap.probe(model, modalities=layout),
-                pytest.raises(ap.CaptureError, match=r"torch\.compile"),
+                pytest.raises(ap.errors.CaptureError, match=r"torch\.compile"),
             ):
                 compiled(*args)
         # closed: the compiled model runs, and equals the eager one

@@ -258,7 +258,7 @@ def test_running_statistics_anchor_and_extensions() -> None:
     dims = {"a": 3, "b": 4, "c": 5}
     model = LateFusionTransformer(dims, {"a": 2, "b": 3, "c": 2}, 4, dim=16, fusion_heads=2)
     batches = [(torch.randn(5, 2, 3), torch.randn(5, 3, 4), torch.randn(5, 2, 5))]
-    with pytest.raises(ap.ProbeConfigError, match="per_head=True"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="per_head=True"):
         ap.RollingQ(8, modalities=("a", "b", "c"), num_heads=2)
     rq = ap.RollingQ(8, modalities=("a", "b", "c"), num_heads=2, per_head=True, rho=1.0)
     rq.attach(model, "fusion")
@@ -283,19 +283,19 @@ def test_running_statistics_anchor_and_extensions() -> None:
 def test_bad_configuration_is_explained() -> None:
     model, batches = model_and_batches()
     rq = ap.RollingQ(16, modalities=("audio", "video"))
-    with pytest.raises(ap.ProbeConfigError, match="no module 'fusio'"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="no module 'fusio'"):
         rq.attach(model, "fusio")
-    with pytest.raises(ap.ProbeConfigError, match="not an attention module"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="not an attention module"):
         rq.attach(model, "head")
-    with pytest.raises(ap.ProbeConfigError, match="two distinct"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="two distinct"):
         ap.RollingQ(16, modalities=("audio",))
     rq.attach(model, "fusion")
-    with pytest.raises(ap.ProbeConfigError, match="already attached"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="already attached"):
         rq.attach(model, "fusion")
     with ap.probe(model, modalities=model.fusion_layout(), layers="fusion") as p:
         model(*batches[0])
     wrong = ap.RollingQ(16, modalities=("audio", "text"))
-    with pytest.raises(ap.AnalysisError, match="no key group"):
+    with pytest.raises(ap.errors.AnalysisError, match="no key group"):
         wrong.step(p.result().layers[0])
 
 
@@ -390,7 +390,7 @@ def test_torch_multihead_attention_in_an_encoder_layer(mode: str) -> None:
     expected = attn.out_proj(heads.transpose(1, 2).reshape(3, 5, 16))
     torch.testing.assert_close(captured["out"], expected, atol=1e-5, rtol=1e-5)
     assert torch.backends.mha.get_fastpath_enabled()
-    with pytest.raises(ap.CaptureError, match="need_weights=False"):
+    with pytest.raises(ap.errors.CaptureError, match="need_weights=False"):
         attn(x, x, x, need_weights=True)
     rq.detach()
 
@@ -416,7 +416,7 @@ def test_timm_attention_block() -> None:
         out = hand_output(qkv[0], qkv[1], qkv[2], w).transpose(1, 2).reshape(b, n, c)
         torch.testing.assert_close(seen["out"], attn.proj(out), atol=1e-5, rtol=1e-5)
         attn.fused_attn = False
-        with pytest.raises(ap.CaptureError, match="fused_attn=True"):
+        with pytest.raises(ap.errors.CaptureError, match="fused_attn=True"):
             model(torch.randn(2, 3, 32, 32))
 
 

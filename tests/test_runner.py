@@ -131,7 +131,7 @@ def test_mode_and_hooks_are_restored_after_an_exception() -> None:
     with torch.no_grad():
         model(batches[0])
     # a probe that sees no batch raises too, and still restores the mode
-    with pytest.raises(ap.CaptureError, match="no forward pass"):
+    with pytest.raises(ap.errors.CaptureError, match="no forward pass"):
         run_probed(model, [], modalities=LAYOUT, layers="inner")
     assert model.training
     with pytest.raises(RuntimeError, match="boom"):

@@ -149,7 +149,7 @@ def test_evaluation_matches_a_hand_written_loop() -> None:
         noisy = []
         for i in range(len(held_out)):
             g = torch.Generator().manual_seed(ap.training._mix(0, i, 2))
-            noisy.append(ap.corrupt(v[i : i + 1], 0.5, g))
+            noisy.append(ap.corruption.corrupt(v[i : i + 1], 0.5, g))
         out = model(a, torch.cat(noisy))
         assert row["eval_accuracy_video_corrupted"] == pytest.approx(
             float((out.logits.argmax(-1) == y).float().mean())
@@ -352,19 +352,19 @@ def test_torchrun_two_processes_equal_one_process(tmp_path: Path) -> None:
 def test_bad_setups_are_explained() -> None:
     model = make()
     data = toy_data(16, seed=1)
-    with pytest.raises(ap.ProbeConfigError, match="attach it first"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="attach it first"):
         Trainer(
             model,
             data,
             modalities=model.fusion_layout(),
             rollingq=ap.RollingQ(16, modalities=("audio", "video")),
         )
-    with pytest.raises(ap.ModalityLayoutError):
+    with pytest.raises(ap.errors.ModalityLayoutError):
         Trainer(model, data, modalities=model.fusion_layout(), inputs=("audio", "text"))
-    with pytest.raises(ap.ProbeConfigError, match="anchor"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="anchor"):
         Trainer(model, data, modalities=model.fusion_layout(), config=TrainConfig(anchor="fast"))  # type: ignore[arg-type]
     bad = [((torch.randn(4, 6),), "x") for _ in range(8)]
-    with pytest.raises(ap.ProbeConfigError, match="collating failed"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="collating failed"):
         Trainer(model, bad, modalities=model.fusion_layout(), config=config()).fit()
 
 
@@ -420,5 +420,5 @@ def test_a_model_without_attention_trains_with_the_same_recipe() -> None:
     metrics = trainer.fit()
     assert "eval_accuracy_audio_corrupted" in metrics and "share_audio" not in metrics
     assert trainer.history.to_frame().empty
-    with pytest.raises(ap.ProbeConfigError, match="layer=None"):
+    with pytest.raises(ap.errors.ProbeConfigError, match="layer=None"):
         Trainer(concat, toy_data(32, seed=1), modalities=None, layer="fusion")

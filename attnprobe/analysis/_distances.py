@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from attnprobe._errors import AnalysisError
+from attnprobe.errors import AnalysisError
 from attnprobe.metrics import cosine_gap
 
 __all__ = [

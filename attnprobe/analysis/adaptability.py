@@ -12,7 +12,7 @@ arXiv 2506.11465) does not (correlation ≈ 0).
 
 Like every analyzer, this module takes results and returns results: running the model is
 `attnprobe.noise_sweep`'s job (`attnprobe.sweep`, through `attnprobe.runner.run_probed`). The
-corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` is `attnprobe.corrupt` (`attnprobe.corruption`),
+corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` is `attnprobe.corruption.corrupt` (`attnprobe.corruption`),
 re-exported here.
 """
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from attnprobe._errors import AttnProbeError
+from attnprobe.errors import AttnProbeError
 from attnprobe.metrics import mass_shares
 from attnprobe.results import LayerResult, ProbeResult
 

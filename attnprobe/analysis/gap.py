@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from attnprobe._errors import AnalysisError, AttnProbeError
 from attnprobe.analysis import _distances as D
+from attnprobe.errors import AnalysisError, AttnProbeError
 from attnprobe.metrics import air, centroid_gap, key_indices, query_index
 from attnprobe.results import LayerResult, ProbeResult
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnprobe._errors import AttnProbeError
 from attnprobe.analysis.bias import ModalityBias, modality_bias
+from attnprobe.errors import AttnProbeError
 from attnprobe.results import ProbeResult
 
 __all__ = ["History"]

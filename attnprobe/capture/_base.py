@@ -310,7 +310,7 @@ class Adapter:
             stack: where every undo is registered.
             name: the module's path, for error messages.
         """
-        from attnprobe._errors import CaptureError
+        from attnprobe.errors import CaptureError
 
         raise CaptureError(
             f"cannot change the query of {name!r} ({type(module).__name__}): its adapter "
@@ -341,7 +341,7 @@ def install_hooks(
 
     def guarded(mod: nn.Module, args: tuple[Any, ...]) -> None:
         if _compiling():
-            from attnprobe._errors import CaptureError
+            from attnprobe.errors import CaptureError
 
             raise CaptureError(
                 f"{type(mod).__name__} is being traced by torch.compile while attnprobe "
@@ -375,7 +375,7 @@ def with_query(
 
 def edit_missed(name: str, module: nn.Module, hint: str) -> Exception:
     """The error raised when a module ran without the attention call a query edit needs."""
-    from attnprobe._errors import CaptureError
+    from attnprobe.errors import CaptureError
 
     return CaptureError(
         f"{name!r} ({type(module).__name__}) ran without calling its attention kernel through "
@@ -394,7 +394,7 @@ def register_adapter(adapter: Adapter) -> Callable[[], None]:
         See `Adapter`.
     """
     if not isinstance(adapter, Adapter):
-        from attnprobe._errors import ProbeConfigError
+        from attnprobe.errors import ProbeConfigError
 
         raise ProbeConfigError(
             f"register_adapter: expected an attnprobe.Adapter instance, received "

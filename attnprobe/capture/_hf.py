@@ -30,10 +30,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from attnprobe._errors import CaptureError
 from attnprobe.capture._base import Adapter, AttentionInputs, QueryEdit, Recorder, dispatch
 from attnprobe.capture._hf_layouts import hf_layout
 from attnprobe.capture._sdpa import _code_names
+from attnprobe.errors import CaptureError
 from attnprobe.labels import InputLayout
 
 __all__ = ["PREFIX", "HuggingFaceAdapter"]

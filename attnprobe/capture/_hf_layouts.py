@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from attnprobe._errors import ProbeConfigError
+from attnprobe.errors import ProbeConfigError
 from attnprobe.labels import InputLayout, TokenLayout, VisionLayout
 
 __all__ = ["hf_layout", "pair"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from attnprobe._errors import ProbeConfigError
 from attnprobe.capture._base import adapters
+from attnprobe.errors import ProbeConfigError
 from attnprobe.labels import InputLayout
 
 __all__ = ["auto_layout"]

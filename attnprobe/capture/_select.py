@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from attnprobe._errors import ProbeConfigError
 from attnprobe.capture._base import Adapter, adapter_for
 from attnprobe.capture._sdpa import SdpaAdapter
+from attnprobe.errors import ProbeConfigError
 
 __all__ = ["LayerSelector", "explain_missing_capture", "select_layers", "unwrap_model"]
 

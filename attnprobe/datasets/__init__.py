@@ -1,4 +1,4 @@
-"""Bundled data for the RollingQ example (``shared/design/DATA.md``): a seeded synthetic
+"""Bundled data for the RollingQ example (``docs/guides/datasets.md``): a seeded synthetic
 multimodal benchmark with known per-sample quality, and UCI Multiple Features (handwritten
 digits, six views), shipped inside the package.
 

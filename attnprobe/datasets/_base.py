@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from attnprobe._errors import AttnProbeError
 from attnprobe.corruption import corrupt
+from attnprobe.errors import AttnProbeError
 
 __all__ = ["MultimodalDataset"]
 
@@ -28,7 +28,7 @@ class MultimodalDataset:
     Items are ``((x_1[i], ..., x_M[i]), target[i])``, the format `attnprobe.training.Trainer`
     and a ``DataLoader`` take. ``quality[m][i]`` is the fraction of modality ``m``'s signal left
     in sample ``i``: 1 for a clean sample, ``(1 − λ)`` after `corrupted` at level ``λ`` (the
-    corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` of `attnprobe.corrupt`;
+    corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` of `attnprobe.corruption.corrupt`;
     ``docs/concepts/adaptability.md``); it is the ground truth an adaptive fusion layer should
     follow.
 
@@ -139,7 +139,8 @@ class MultimodalDataset:
         fraction: float = 1.0,
         seed: int = 0,
     ) -> MultimodalDataset:
-        """A copy with per-sample corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` (`attnprobe.corrupt`).
+        """A copy with per-sample corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x``
+        (`attnprobe.corruption.corrupt`).
 
         Args:
             modality: the modality to corrupt; None: a uniformly random one per sample (the

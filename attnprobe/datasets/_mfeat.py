@@ -1,5 +1,5 @@
 """UCI Multiple Features (handwritten digits, six views), shipped in the package
-(``shared/design/DATA.md`` §2; provenance and license in ``data/README.md``)."""
+(``docs/guides/datasets.md``; provenance and license in ``data/README.md``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from importlib import resources
 import numpy as np
 import torch
 
-from attnprobe._errors import AttnProbeError
 from attnprobe.datasets._base import MultimodalDataset
 from attnprobe.datasets._synthetic import SPLITS
+from attnprobe.errors import AttnProbeError
 
 __all__ = ["MFEAT_VIEWS", "mfeat", "mfeat_arrays"]
 

@@ -1,4 +1,4 @@
-"""The controlled synthetic multimodal benchmark (``shared/design/DATA.md`` §1).
+"""The controlled synthetic multimodal benchmark (``docs/guides/datasets.md``).
 
 Two modalities of token sequences built from class prototypes, ``x_m = s_m·P_m[c_m(y)] +
 σ_m·ε``, with one knob per property of the balanced-multimodal-learning literature:
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attnprobe._errors import AttnProbeError
 from attnprobe.datasets._base import MultimodalDataset
+from attnprobe.errors import AttnProbeError
 
 __all__ = ["SPLITS", "SyntheticConfig", "synthetic"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnprobe._errors import ModalityLayoutError, ProbeConfigError
+from attnprobe.errors import ModalityLayoutError, ProbeConfigError
 from attnprobe.labels._layout import IGNORE, ModalityLayout, check_names
 
 __all__ = ["InputLayout", "TokenLayout", "VisionLayout"]
@@ -132,7 +132,7 @@ class TokenLayout(InputLayout):
 
     Example:
         >>> import torch, attnprobe as ap
-        >>> layout = ap.TokenLayout(image_token_id=9, special="bos", special_token_id=1)
+        >>> layout = ap.labels.TokenLayout(image_token_id=9, special="bos", special_token_id=1)
         >>> layout.names
         ('bos', 'text', 'image')
         >>> ids = torch.tensor([[0, 1, 9, 9, 5], [1, 5, 9, 9, 9]])
@@ -239,7 +239,7 @@ class VisionLayout(InputLayout):
 
     Example:
         >>> import torch, attnprobe as ap
-        >>> layout = ap.VisionLayout(patch_size=(16, 16), cls_tokens=1, register_tokens=2)
+        >>> layout = ap.labels.VisionLayout(patch_size=(16, 16), cls_tokens=1, register_tokens=2)
         >>> layout.names
         ('cls', 'registers', 'patches')
         >>> layout(torch.zeros(1, 3, 32, 48)).labels(1, 9).tolist()

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from attnprobe._errors import ModalityLayoutError
+from attnprobe.errors import ModalityLayoutError
 
 __all__ = ["IGNORE", "ModalityLayout", "check_label_tensor", "check_names"]
 

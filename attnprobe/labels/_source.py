@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnprobe._errors import ModalityLayoutError, ProbeConfigError
+from attnprobe.errors import ModalityLayoutError, ProbeConfigError
 from attnprobe.labels._inputs import InputLayout
 from attnprobe.labels._layout import IGNORE, ModalityLayout, check_label_tensor
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from attnprobe._distributed import is_distributed
-from attnprobe._errors import AttnProbeError
+from attnprobe.errors import AttnProbeError
 
 __all__ = ["Reservoir", "SumAccumulator", "merge_samples"]
 

@@ -257,7 +257,7 @@ class KeySample(Statistic):
     name = "key_sample"
 
     def __post_init__(self) -> None:
-        from attnprobe._errors import ProbeConfigError
+        from attnprobe.errors import ProbeConfigError
 
         if self.size <= 0:
             raise ProbeConfigError(
@@ -392,7 +392,7 @@ def from_options(
     store_maps: bool = False,
     entropy: bool = False,
 ) -> tuple[Statistic, ...]:
-    """The statistics that `attnprobe.probe`'s options select (module docstring).
+    """The statistics that options of `attnprobe.Probe` select (see `Mass` and the others).
 
     Example:
         >>> [s.name for s in from_options(per_sample=True)]

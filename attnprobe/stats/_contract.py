@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from attnprobe._errors import AttnProbeError
+from attnprobe.errors import AttnProbeError
 from attnprobe.stats._accumulate import merge_samples
 
 if TYPE_CHECKING:

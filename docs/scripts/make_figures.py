@@ -130,7 +130,7 @@ def sweep(
     layer: str,
     modalities: Mapping[str, int] | ap.ModalityLayout,
     levels: list[float],
-) -> ap.NoiseSweep:
+) -> ap.analysis.NoiseSweep:
     """The noise sweep of a trained model on its held-out data (256 samples it never trained
     on): one modality corrupted at a time, the CLS query's shares."""
     audio, video, labels = held
@@ -143,9 +143,9 @@ def sweep(
     ) -> tuple[tuple[Tensor, Tensor], Tensor]:
         a, v, y = batch
         if modality == "audio":
-            a = ap.corrupt(a, level, g)
+            a = ap.corruption.corrupt(a, level, g)
         elif modality == "video":
-            v = ap.corrupt(v, level, g)
+            v = ap.corruption.corrupt(v, level, g)
         return (a, v), y
 
     return ap.noise_sweep(
@@ -191,7 +191,7 @@ def concept_data(n: int, generator: torch.Generator, corrupt_fraction: float) ->
 
     The prototypes are fixed (the same task for every call); ``corrupt_fraction`` of the samples
     get one modality (half of them audio, half video) corrupted at ``λ ~ U(0, 1)`` with
-    `attnprobe.corrupt`."""
+    `attnprobe.corruption.corrupt`."""
     protos = [
         torch.randn(C_CLASSES, C_FEATURES, generator=torch.Generator().manual_seed(100 + i))
         for i in range(2)
@@ -206,8 +206,8 @@ def concept_data(n: int, generator: torch.Generator, corrupt_fraction: float) ->
         level = torch.rand(n, generator=generator)
         on_audio = which < corrupt_fraction / 2
         on_video = (which >= corrupt_fraction / 2) & (which < corrupt_fraction)
-        audio = ap.corrupt(audio, torch.where(on_audio, level, 0.0), generator)
-        video = ap.corrupt(video, torch.where(on_video, level, 0.0), generator)
+        audio = ap.corruption.corrupt(audio, torch.where(on_audio, level, 0.0), generator)
+        video = ap.corruption.corrupt(video, torch.where(on_video, level, 0.0), generator)
     return audio, video, labels
 
 
@@ -584,7 +584,7 @@ def guide_figures() -> list[Path]:
     OUT.mkdir(parents=True, exist_ok=True)
     history, result, model, held = train()
     bias = ap.modality_bias(result, exclude=["cls"])
-    first_layer, last_layer = result.names[0], result.names[-1]
+    first_layer, last_layer = result.layer_names[0], result.layer_names[-1]
     noise = sweep(model, held, last_layer, LAYOUT, [float(x) for x in np.linspace(0.0, 1.0, 6)])
     return [
         save(plot.attention_share(history, query="cls", ax=axes(3.6)), "attention_share"),
