@@ -395,8 +395,8 @@ def from_options(
     """The statistics that options of `attnprobe.Probe` select (see `Mass` and the others).
 
     Example:
-        >>> [s.name for s in from_options(per_sample=True)]
-        ['mass', 'key_moments', 'query_moments', 'cosines', 'sample_mass', 'sample_means']
+        >>> " ".join(s.name for s in from_options(per_sample=True))
+        'mass key_moments query_moments cosines sample_mass sample_means'
     """
     chosen: list[Statistic] = [Mass()]
     if key_stats:
