@@ -3,7 +3,7 @@
 Probes capture per-modality attention mass and key/query statistics from any PyTorch
 Transformer on its own attention kernel, in bounded memory, without changing its outputs.
 
-Example:
+Examples:
     >>> import torch, attnprobe as ap
     >>> from attnprobe.models import LateFusionTransformer
     >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)

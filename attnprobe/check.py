@@ -146,7 +146,7 @@ def self_check(
     Returns:
         A `SelfCheck` with the largest difference per layer.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from torch import nn
         >>> model = nn.TransformerEncoder(

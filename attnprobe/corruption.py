@@ -35,7 +35,7 @@ def corrupt(x: Tensor, level: float | Tensor, generator: torch.Generator | None 
     Raises:
         AnalysisError: a level outside ``[0, 1]``, or a level tensor that is not ``[B]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.randn(4, 3, 5)
         >>> bool(torch.equal(corrupt(x, 0.0), x))

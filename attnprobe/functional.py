@@ -52,7 +52,7 @@ def group_indicator(labels: Tensor, num_groups: int, dtype: torch.dtype) -> Tens
     Returns:
         ``[B, L, G]`` tensor with ``E[b, j, g] = 1`` iff ``labels[b, j] == g``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> group_indicator(torch.tensor([[0, 1, -1]]), 2, torch.float32).tolist()
         [[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]
@@ -67,7 +67,7 @@ def indicator_values(labels: Tensor, num_groups: int, dtype: torch.dtype, width:
     Returns:
         ``[B, 1, L, width]`` (broadcast over heads by the caller).
 
-    Example:
+    Examples:
         >>> import torch
         >>> indicator_values(torch.tensor([[1, -1]]), 2, torch.float32, 3).tolist()
         [[[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]]
@@ -141,7 +141,7 @@ def group_attention_mass(
     Returns:
         ``[B, H, Lq, G]`` masses in the dtype of ``query``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)
         >>> labels = torch.tensor([[0, 0, 1, 1, 1]])
@@ -196,7 +196,7 @@ def fused_attention(
     Returns:
         ``(out [B, H, Lq, Dv], mass [B, H, Lq, G])``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> q = k = v = torch.randn(1, 1, 4, 8)
         >>> out, mass = fused_attention(q, k, v, torch.tensor([[0, 0, 1, 1]]), 2)
@@ -245,7 +245,7 @@ def attention_maps(
     Returns:
         ``[B, H, Lq, Lk]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> q, k = torch.randn(1, 1, 2, 4), torch.randn(1, 1, 3, 4)
         >>> ref = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
@@ -284,7 +284,7 @@ def group_entropy(weights: Tensor, key_labels: Tensor, num_groups: int) -> tuple
         ``(entropy [B, H, R, G], defined [B, H, R, G])`` in float64; ``entropy`` is 0 where
         ``defined`` is False.
 
-    Example:
+    Examples:
         >>> import torch, math
         >>> w = torch.tensor([[[[0.5, 0.25, 0.25]]]])  # one row; keys: group 0, then group 1 ×2
         >>> h, ok = group_entropy(w, torch.tensor([[0, 1, 1]]), 2)
@@ -363,7 +363,7 @@ def reduce_mass(
         onehot: ``group_indicator(query_labels, Gq, torch.float64)``, when the caller keeps it.
         has_ignored: whether ``query_labels`` holds ``-1`` (None: check).
 
-    Example:
+    Examples:
         >>> import torch
         >>> mass = torch.tensor([[[[0.25, 0.75], [0.5, 0.5], [9.0, 9.0]]]])  # (1, 1, 3, 2)
         >>> sums = reduce_mass(mass, torch.tensor([[0, 0, -1]]), 1)
@@ -419,7 +419,7 @@ def group_moments(
         onehot: ``group_indicator(labels, G, torch.float64)`` ``[B, L, G]``, when the caller
             keeps it between calls (saves kernel launches on a GPU).
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[[[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]]]])  # (1, 1, 3, 2)
         >>> m = group_moments(x, torch.tensor([[0, 0, 1]]), 2)
@@ -516,7 +516,7 @@ def rotation_between(x: Tensor, y: Tensor, construction: RotationConstruction = 
     Returns:
         ``[..., D, D]`` rotations.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x, y = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 2.0, 0.0])
         >>> w = rotation_between(x, y)
@@ -594,7 +594,7 @@ def rollingq_anchor(
     Returns:
         ``(anchor [..., D], alpha [..., M])`` in float64.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mu = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
         >>> q_bar, cos = torch.tensor([2.0, 0.0]), torch.tensor([0.5, 0.1])
@@ -626,7 +626,7 @@ def angle_between(a: Tensor, b: Tensor) -> Tensor:
     Returns:
         ``[...]`` angles in degrees, in ``[0, 180]``, in the dtype of ``a · b``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> a = torch.tensor([[1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
         >>> b = torch.tensor([[0.0, 2.0], [-1.0, 0.0]], dtype=torch.float64)

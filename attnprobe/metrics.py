@@ -61,7 +61,7 @@ def query_index(layer: LayerResult, query: str, *, caller: str = "query_index") 
         AnalysisError: the layer has no such query group (it was not in the layout, or the
             probe recorded other query groups only).
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8).eval()
@@ -92,7 +92,7 @@ def key_indices(
     Raises:
         AnalysisError: ``keys`` is empty or names a group the layer does not have.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8).eval()
@@ -137,7 +137,7 @@ def group_indices(
         AnalysisError: an unknown query group ("probe it with queries=...") or key group (the
             message lists the layer's key groups).
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8).eval()
@@ -165,7 +165,7 @@ def mass_shares(mass: Tensor, included: Tensor | Sequence[bool] | None = None) -
     Returns:
         ``[..., G]`` float64 shares, summing to 1 over the included groups of each row.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mass_shares(torch.tensor([[2.0, 1.0, 3.0]]), [False, True, True]).tolist()
         [[nan, 0.25, 0.75]]
@@ -210,7 +210,7 @@ def shares(
     Returns:
         ``[H, M]`` float64 shares (``[N, H, M]`` with ``per_sample``), summing to 1 over ``M``.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8, num_heads=2).eval()
@@ -247,7 +247,7 @@ def cosines(layer: LayerResult, query: str, keys: Sequence[str]) -> Tensor:
     Returns:
         ``[H, M]`` float64 mean cosines.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8).eval()
@@ -276,7 +276,7 @@ def air(layer: LayerResult, query: str, a: str, b: str) -> Tensor:
     Returns:
         ``[H]`` float64 AIR (NaN where no sample had tokens of every group).
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8, num_heads=2).eval()
@@ -306,7 +306,7 @@ def cosine_gap(mu_a: ArrayLike, mu_b: ArrayLike, *, zero: float = math.nan) -> f
     Returns:
         The gap as a Python float.
 
-    Example:
+    Examples:
         >>> cosine_gap([1.0, 0.0], [0.0, 2.0]), cosine_gap([0.0, 3.0], [0.0, 1.0])
         (1.0, 0.0)
         >>> cosine_gap([0.0, 0.0], [1.0, 0.0], zero=1.0)
@@ -335,7 +335,7 @@ def centroid_gap(layer: LayerResult, a: str, b: str, *, zero: float = math.nan) 
     Returns:
         ``[Hk]`` float64 gaps (NaN for a group without keys).
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8, num_heads=2).eval()

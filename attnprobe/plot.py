@@ -225,7 +225,7 @@ def attention_share(
     Returns:
         The axes.
 
-    Example:
+    Examples:
         >>> import matplotlib.pyplot as plt, torch, attnprobe as ap
         >>> from attnprobe import plot
         >>> from attnprobe.models import FusionAttention
@@ -383,7 +383,7 @@ def bias_heatmap(
     Returns:
         The axes.
 
-    Example:
+    Examples:
         >>> import matplotlib.pyplot as plt, torch, attnprobe as ap
         >>> from attnprobe import plot
         >>> from attnprobe.models import FusionAttention
@@ -483,7 +483,7 @@ def block_masses(
     Returns:
         The axes.
 
-    Example:
+    Examples:
         >>> import matplotlib.pyplot as plt, torch, attnprobe as ap
         >>> from attnprobe import plot
         >>> from attnprobe.models import FusionAttention
@@ -629,7 +629,7 @@ def key_distribution(
     Returns:
         The axes.
 
-    Example:
+    Examples:
         >>> import matplotlib.pyplot as plt, torch, attnprobe as ap
         >>> from attnprobe import plot
         >>> from attnprobe.models import FusionAttention
@@ -792,7 +792,7 @@ def share_vs_noise(sweep: object, *, ax: Axes | None = None) -> Axes:
     Returns:
         The axes.
 
-    Example:
+    Examples:
         >>> import matplotlib.pyplot as plt, pandas as pd
         >>> from attnprobe import plot
         >>> sweep = pd.DataFrame({
@@ -893,7 +893,7 @@ def accuracy_vs_noise(sweep: object, *, ax: Axes | None = None) -> Axes:
     Returns:
         The axes.
 
-    Example:
+    Examples:
         >>> import matplotlib.pyplot as plt, pandas as pd
         >>> from attnprobe import plot
         >>> sweep = pd.DataFrame({

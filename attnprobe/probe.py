@@ -316,7 +316,7 @@ class Probe:
                 (``-1`` = ignore, e.g. padding), a `ModalityLayout` with the same names,
                 or None to go back to the probe's layout.
 
-        Example:
+        Examples:
             >>> import torch, attnprobe as ap
             >>> from attnprobe.models import FusionAttention
             >>> layer = FusionAttention(dim=8)
@@ -435,7 +435,7 @@ def probe(model: nn.Module, **options: Any) -> Probe:
     Returns:
         A `Probe`, not yet attached: use it in a ``with`` block or call ``attach()``.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from torch import nn
         >>> layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, batch_first=True)

@@ -403,7 +403,7 @@ _LEGACY_META = (
 class ProbeResult:
     """Everything a probe captured, per layer, in model order.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=16, num_heads=2)
@@ -470,7 +470,7 @@ class ProbeResult:
         """Read a result written by `save` (``torch.load(weights_only=True)``: no arbitrary
         unpickling); results saved by attnprobe 0.1 load too.
 
-        Example:
+        Examples:
             >>> import tempfile, torch, attnprobe as ap
             >>> from attnprobe.models import FusionAttention
             >>> layer = FusionAttention(dim=8).eval()

@@ -134,7 +134,7 @@ class RollingQ(nn.Module):
     ``num_rotations``. Until the first rotation the forward pass returns its input unchanged,
     so a model with RollingQ computes exactly what the same model without it computes.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import LateFusionTransformer
         >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
@@ -460,7 +460,7 @@ def anchor_statistics(
     Under ``torch.distributed`` the statistics are summed over ranks (each rank passes its
     shard of the data).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from attnprobe.models import LateFusionTransformer
         >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)

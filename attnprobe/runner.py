@@ -7,7 +7,7 @@ gradients, a probe attached, the model called on every batch, the probe's statis
 DDP ranks, and the model's train/eval mode restored afterwards, also after an exception.
 `run_model` is the same loop without a probe.
 
-Example:
+Examples:
     >>> import torch
     >>> from attnprobe.models import LateFusionTransformer
     >>> from attnprobe.runner import run_probed
@@ -91,7 +91,7 @@ def run_model(
     Returns:
         What ``call`` returned for each batch (empty without ``call``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Dropout(0.5))
         >>> x = torch.ones(2, 3)
@@ -139,7 +139,7 @@ def run_probed(
     Raises:
         CaptureError: a selected layer produced no capture (as `attnprobe.Probe.result`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8)

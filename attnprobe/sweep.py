@@ -108,7 +108,7 @@ def noise_sweep(
         A `attnprobe.analysis.NoiseSweep`: ``to_frame()`` (share and accuracy per level),
         ``adaptability()`` (correlations, ``ΔM``), ``samples_frame()``.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import LateFusionTransformer
         >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)

@@ -140,7 +140,7 @@ class Trainer:
     losses and accuracies are summed over ranks, so the logged numbers and the rotation are
     those of one process over the same data.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import LateFusionTransformer
         >>> from attnprobe.training import Trainer, TrainConfig

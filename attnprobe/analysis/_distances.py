@@ -170,7 +170,7 @@ def centroid_cosine_gap(mu_a: Array, mu_b: Array) -> float:
     Returns:
         The gap, or NaN when either centroid is the zero vector (the angle is undefined).
 
-    Example:
+    Examples:
         >>> centroid_cosine_gap([1.0, 0.0], [0.0, 2.0]), centroid_cosine_gap([0.0, 3.0], [0.0, 1.0])
         (1.0, 0.0)
     """
@@ -203,7 +203,7 @@ def median_bandwidth(x: Array, y: Array, max_points: int = 2000, seed: int = 0) 
         ``σ``; ``0.0`` when at least half of the pairs coincide (mostly duplicate points), in
         which case the heuristic is unusable and a bandwidth must be chosen by hand.
 
-    Example:
+    Examples:
         >>> median_bandwidth([[0.0], [1.0]], [[3.0]])  # distances 1, 2, 3
         2.0
     """
@@ -284,7 +284,7 @@ def mmd2_unbiased(
     Returns:
         `MMDResult` with the estimate, the bandwidth, the p-value and the sample sizes used.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> rng = np.random.default_rng(0)
         >>> x, y = rng.normal(size=(100, 3)), rng.normal(size=(100, 3)) + 2.0
@@ -364,7 +364,7 @@ def sliced_wasserstein2(
     Returns:
         The sliced W₂ distance (same units as the samples).
 
-    Example:
+    Examples:
         >>> # in 1-D the directions are ±1, so this is W₂ itself: a shift by 3
         >>> sliced_wasserstein2([[0.0], [1.0], [2.0]], [[3.0], [4.0], [5.0]], projections=4)
         3.0
@@ -434,7 +434,7 @@ def frechet_distance(mu_a: Array, cov_a: Array, mu_b: Array, cov_b: Array) -> fl
     Returns:
         ``d² ≥ 0``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> # diagonal covariances: ‖Δμ‖² + Σ_i (σ_a,i − σ_b,i)² = 1 + (1 − 2)² = 2
         >>> round(frechet_distance([0.0, 0.0], np.eye(2), [1.0, 0.0], np.diag([1.0, 4.0])), 12)
@@ -496,7 +496,7 @@ def covariance_from_sums(
     Returns:
         ``(mean [d], cov [d, d])`` as float64 arrays.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> x = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]])
         >>> mean, cov = covariance_from_sums(3, x.sum(0), x.T @ x)
@@ -541,7 +541,7 @@ def frechet_from_samples(x: Array, y: Array, shrinkage: float = 0.0) -> float:
     Returns:
         ``d² ≥ 0``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> x = np.array([[0.0], [2.0]])  # mean 1, variance 2
         >>> round(frechet_from_samples(x, x + 3.0), 12)
@@ -575,7 +575,7 @@ def rank_auc(scores_x: Array, scores_y: Array) -> float:
     Returns:
         AUC in ``[0, 1]``; 0.5 = no separation, 1 = every ``y`` above every ``x``.
 
-    Example:
+    Examples:
         >>> rank_auc([0.1, 0.4], [0.4, 0.9])  # pairs: 4; y wins 3, one tie counts ½
         0.875
     """
@@ -639,7 +639,7 @@ def two_sample_auc(x: Array, y: Array, folds: int = 5, seed: int = 0, ridge: flo
     Returns:
         The cross-validated AUC in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> rng = np.random.default_rng(0)
         >>> x = rng.normal(size=(200, 4))

@@ -47,7 +47,7 @@ def __getattr__(name: str) -> Any:
 class NoiseSweep:
     """What `attnprobe.noise_sweep` measured, and the adaptability computed from it.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> rows = [("a", level, i, key, share, 1.0)
         ...         for level, shares in ((0.0, (0.7, 0.6)), (1.0, (0.2, 0.3)))

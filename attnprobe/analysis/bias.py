@@ -119,7 +119,7 @@ def _layer_bias(layer: LayerResult, exclude: tuple[str, ...]) -> LayerBias:
 class ModalityBias:
     """Which modality each query group favours, per layer and head (`modality_bias`).
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8).eval()

@@ -207,7 +207,7 @@ def key_gap(
         shrinkage: covariance shrinkage for the Fréchet distance (few keys per dimension).
         seed: seed of every random choice (subsampling, projections, folds, permutations).
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8).eval()

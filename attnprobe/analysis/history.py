@@ -29,7 +29,7 @@ class History:
         exclude: key groups that `ProbeResult`s added to the history leave out of shares
             (passed to `modality_bias`), e.g. ``["cls"]``.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8).eval()

@@ -96,7 +96,7 @@ def report(
     Raises:
         AttnProbeError: ``run_dir`` is missing or holds no run, or a run file is corrupt.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from attnprobe.models import LateFusionTransformer
         >>> from attnprobe.app.report import report
@@ -219,7 +219,7 @@ def markdown_table(
         rows: ``(metric, label)`` per table row.
         cell: a summary row as a cell (``–`` where a method lacks the metric).
 
-    Example:
+    Examples:
         >>> summary = pd.DataFrame(
         ...     {"method": ["a", "b"], "metric": ["acc"] * 2, "mean": [0.5, 0.7],
         ...      "std": [0.1, float("nan")], "num_seeds": [2, 1]})

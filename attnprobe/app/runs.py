@@ -89,7 +89,7 @@ def split_seed(name: str) -> tuple[str, int] | None:
     """``(method, seed)`` of a run named ``<method>-seed<k>`` or ``<method>_seed<k>``; ``None``
     for another name.
 
-    Example:
+    Examples:
         >>> split_seed("rollingq_gated-seed3"), split_seed("vanilla_seed0"), split_seed("run")
         (('rollingq_gated', 3), ('vanilla', 0), None)
     """
@@ -148,7 +148,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     per-run table with ``method``, ``seed``, optionally ``run`` (the run's name, left out) and
     numeric metric columns; all-NaN metrics of a method are left out.
 
-    Example:
+    Examples:
         >>> runs = pd.DataFrame({"method": ["a", "a"], "seed": [0, 1], "acc": [0.5, 0.7]})
         >>> summarise(runs).round(3)
           method metric  mean    std  num_seeds

@@ -48,7 +48,7 @@ class AttentionInputs:
     ``[B, Hk, Lk, Dv]``. ``attn_mask`` is broadcastable to ``[B, H, Lq, Lk]``: boolean
     (True = may attend) or an additive float mask.
 
-    Example:
+    Examples:
         >>> import torch
         >>> q = torch.randn(2, 4, 10, 8)
         >>> AttentionInputs(query=q, key=q, is_causal=True).query.shape
@@ -196,7 +196,7 @@ class Adapter:
     probe runs the indicator pass on them with ``F.scaled_dot_product_attention``. Built-in
     adapters override `attach` to intercept the module's own kernel call instead.
 
-    Example:
+    Examples:
         A module that computes attention by hand, with a user adapter:
 
         >>> import torch, attnprobe as ap
@@ -390,7 +390,7 @@ _REGISTRY: list[Adapter] = []
 def register_adapter(adapter: Adapter) -> Callable[[], None]:
     """Register ``adapter`` ahead of the built-in ones; returns a function that unregisters it.
 
-    Example:
+    Examples:
         See `Adapter`.
     """
     if not isinstance(adapter, Adapter):

@@ -43,7 +43,7 @@ def auto_layout(model: nn.Module, *, tower: str | None = None) -> InputLayout:
         ProbeConfigError: the model's inputs are not recognised, or a dual encoder without
             ``tower``.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from transformers import BertConfig, BertModel
         >>> bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,

@@ -5,7 +5,7 @@ digits, six views), shipped inside the package.
 Both return a `MultimodalDataset`, whose items ``((x_1, ..., x_M), y)`` feed
 `attnprobe.training.Trainer` or a ``DataLoader`` directly.
 
-Example:
+Examples:
     >>> import attnprobe.datasets as ds
     >>> from attnprobe.models import LateFusionTransformer
     >>> train = ds.synthetic("train", num_samples=32)

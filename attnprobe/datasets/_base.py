@@ -32,7 +32,7 @@ class MultimodalDataset:
     ``docs/concepts/adaptability.md``); it is the ground truth an adaptive fusion layer should
     follow.
 
-    Example:
+    Examples:
         >>> import attnprobe.datasets as ds
         >>> test = ds.synthetic("test", num_samples=64)
         >>> test

@@ -55,7 +55,7 @@ def mfeat(
         seed: seeds the split.
         fractions: train, val and test fractions (summing to 1).
 
-    Example:
+    Examples:
         >>> import attnprobe.datasets as ds
         >>> test = ds.mfeat("test", views=["pix", "fou"])
         >>> test

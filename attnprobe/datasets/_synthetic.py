@@ -98,7 +98,7 @@ def synthetic(
         num_samples: samples (default ``config.sizes`` for the split), balanced over classes.
         config: the knobs (`SyntheticConfig`).
 
-    Example:
+    Examples:
         >>> import attnprobe.datasets as ds
         >>> test = ds.synthetic("test", seed=1, num_samples=80)
         >>> test.lengths, test.num_classes

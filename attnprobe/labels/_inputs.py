@@ -42,7 +42,7 @@ class InputLayout:
     pre-hook on ``model`` before every forward. Subclasses set `names` and implement
     `labels`; `past_length` and `layers` have defaults for HuggingFace-style models.
 
-    Example:
+    Examples:
         Labels from a modality-id tensor that the model receives as a keyword:
 
         >>> import torch, attnprobe as ap
@@ -130,7 +130,7 @@ class TokenLayout(InputLayout):
         prefix: only attention modules under this module path see this sequence (the language
             model of a vision-language model); None = all.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> layout = ap.labels.TokenLayout(image_token_id=9, special="bos", special_token_id=1)
         >>> layout.names
@@ -237,7 +237,7 @@ class VisionLayout(InputLayout):
         prefix: only attention modules under this module path see this sequence; None = all.
         image_argument: name (and position) of the image argument of the model's forward.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> layout = ap.labels.VisionLayout(patch_size=(16, 16), cls_tokens=1, register_tokens=2)
         >>> layout.names

@@ -56,7 +56,7 @@ class ModalityLayout:
     Raises:
         ModalityLayoutError: empty or duplicate names, or a negative or non-integer length.
 
-    Example:
+    Examples:
         >>> import attnprobe as ap
         >>> layout = ap.ModalityLayout({"cls": 1, "audio": 3, "video": 2})
         >>> layout
@@ -96,7 +96,7 @@ class ModalityLayout:
         Positions not covered by any slice are ignored (label ``-1``). Slices may not overlap,
         must have step 1 and must lie inside ``[0, length)``.
 
-        Example:
+        Examples:
             >>> import attnprobe as ap
             >>> lay = ap.ModalityLayout.from_spans({"text": slice(0, 2), "image": slice(3, 5)}, 5)
             >>> lay.labels(1, 5).tolist()
@@ -152,7 +152,7 @@ class ModalityLayout:
         ``labels[b, j]`` is the index into ``names`` of token ``j`` of sample ``b``, or ``-1``
         to ignore it (padding).
 
-        Example:
+        Examples:
             >>> import torch, attnprobe as ap
             >>> labels = torch.tensor([[0, 1, 1, 2], [0, 1, 2, -1]])
             >>> ap.ModalityLayout.from_labels(labels, ["cls", "audio", "video"])

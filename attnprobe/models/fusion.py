@@ -53,7 +53,7 @@ class FusionAttention(nn.Module):
     submodule ``rollingq``, and its rotation of the CLS query row reaches the attention kernel
     (keys, values and the other tokens' queries untouched).
 
-    Example:
+    Examples:
         >>> import torch
         >>> layer = FusionAttention(dim=8, num_heads=2)
         >>> layer(torch.randn(3, 5, 8)).shape
@@ -105,7 +105,7 @@ class ModalityEncoder(nn.Module):
 
     Shapes: ``[B, L, d_in]`` → ``[B, 1 + L, d]`` (row 0 is the modality's CLS output).
 
-    Example:
+    Examples:
         >>> import torch
         >>> ModalityEncoder(in_dim=5, length=4, dim=16)(torch.randn(2, 4, 5)).shape
         torch.Size([2, 5, 16])
@@ -219,7 +219,7 @@ class LateFusionTransformer(_LateFusion):
         unimodal_heads: add a linear probe head per modality on the encoder's detached CLS
             output; the model then returns a `FusionOutput` instead of the logits tensor.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
         >>> model(torch.randn(2, 4, 6), torch.randn(2, 3, 8)).shape
@@ -263,7 +263,7 @@ class ConcatFusion(_LateFusion):
     outputs concatenated, dropout, and a linear classifier ("Concat" in the RollingQ paper's
     tables).
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = ConcatFusion({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
         >>> model(torch.randn(2, 4, 6), torch.randn(2, 3, 8)).shape

@@ -30,7 +30,7 @@ class SumAccumulator:
     also a rank that saw no data (its local part is zeros), which would otherwise leave the
     others waiting in the collective.
 
-    Example:
+    Examples:
         >>> import torch
         >>> acc = SumAccumulator()
         >>> acc.update({"n": torch.tensor([1.0, 2.0])})
@@ -139,7 +139,7 @@ class Reservoir:
     Because priorities are drawn in stream order, splitting the same stream into different
     batches gives the same sample, and two reservoirs merge by keeping the smallest priorities.
 
-    Example:
+    Examples:
         >>> import torch
         >>> r = Reservoir(capacity=3, seed=0)
         >>> r.update(torch.arange(10.0).unsqueeze(1))
@@ -204,7 +204,7 @@ def merge_samples(
     """Merge two priority samples into the ``capacity`` rows of smallest priority — a uniform
     sample of the union when the priorities came from independent streams.
 
-    Example:
+    Examples:
         >>> import torch
         >>> rows, prio = merge_samples(
         ...     (torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0]])),

@@ -352,7 +352,7 @@ class KeyNorm(Statistic):
     States: ``key_norm_total`` ``[Hk, Gk]`` (Σ ‖k‖), ``key_norm_count`` ``[Gk]``. Derived:
     ``key_norm`` ``[Hk, Gk]``.
 
-    Example:
+    Examples:
         >>> import torch, attnprobe as ap
         >>> from attnprobe.models import FusionAttention
         >>> layer = FusionAttention(dim=8, num_heads=2).eval()
@@ -394,7 +394,7 @@ def from_options(
 ) -> tuple[Statistic, ...]:
     """The statistics that options of `attnprobe.Probe` select (see `Mass` and the others).
 
-    Example:
+    Examples:
         >>> " ".join(s.name for s in from_options(per_sample=True))
         'mass key_moments query_moments cosines sample_mass sample_means'
     """

@@ -128,7 +128,7 @@ class Statistic:
     states, `derive`. Pass instances to ``attnprobe.probe(..., statistics=[...])``; read the
     states from ``LayerResult.states`` and the derived values with ``LayerResult.value(name)``.
 
-    Example:
+    Examples:
         The mean key norm per key group, one class:
 
         >>> from dataclasses import dataclass
@@ -217,7 +217,7 @@ def merge_states(
 ) -> dict[str, Any]:
     """The states over the data of both ``a`` and ``b``, by each state's merge rule.
 
-    Example:
+    Examples:
         >>> import torch
         >>> declared = {"n": State((2,)), "rows": State((1,), "cat")}
         >>> merged = merge_states(
@@ -250,7 +250,7 @@ def ratio(total: Tensor, count: Tensor) -> Tensor:
     """``total / count`` with NaN where ``count == 0`` (no data, not a zero mean); ``count``
     broadcasts against ``total``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> ratio(torch.tensor([2.0, 0.0]), torch.tensor([4.0, 0.0])).tolist()
         [0.5, nan]
