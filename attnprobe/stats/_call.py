@@ -37,7 +37,8 @@ class Call:
         labels: the call's `CallLabels`.
         dims: the call site's sizes.
         needs: the union of the statistics' `Statistic.needs`.
-        fused_mass: ``[B, H, Lq, Gk]`` masses the fused kernel call already returned.
+        fused_mass: ``[B, H, Lq, Gk]`` masses the fused kernel call already returned
+            (detached).
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class Call:
         groups = len(self.dims.key_groups)
         rows = self.labels.rows
         if self._fused_mass is not None:
-            mass = self._fused_mass.detach()  # (B, H, Lq, Gk)
+            mass = self._fused_mass  # (B, H, Lq, Gk), detached by the recorder
             return mass if rows is None else mass.index_select(2, rows)  # (B, H, R, Gk)
         if "maps" in self.needs:
             maps = self.maps  # (B, H, R, Lk)
