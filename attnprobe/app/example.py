@@ -53,6 +53,7 @@ from attnprobe.app.report import RunReport, markdown_table, write_report
 from attnprobe.app.runs import Run, air_columns, key_gap_columns, read_csv, read_metrics, stack
 from attnprobe.datasets import MultimodalDataset, SyntheticConfig, mfeat, synthetic
 from attnprobe.models import ConcatFusion, LateFusionTransformer
+from attnprobe.runner import run_model, run_probed
 from attnprobe.training import TrainConfig, Trainer
 
 __all__ = [
@@ -192,19 +193,11 @@ def _corrupted_sets(
 # -- one run ---------------------------------------------------------------------------------
 def _key_result(model: nn.Module, data: MultimodalDataset, limit: int = 1024) -> ap.ProbeResult:
     """Fusion-layer statistics with a key reservoir, model frozen (for the key picture)."""
-    was_training = model.training
-    model.eval()
-    try:
-        layout = model.fusion_layout()  # type: ignore[operator]
-        with (
-            ap.probe(model, modalities=layout, layers="fusion", reservoir_size=256) as p,
-            torch.no_grad(),
-        ):
-            for inputs, _ in data.subset(range(min(limit, len(data)))).batches(256):
-                model(*inputs)
-        return p.result()
-    finally:
-        model.train(was_training)
+    batches = [inputs for inputs, _ in data.subset(range(min(limit, len(data)))).batches(256)]
+    layout = model.fusion_layout()  # type: ignore[operator]
+    return run_probed(
+        model, batches, modalities=layout, layers="fusion", reservoir_size=256, sync=False
+    ).result
 
 
 def _sweep(
@@ -234,19 +227,16 @@ def _sweep(
             logits=lambda output: output.logits,
         )
         return result.to_frame(), result.adaptability()
+
+    def correct(model: nn.Module, batch: tuple[tuple[Tensor, ...], Tensor]) -> Tensor:
+        inputs, y = batch
+        hits: Tensor = (model(*inputs).logits.argmax(-1) == y).double().sum()
+        return hits
+
     rows = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for (m, level), data in sets.items():
-                hits = [
-                    (model(*inputs).logits.argmax(-1) == y).double().sum()
-                    for inputs, y in data.batches(256)
-                ]
-                rows.append((m, level, float(sum(hits) / len(data))))
-    finally:
-        model.train(was_training)
+    for (m, level), data in sets.items():
+        hits = run_model(model, data.batches(256), call=correct)
+        rows.append((m, level, float(sum(hits) / len(data))))
     return pd.DataFrame(rows, columns=["corrupted", "level", "accuracy"]), None
 
 
