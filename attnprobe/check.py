@@ -165,11 +165,11 @@ def self_check(
         )
         result = probed.result
         modules = dict(model.named_modules())
-        selected = {name: modules[name] for name in probed.layers}
+        selected = {name: modules[name] for name in probed.layer_names}
         weights: dict[str, Tensor] = {}
         with _eager_reference(selected, weights) as how:
             run_model(model, [inputs])
-        rest = tuple(name for name in probed.layers if name not in weights)
+        rest = tuple(name for name in probed.layer_names if name not in weights)
         if rest:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 

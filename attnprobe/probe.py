@@ -235,9 +235,17 @@ class Probe:
         return self._model
 
     @property
-    def layers(self) -> tuple[str, ...]:
-        """Paths of the selected modules."""
+    def layer_names(self) -> tuple[str, ...]:
+        """Paths of the selected modules (``""`` for the model itself)."""
         return tuple(n for n, _, _ in self._selection)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Deprecated: `layer_names` (``ProbeResult.layers`` are results, not names)."""
+        warnings.warn(
+            "Probe.layers is deprecated; use Probe.layer_names.", DeprecationWarning, stacklevel=2
+        )
+        return self.layer_names
 
     @property
     def layout(self) -> ModalityLayout:

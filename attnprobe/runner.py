@@ -14,7 +14,7 @@ Examples:
     >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
     >>> batches = [(torch.randn(8, 4, 6), torch.randn(8, 3, 8)) for _ in range(3)]
     >>> run = run_probed(model, batches, modalities=model.fusion_layout(), layers="fusion")
-    >>> run.layers, run.result.layers[0].num_queries.tolist(), model.training
+    >>> run.layer_names, run.result.layers[0].num_queries.tolist(), model.training
     (('fusion',), [24.0, 120.0, 96.0], True)
 """
 
@@ -46,8 +46,9 @@ class ProbedRun:
 
     result: ProbeResult
     """The probe's statistics over every batch (summed over DDP ranks unless ``sync=False``)."""
-    layers: tuple[str, ...]
-    """Paths of the probed modules (`attnprobe.Probe.layers`; ``""`` is the model itself)."""
+    layer_names: tuple[str, ...]
+    """Paths of the probed modules (`attnprobe.Probe.layer_names`; ``""`` is the model
+    itself)."""
     outputs: tuple[Any, ...]
     """What ``call`` returned for each batch, in order; empty when no ``call`` was given (the
     model's own outputs are not kept: they can be large)."""
@@ -155,4 +156,4 @@ def run_probed(
         if sync:
             p.sync()
         result = p.result()
-    return ProbedRun(result, p.layers, outputs)
+    return ProbedRun(result, p.layer_names, outputs)

@@ -104,7 +104,7 @@ def test_hf_bert_decoder_cross_attention_matches_eager(backend: str) -> None:
     with torch.no_grad():
         reference = model(**inputs).last_hidden_state
     # without key_modalities only the self-attention layers are selected, and vice versa
-    self_names = ap.probe(model, modalities=ap.auto_layout(model)).layers
+    self_names = ap.probe(model, modalities=ap.auto_layout(model)).layer_names
     assert all("crossattention" not in n for n in self_names) and len(self_names) == 2
     with (
         ap.probe(model, modalities=ap.auto_layout(model), key_modalities=key_layout) as p,

@@ -286,8 +286,8 @@ def test_clip_both_towers_with_two_probes() -> None:
     ):
         probed = model(**inputs)
     assert_same_outputs(reference, probed)
-    assert all(n.startswith("text_model.") for n in p_text.layers)
-    assert all(n.startswith("vision_model.") for n in p_vision.layers)
+    assert all(n.startswith("text_model.") for n in p_text.layer_names)
+    assert all(n.startswith("vision_model.") for n in p_vision.layer_names)
     assert text.names == ("bos", "text")
     check_against_eager(model, p_text.result(), text(**inputs), inputs)
     check_against_eager(model, p_vision.result(), vision(**inputs), inputs)
@@ -346,7 +346,7 @@ def test_timm_vit_tiny_fused_attention_matches_eager() -> None:
     with ap.probe(model, modalities=layout) as p, torch.no_grad():
         probed = model(x)
     assert torch.equal(reference, probed)
-    assert len(p.layers) == 12
+    assert len(p.layer_names) == 12
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     # eager reference: timm's own non-fused path, weights read at its attention dropout
     weights: dict[int, torch.Tensor] = {}

@@ -143,7 +143,7 @@ def test_no_hook_or_flag_survives_normal_and_failing_runs(kind: str) -> None:
         return run(model, x) if kind == "mha" else model(x)
 
     user_hook_calls: list[int] = []
-    target_name = ap.probe(model, modalities=LAYOUT).layers[0]
+    target_name = ap.probe(model, modalities=LAYOUT).layer_names[0]
     target = dict(model.named_modules())[target_name]
     target.register_forward_hook(lambda *a: user_hook_calls.append(1))
     before = snapshot(model)
@@ -553,12 +553,12 @@ def test_merge_of_two_probes_equals_one_probe_over_both() -> None:
 
 def test_layer_selection_glob_list_predicate_and_ddp_prefix() -> None:
     model = TwoBlocks()
-    assert ap.probe(model, modalities=LAYOUT).layers == ("blocks.0", "blocks.1")
-    assert ap.probe(model, modalities=LAYOUT, layers="blocks.1").layers == ("blocks.1",)
-    assert ap.probe(model, modalities=LAYOUT, layers="*.0").layers == ("blocks.0",)
-    assert ap.probe(model, modalities=LAYOUT, layers=["module.blocks.0"]).layers == ("blocks.0",)
+    assert ap.probe(model, modalities=LAYOUT).layer_names == ("blocks.0", "blocks.1")
+    assert ap.probe(model, modalities=LAYOUT, layers="blocks.1").layer_names == ("blocks.1",)
+    assert ap.probe(model, modalities=LAYOUT, layers="*.0").layer_names == ("blocks.0",)
+    assert ap.probe(model, modalities=LAYOUT, layers=["module.blocks.0"]).layer_names == ("blocks.0",)
     pred = ap.probe(model, modalities=LAYOUT, layers=lambda n, m: n.endswith("1"))
-    assert pred.layers == ("blocks.1",)
+    assert pred.layer_names == ("blocks.1",)
 
 
 def test_to_frame_schema() -> None:
@@ -793,3 +793,11 @@ def test_a_result_saved_by_attnprobe_0_1_loads_with_the_same_numbers() -> None:
     assert old.states == new.states
     assert set(old.statistics) == set(new.statistics)
     assert old.merge(new).num_calls == 2
+
+
+def test_probe_layers_is_a_deprecated_spelling_of_layer_names() -> None:
+    layer = FusionAttention(dim=8).eval()
+    p = ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 3})
+    assert p.layer_names == ("",)
+    with pytest.warns(DeprecationWarning, match=r"use Probe\.layer_names"):
+        assert p.layers == ("",)

@@ -63,7 +63,7 @@ def test_masses_match_a_hand_written_softmax_and_the_mode_is_restored() -> None:
     assert isinstance(run, ProbedRun)
     assert seen == [(False, False)] * 3  # eval mode, no gradients, every batch
     assert run.outputs == (3, 3, 3)
-    assert run.layers == ("",)  # the model itself is the probed module
+    assert run.layer_names == ("",)  # the model itself is the probed module
     assert [x.name for x in run.result.layers] == ["FusionAttention"]
     got = run.result.layers[0]
     np.testing.assert_allclose(got.mass.double().numpy(), softmax_masses(layer, batches), atol=1e-6)
