@@ -1,10 +1,10 @@
 """The hot path: one recorder per probed module, from an attention call to accumulated states.
 
 An adapter (`attnprobe.capture`) hands each attention call of the module to its recorder
-(`LayerRecorder.record`, or `LayerRecorder.fused` for the fused single call). The recorder asks
-the probe's `LabelSource` for the call's labels, builds a `attnprobe.stats.Call`, lets each
-statistic of its frozen `RecordSpec` compute its update, and adds the updates to the call
-site's `SiteAccumulator`. It holds no reference to its probe: the spec and the label source
+(`LayerRecorder.record`, or `LayerRecorder.record_fused` for the fused single call). The
+recorder asks the probe's `LabelSource` for the call's labels, builds a `attnprobe.stats.Call`,
+lets each statistic of its frozen `RecordSpec` compute its update, and adds the updates to the
+call site's `SiteAccumulator`. It holds no reference to its probe: the spec and the label source
 are handed down when the probe is created.
 """
 
@@ -101,7 +101,7 @@ class LayerRecorder:
         with torch.no_grad():
             self._reduce(inputs, kernel, None, self._call_labels(inputs))
 
-    def fused(
+    def record_fused(
         self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
     ) -> Tensor:
         assert inputs.value is not None

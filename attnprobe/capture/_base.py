@@ -80,7 +80,7 @@ class Recorder(Protocol):
     def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
         """Capture one attention call (second pass, the model's output untouched)."""
 
-    def fused(
+    def record_fused(
         self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
     ) -> Tensor:
         """Capture one call and return the kernel output computed with ``V' = [V, E]``."""
@@ -118,7 +118,7 @@ def dispatch(
     lead = None
     if fusable and dropout_p == 0.0 and inputs.value is not None:
         lead = next((r for r in recorders if r.wants_fused), None)
-    out = run() if lead is None else lead.fused(inputs, kernel, dropout_p)
+    out = run() if lead is None else lead.record_fused(inputs, kernel, dropout_p)
     for recorder in recorders:
         if recorder is not lead:
             recorder.record(inputs, kernel)
