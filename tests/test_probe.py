@@ -556,7 +556,9 @@ def test_layer_selection_glob_list_predicate_and_ddp_prefix() -> None:
     assert ap.probe(model, modalities=LAYOUT).layer_names == ("blocks.0", "blocks.1")
     assert ap.probe(model, modalities=LAYOUT, layers="blocks.1").layer_names == ("blocks.1",)
     assert ap.probe(model, modalities=LAYOUT, layers="*.0").layer_names == ("blocks.0",)
-    assert ap.probe(model, modalities=LAYOUT, layers=["module.blocks.0"]).layer_names == ("blocks.0",)
+    assert ap.probe(model, modalities=LAYOUT, layers=["module.blocks.0"]).layer_names == (
+        "blocks.0",
+    )
     pred = ap.probe(model, modalities=LAYOUT, layers=lambda n, m: n.endswith("1"))
     assert pred.layer_names == ("blocks.1",)
 
