@@ -27,7 +27,6 @@ from attnprobe.stats import (
     Statistic,
     from_options,
     merge_states,
-    ratio,
     statistic_class,
 )
 
@@ -85,6 +84,13 @@ class LayerResult:
     def _state(self, name: str) -> Any:
         return self.states.get(name)
 
+    def _find(self, name: str) -> Tensor | None:
+        for statistic in self.statistics:
+            derived = statistic.derive(self.states)
+            if name in derived:
+                return derived[name]
+        return None
+
     def value(self, name: str) -> Tensor:
         """A value derived by one of the `statistics` (``"mass"``, ``"key_mean"``, ``"entropy"``,
         or that of a statistic of your own).
@@ -92,16 +98,14 @@ class LayerResult:
         Raises:
             AttnProbeError: no kept statistic derives ``name``.
         """
-        known: list[str] = []
-        for statistic in self.statistics:
-            derived = statistic.derive(self.states)
-            if name in derived:
-                return derived[name]
-            known.extend(derived)
-        raise AttnProbeError(
-            f"layer {self.name!r}: no statistic kept by the probe derives {name!r}; derived "
-            f"values: {known}. Probe with the statistic that computes it (statistics=[...])."
-        )
+        found = self._find(name)
+        if found is None:
+            known = [k for statistic in self.statistics for k in statistic.derive(self.states)]
+            raise AttnProbeError(
+                f"layer {self.name!r}: no statistic kept by the probe derives {name!r}; derived "
+                f"values: {known}. Probe with the statistic that computes it (statistics=[...])."
+            )
+        return found
 
     # -- the states of the built-in statistics -------------------------------------------------
     @property
@@ -213,12 +217,21 @@ class LayerResult:
         """Full attention maps ``[B, H, R, Lk]`` per call (`Maps`; ``store_maps=True``)."""
         return cast("tuple[Tensor, ...] | None", self._state("maps"))
 
-    # -- derived values --------------------------------------------------------------------------
+    # -- derived values (each formula is its statistic's `derive`) -----------------------------
+    def _derived(
+        self, name: str, what: str, fix: str = "probe with key_stats=True (the default)"
+    ) -> Tensor:
+        found = self._find(name)
+        if found is None:
+            raise AttnProbeError(f"layer {self.name!r}: {what} was not collected; {fix}.")
+        return found
+
     @property
     def mass(self) -> Tensor:
         """``[H, Gq, Gk]`` attention mass (``docs/concepts/attention-mass.md``): mean over kept
-        query rows of the post-softmax probability summed over each key group's tokens."""
-        return ratio(self.mass_total, self.num_queries.view(1, -1, 1))
+        query rows of the post-softmax probability summed over each key group's tokens
+        (`attnprobe.stats.Mass`)."""
+        return self._derived("mass", "the attention mass")
 
     @property
     def residual(self) -> Tensor:
@@ -226,49 +239,33 @@ class LayerResult:
         renormalised away)."""
         return 1.0 - self.mass.sum(-1)
 
-    def _need(
-        self, value: Tensor | None, what: str, fix: str = "probe with key_stats=True (the default)"
-    ) -> Tensor:
-        if value is None:
-            raise AttnProbeError(f"layer {self.name!r}: {what} was not collected; {fix}.")
-        return value
-
-    def _mean(self, total: Tensor | None, count: Tensor | None, what: str) -> Tensor:
-        count = self._need(count, f"{what} statistics")
-        return ratio(self._need(total, f"{what} sums"), count.view(1, -1, 1))
-
     @property
     def key_mean(self) -> Tensor:
         """``[Hk, Gk, D]`` mean key per head and group, pooled over tokens and samples."""
-        return self._mean(self.key_total, self.key_count, "key")
+        return self._derived("key_mean", "key statistics")
 
     @property
     def key_var(self) -> Tensor:
         """``[Hk, Gk, D]`` per-coordinate population variance of the keys."""
-        count = self._need(self.key_count, "key statistics").view(1, -1, 1)
-        mean = self.key_mean
-        return ratio(self._need(self.key_total_sq, "key sums of squares"), count) - mean**2
+        return self._derived("key_var", "key statistics")
 
     @property
     def query_mean(self) -> Tensor:
         """``[H, Gq, D]`` mean query per head and query group."""
-        return self._mean(self.query_total, self.query_count, "query")
+        return self._derived("query_mean", "query statistics")
 
     @property
     def entropy(self) -> Tensor:
         """``[H, Gq, Gk]`` mean over query rows of the entropy of the attention renormalised
         inside each key group (``docs/concepts/attention-mass.md``; probe with
         ``entropy=True``)."""
-        fix = "probe with entropy=True"
-        count = self._need(self.entropy_count, "the within-group entropy", fix)
-        return ratio(self._need(self.entropy_total, "the within-group entropy", fix), count)
+        return self._derived("entropy", "the within-group entropy", "probe with entropy=True")
 
     @property
     def mean_cosine(self) -> Tensor:
         """``[H, Gq, Gk]`` ``E_i[cos(q̄_i, k̄_i)]``; AIR(a, b) for query group q is
         ``mean_cosine[:, q, a] − mean_cosine[:, q, b]`` (RollingQ, arXiv 2506.11465)."""
-        count = self._need(self.cosine_count, "per-sample cosines")
-        return ratio(self._need(self.cosine_total, "per-sample cosines"), count.unsqueeze(0))
+        return self._derived("mean_cosine", "per-sample cosines")
 
     # -- merging, frames -------------------------------------------------------------------------
     def merge(self, other: LayerResult) -> LayerResult:

@@ -590,3 +590,27 @@ def test_timm_explicit_path_names_fused_attn() -> None:
         ap.errors.CaptureError, match=r"fused_attn = False.*module.fused_attn = True"
     ):
         p.result()
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_two_probes_on_hf_attention_each_give_their_solo_result(backend: str) -> None:
+    """One interception per HF module, shared: a CLS-only probe and a full probe (with
+    samples) attached together record what each records alone."""
+    torch.manual_seed(0)
+    model = bert()
+    model.set_attn_implementation(backend)
+    inputs = bert_inputs()
+    layout = ap.auto_layout(model)
+    first: dict[str, Any] = {"queries": "cls"}
+    second: dict[str, Any] = {"per_sample": True, "reservoir_size": 4}
+    solo = [run(model, inputs, modalities=layout, **options)[2] for options in (first, second)]
+    with (
+        ap.probe(model, modalities=layout, **first) as a,
+        ap.probe(model, modalities=layout, **second) as b,
+        torch.no_grad(),
+    ):
+        model(**inputs)
+    for together, alone in zip((a.result(), b.result()), solo, strict=True):
+        for x, y in zip(together, alone, strict=True):
+            assert x.states == y.states
+    assert_restored(model, backend)

@@ -31,6 +31,7 @@ __all__ = [
     "install_hooks",
     "join_tap",
     "register_adapter",
+    "tap_of",
     "with_query",
 ]
 
@@ -184,6 +185,12 @@ def join_tap(
 
     stack.callback(leave)
     return tap
+
+
+def tap_of(module: nn.Module, kind: str) -> Tap | None:
+    """The ``kind`` tap of ``module`` while some recorder is attached to it, else None."""
+    taps = _TAPS.get(module)
+    return None if taps is None else taps.get(kind)
 
 
 class Adapter:

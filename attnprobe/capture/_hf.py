@@ -30,7 +30,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from attnprobe.capture._base import Adapter, AttentionInputs, QueryEdit, Recorder, dispatch
+from attnprobe.capture._base import (
+    Adapter,
+    AttentionInputs,
+    QueryEdit,
+    Recorder,
+    Tap,
+    dispatch,
+    join_tap,
+    tap_of,
+)
 from attnprobe.capture._hf_layouts import hf_layout
 from attnprobe.capture._sdpa import _code_names
 from attnprobe.errors import CaptureError
@@ -43,8 +52,6 @@ PREFIX = "attnprobe:"
 
 _DENSE_MASK_BACKENDS = ("eager", "sdpa")
 _LOCK = threading.RLock()
-# module -> recorders of the probes attached to it (several probes may share a module)
-_ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Recorder]] = weakref.WeakKeyDictionary()
 # module -> query edits (RollingQ) applied before the backend and any probe see the query
 _EDITS: weakref.WeakKeyDictionary[nn.Module, list[QueryEdit]] = weakref.WeakKeyDictionary()
 _NAME_USERS: dict[str, int] = {}  # registered wrapper name -> number of configs using it
@@ -119,7 +126,8 @@ def _make_wrapper(original_name: str) -> Callable[..., Any]:
         original = _original_function(_forward(module), original_name)
         for edit in _EDITS.get(module, ()):
             query = edit(query)  # (B, H, Lq, D)
-        recorders = _ACTIVE.get(module)
+        tap = tap_of(module, "capture")
+        recorders = [] if tap is None else list(tap.recorders)
         if not recorders:
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         if args:  # HF passes everything after the mask by keyword; normalise anyway
@@ -133,9 +141,7 @@ def _make_wrapper(original_name: str) -> Callable[..., Any]:
         def run() -> Any:
             return original(module, query, key, value, attention_mask, **kwargs)
 
-        result = dispatch(
-            list(recorders), inputs, kernel, dropout, run, fusable=original_name == "sdpa"
-        )
+        result = dispatch(recorders, inputs, kernel, dropout, run, fusable=original_name == "sdpa")
         if isinstance(result, Tensor):  # a recorder's fused call: (B, H, Lq, Dv)
             return result.transpose(1, 2).contiguous(), None  # (B, Lq, H, Dv), as HF returns
         return result  # the backend's own (output, weights)
@@ -317,11 +323,13 @@ class HuggingFaceAdapter(Adapter):
                 "before probing, or probe all queries without stored maps."
             )
 
-        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            recorder.begin()
+        def install(tap: Tap) -> None:
+            def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+                tap.begin()
 
-        _enlist(_ACTIVE, module, recorder, stack)
-        stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+            tap.stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+
+        join_tap(module, "capture", recorder, stack, install)
 
     def prepare_model(
         self, model: nn.Module, probed: list[nn.Module], stack: contextlib.ExitStack
