@@ -65,12 +65,20 @@ class LayerRecorder:
         name: the module's path (results name its call sites after it).
         spec: what to record.
         labels: where the labels of each call come from.
+        lenient: leave out (and count in `misfits`) calls that its layouts do not describe,
+            instead of raising (the probe selected the layer itself, ``layers=None``).
     """
 
-    def __init__(self, name: str, spec: RecordSpec, labels: LabelSource) -> None:
+    def __init__(
+        self, name: str, spec: RecordSpec, labels: LabelSource, *, lenient: bool = False
+    ) -> None:
         self.name = name
         self.spec = spec
-        self._labels = labels
+        self.labels = labels
+        """Where the labels of each call come from."""
+        self.lenient = lenient
+        self.misfits: dict[str, int] = {}
+        """Why calls were left out (lenient only), with how many."""
         self.forwards = 0
         """Forwards of the module seen (recomputations excluded)."""
         self.sites: list[SiteAccumulator] = []
@@ -98,20 +106,36 @@ class LayerRecorder:
     def record(self, inputs: AttentionInputs, kernel: Callable[..., Tensor] | None) -> None:
         if self._recompute:
             return
+        labels = self._call_labels(inputs)
+        if labels is None:
+            return
         with torch.no_grad():
-            self._reduce(inputs, kernel, None, self._call_labels(inputs))
+            self._reduce(inputs, kernel, None, labels)
 
     def record_fused(
         self, inputs: AttentionInputs, kernel: Callable[..., Tensor], dropout_p: float
     ) -> Tensor:
         assert inputs.value is not None
         labels = self._call_labels(inputs)
+        if labels is None:  # nothing to record: the model's own call
+            extra = {"enable_gqa": True} if inputs.enable_gqa else {}
+            out: Tensor = kernel(
+                inputs.query,
+                inputs.key,
+                inputs.value,
+                attn_mask=inputs.attn_mask,
+                dropout_p=dropout_p,
+                is_causal=inputs.is_causal,
+                scale=inputs.scale,
+                **extra,
+            )
+            return out
         out, mass = functional.fused_attention(
             inputs.query,
             inputs.key,
             inputs.value,
             labels.keys,
-            len(self._labels.key_names),
+            len(self._key_names(inputs)),
             attn_mask=inputs.attn_mask,
             dropout_p=dropout_p,
             is_causal=inputs.is_causal,
@@ -133,17 +157,28 @@ class LayerRecorder:
             self.sites.append(SiteAccumulator(self.name if i == 0 else f"{self.name}:call{i}"))
         return self.sites[index]
 
-    def _call_labels(self, inputs: AttentionInputs) -> CallLabels:
+    def _key_names(self, inputs: AttentionInputs) -> tuple[str, ...]:
+        return self.labels.key_names(self.labels.is_cross(inputs.cross))
+
+    def _call_labels(self, inputs: AttentionInputs) -> CallLabels | None:
+        """The call's labels; None when a lenient recorder leaves the call out."""
         batch, key_len, query_len = inputs.key.shape[0], inputs.key.shape[2], inputs.query.shape[2]
         try:
-            return self._labels.for_call(
+            return self.labels.for_call(
                 batch,
                 key_len - inputs.appended_keys,
                 query_len,
                 inputs.appended_keys,
                 inputs.key.device,
+                self.labels.is_cross(inputs.cross),
             )
         except ModalityLayoutError as exc:
+            if self.lenient:
+                if not self._recompute:
+                    reason = str(exc).split("; ")[0]
+                    self.misfits[reason] = self.misfits.get(reason, 0) + 1
+                    self._call_index += 1  # later calls keep their call sites
+                return None
             raise ModalityLayoutError(f"layer {self.name!r}: {exc}") from None
 
     def _reduce(
@@ -165,18 +200,21 @@ class LayerRecorder:
             num_heads=query.shape[1],
             num_kv_heads=key.shape[1],
             head_dim=query.shape[3],
-            query_groups=self._labels.query_groups,
-            key_groups=self._labels.key_names,
+            query_groups=self.labels.query_groups,
+            key_groups=self._key_names(inputs),
         )
         if site.dims is None:
             site.start(dims, self.spec.statistics)
         elif site.dims != dims:
             before, now = site.dims, dims
             raise CaptureError(
-                f"layer {site.name!r}: expected (heads, kv heads, head dim) = "
-                f"{(before.num_heads, before.num_kv_heads, before.head_dim)} as in earlier "
-                f"calls, received {(now.num_heads, now.num_kv_heads, now.head_dim)}; reset() "
-                "the probe between different models."
+                f"layer {site.name!r}: expected (heads, kv heads, head dim, query groups, key "
+                f"groups) = {(before.num_heads, before.num_kv_heads, before.head_dim)}, "
+                f"{list(before.query_groups)}, {list(before.key_groups)} as in earlier calls, "
+                f"received {(now.num_heads, now.num_kv_heads, now.head_dim)}, "
+                f"{list(now.query_groups)}, {list(now.key_groups)}; reset() the probe between "
+                "different models (a module called as self- and as cross-attention at the same "
+                "call site cannot be probed)."
             )
         call = Call(
             query=query,
@@ -200,6 +238,7 @@ class LayerRecorder:
         """Forget everything recorded."""
         self.forwards = 0
         self.sites = []
+        self.misfits = {}
 
     def results(self) -> list[LayerResult]:
         """One `LayerResult` per call site that saw a call."""

@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from attnprobe._calls import call_model
 from attnprobe.capture import LayerSelector, adapter_for
 from attnprobe.errors import ProbeConfigError
 from attnprobe.functional import group_indicator
-from attnprobe.labels import InputLayout, ModalityLayout
+from attnprobe.labels import InputLayout, LayerLayouts, ModalityLayout
 from attnprobe.runner import run_model, run_probed
+from attnprobe.stats import Call, Dims, State, Statistic
 
 __all__ = ["SelfCheck", "self_check"]
 
@@ -74,26 +74,38 @@ class SelfCheck:
         )
 
 
-def _labels_of(modalities: Any, inputs: Any, batch: int, length: int) -> Tensor:
-    """``[B, L]`` labels the probe applied to this batch."""
-    layout: ModalityLayout
-    if isinstance(modalities, InputLayout):
-        layout = call_model(modalities, inputs)
-    elif isinstance(modalities, Mapping):
-        layout = ModalityLayout(modalities)
-    else:
-        layout = modalities
-    return layout.labels(batch, length)
+@dataclass(frozen=True)
+class _AppliedLabels(Statistic):
+    """The labels the probe applied to each call (keys, kept query rows), so that the
+    reference sums its weights over the same groups."""
+
+    name = "self_check_labels"
+
+    def states(self, dims: Dims) -> dict[str, State]:
+        return {"applied_keys": State((), "list"), "applied_queries": State((), "list")}
+
+    def update(self, call: Call) -> dict[str, Any]:
+        labels = call.labels
+        queries = labels.queries  # (B, R)
+        if labels.rows is not None:  # back to every query row, -1 where not kept
+            full = queries.new_full((queries.shape[0], call.query_all.shape[2]), -1)  # (B, Lq)
+            full[:, labels.rows] = queries
+            queries = full
+        return {"applied_keys": labels.keys.cpu(), "applied_queries": queries.cpu()}
 
 
-def _masses(weights: Tensor, labels: Tensor, groups: int) -> Tensor:
-    """``[H, G, G]`` masses from weights ``[B, H, L, L]`` in float64
-    (``docs/concepts/attention-mass.md``, "Definition")."""
-    onehot = group_indicator(labels.to(weights.device), groups, torch.float64)  # (B, L, G)
-    per_row = torch.einsum("bhqk,bkg->bhqg", weights.double(), onehot)  # (B, H, L, G)
-    per_row = torch.nan_to_num(per_row) * onehot.sum(-1)[:, None, :, None]  # drop padded rows
-    totals = torch.einsum("bhqg,bqG->hGg", per_row, onehot)  # (H, Gq, Gk)
-    counts = onehot.sum((0, 1))  # (Gq,)
+def _masses(
+    weights: Tensor, queries: Tensor, keys: Tensor, query_groups: int, key_groups: int
+) -> Tensor:
+    """``[H, Gq, Gk]`` masses from weights ``[B, H, Lq, Lk]`` in float64, with query labels
+    ``[B, Lq]`` and key labels ``[B, Lk]`` (``docs/concepts/attention-mass.md``,
+    "Definition")."""
+    keys_onehot = group_indicator(keys.to(weights.device), key_groups, torch.float64)  # (B, Lk, Gk)
+    rows = group_indicator(queries.to(weights.device), query_groups, torch.float64)  # (B, Lq, Gq)
+    per_row = torch.einsum("bhqk,bkg->bhqg", weights.double(), keys_onehot)  # (B, H, Lq, Gk)
+    per_row = torch.nan_to_num(per_row) * rows.sum(-1)[:, None, :, None]  # drop unkept rows
+    totals = torch.einsum("bhqg,bqG->hGg", per_row, rows)  # (H, Gq, Gk)
+    counts = rows.sum((0, 1))  # (Gq,)
     return totals / counts.view(1, -1, 1)
 
 
@@ -125,8 +137,9 @@ def _eager_reference(
 def self_check(
     model: nn.Module,
     inputs: Any,
-    modalities: ModalityLayout | Mapping[str, int] | InputLayout,
+    modalities: ModalityLayout | Mapping[str, Any] | InputLayout | LayerLayouts,
     *,
+    key_modalities: ModalityLayout | Mapping[str, Any] | None = None,
     layers: LayerSelector = None,
     atol: float = 1e-5,
 ) -> SelfCheck:
@@ -137,8 +150,11 @@ def self_check(
             restored afterwards).
         inputs: one small batch: a mapping of keyword arguments, a tuple of positional
             arguments, or a single tensor.
-        modalities: the layout the probe will use (`ModalityLayout`, mapping or
-            `InputLayout`).
+        modalities: the layouts the probe will use, as for `attnprobe.probe`: one layout
+            (`ModalityLayout`, mapping, `InputLayout`), per-layer layouts
+            (``{layer pattern: layout}``) or `attnprobe.labels.LayerLayouts` (what
+            ``auto_layout`` gives encoder–decoders).
+        key_modalities: the layouts of cross-attention keys, as for `attnprobe.probe`.
         layers: the layers to check (as for `probe`); default: all.
         atol: tolerance for `SelfCheck.passed` (fp32 kernels agree to ~1e-6; use ~1e-2 in
             bf16).
@@ -160,8 +176,15 @@ def self_check(
     model.eval()  # dropout off: the reference must see the probe's pre-dropout distribution
     try:
         # one batch on this process: no DDP sync, the reference weights are this rank's own
+        options: dict[str, Any] = {"modalities": modalities, "key_modalities": key_modalities}
         probed = run_probed(
-            model, [inputs], sync=False, modalities=modalities, layers=layers, key_stats=False
+            model,
+            [inputs],
+            sync=False,
+            layers=layers,
+            key_stats=False,
+            statistics=[_AppliedLabels()],
+            **options,
         )
         result = probed.result
         modules = dict(model.named_modules())
@@ -175,12 +198,7 @@ def self_check(
 
             with sdpa_kernel(SDPBackend.MATH):
                 maps = run_probed(
-                    model,
-                    [inputs],
-                    sync=False,
-                    modalities=modalities,
-                    layers=list(rest),
-                    store_maps=True,
+                    model, [inputs], sync=False, layers=list(rest), store_maps=True, **options
                 )
             for layer in maps.result.layers:
                 if layer.maps is not None and ":" not in layer.name:
@@ -193,14 +211,16 @@ def self_check(
         base = layer.name.split(":call")[0]
         if base not in weights or layer.name != base:
             continue
-        w = weights[base]  # (B, H, L, L)
-        if w.shape[-1] != w.shape[-2]:
+        w = weights[base]  # (B, H, Lq, Lk)
+        keys = torch.cat(list(layer.states["applied_keys"]))  # (B, Lk)
+        queries = torch.cat(list(layer.states["applied_queries"]))  # (B, Lq)
+        if keys.shape[-1] != w.shape[-1] or queries.shape[-1] != w.shape[-2]:
             raise ProbeConfigError(
-                f"self_check: layer {base!r} attends from {w.shape[-2]} to {w.shape[-1]} tokens; "
-                "only self-attention over the whole sequence can be checked."
+                f"self_check: layer {base!r}: the reference weights have shape "
+                f"{list(w.shape)} but the probe labelled {queries.shape[-1]} queries and "
+                f"{keys.shape[-1]} keys; only layers called once per forward can be checked."
             )
-        labels = _labels_of(modalities, inputs, w.shape[0], w.shape[-1])
-        expected = _masses(w, labels, len(layer.key_groups))
+        expected = _masses(w, queries, keys, len(layer.query_groups), len(layer.key_groups))
         got = layer.mass.double()
         expected = expected.to(got.device)
         both = ~(torch.isnan(got) | torch.isnan(expected))

@@ -29,8 +29,14 @@ from attnprobe.capture import (
     select_layers,
     unwrap_model,
 )
-from attnprobe.errors import AttnProbeWarning, CaptureError, ProbeConfigError
-from attnprobe.labels import InputLayout, LabelSource, ModalityLayout
+from attnprobe.errors import AttnProbeWarning, CaptureError, ModalityLayoutError, ProbeConfigError
+from attnprobe.labels import (
+    InputLayout,
+    LabelSource,
+    LayerLayouts,
+    ModalityLayout,
+    SequenceLabels,
+)
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.stats import Dims, Statistic, from_options
 
@@ -76,6 +82,51 @@ def _statistics(chosen: tuple[Statistic, ...], extra: Sequence[Statistic]) -> tu
             f"probe: statistics has two of the same name: {[s.name for s in extra]}."
         )
     return tuple(s for s in chosen if s.name not in names) + tuple(extra)
+
+
+_SIDE = {"queries": "query", "keys": "key"}
+
+
+class _LeftOut(Exception):
+    """Why a layer cannot be probed with the probe's layouts (left out when automatic);
+    ``warn``: the layouts miss a layer they seem meant for (worth a warning)."""
+
+    def __init__(self, why: str, *, warn: bool = False) -> None:
+        super().__init__(why)
+        self.warn = warn
+
+
+def _query_names(
+    queries: Sequence[str] | str | None, layouts: LayerLayouts
+) -> frozenset[str] | None:
+    """The query groups the probe keeps (None: all), checked against the layouts' groups."""
+    if queries is None:
+        return None
+    if isinstance(queries, str):
+        queries = [queries]
+    if len(queries) == 0:
+        raise ProbeConfigError(
+            "probe: queries=[] selects no query group; pass None for all of them."
+        )
+    known = {g for _, layout in layouts.queries for g in layout.names}
+    for q in queries:
+        if q not in known:
+            raise ModalityLayoutError(
+                f"unknown modality {q!r}; expected one of {sorted(known)} (the query groups of "
+                "the probe's layouts)."
+            )
+    return frozenset(queries)
+
+
+def _submodule(model: nn.Module, path: str, layout: object) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ProbeConfigError(
+            f"probe: the {type(layout).__name__} reads the inputs of submodule {path!r}, which "
+            f"{type(model).__name__} does not have; build the layout from the model you probe "
+            "(auto_layout(model))."
+        ) from None
 
 
 class Probe:
@@ -183,41 +234,77 @@ class Probe:
             tuple(statistics),
         )
         self._model = unwrap_model(model)
-        self._labels = LabelSource(
-            modalities,
-            key_modalities=key_modalities,
-            queries=queries,
-            model_name=type(self._model).__name__,
-        )
-        input_layout = self._labels.input_layout
-        automatic = input_layout is not None and layers is None
-        if automatic:
-            assert input_layout is not None
-            layers = input_layout.layers
+        model_name = type(self._model).__name__
+        self._layouts = LayerLayouts.from_options(modalities, key_modalities)
+        self._sequences = {
+            id(layout): SequenceLabels(layout, model_name) for layout in self._layouts.layouts()
+        }
+        for sequence in self._sequences.values():
+            if sequence.source is not None:
+                _submodule(self._model, sequence.source, sequence.input_layout)
         self.capture: Capture = capture
         """``"second_pass"`` or ``"fused"``."""
+        wanted = _query_names(queries, self._layouts)
+        automatic = layers is None
+        attention = select_layers(self._model, None) if self._layouts.is_per_layer else []
+        self._layouts.check_patterns([(n, m) for n, m, _ in attention])
+        self._skipped: dict[str, str] = {}
+        self._warn_skipped: set[str] = set()
+        self._selection: list[tuple[str, nn.Module, Adapter]] = []
+        sources: list[LabelSource] = []
+        # one key layout for every layer and layers=None: the probe is about cross-attention
+        cross_only = automatic and bool(self._layouts.keys) and not self._layouts.is_per_layer
+        for name, module, adapter in select_layers(self._model, layers):
+            if cross_only and not adapter.is_cross_attention(module):
+                continue
+            try:
+                source = self._label_source(name, module, adapter, wanted)
+            except _LeftOut as why:
+                if not automatic:
+                    raise ProbeConfigError(f"probe: layer {name!r} {why}") from None
+                self._skipped[name or type(module).__name__] = str(why)
+                if why.warn:
+                    self._warn_skipped.add(name or type(module).__name__)
+                continue
+            self._selection.append((name, module, adapter))
+            sources.append(source)
+        if not self._selection and cross_only:
+            raise ProbeConfigError(
+                "probe: key_modalities is given but no module is known to be cross-attention; "
+                "select the cross-attention layers by name (e.g. layers='layers.*.multihead_attn' "
+                "for nn.TransformerDecoder), or give per-layer layouts (modalities={pattern: "
+                "layout}, key_modalities={pattern: layout})."
+            )
+        only = self._layouts.queries[0][1] if len(self._layouts.queries) == 1 else None
+        if not self._selection and isinstance(only, InputLayout):
+            raise ProbeConfigError(
+                f"probe: no attention module of {model_name} is among the layers the "
+                f"{type(only).__name__} describes"
+                + (f" (those under {only.prefix!r})" if only.prefix else "")
+                + f". The {type(only).__name__} selects the layers that see its sequence by "
+                "their path in the model it was built from: build it from the model you probe "
+                "(auto_layout(model)), or pass layers=... yourself."
+            )
+        if not self._selection:
+            skipped = "; ".join(f"{n!r}: {why}" for n, why in self._skipped.items())
+            raise ProbeConfigError(
+                "probe: none of the attention modules has a layout for its sequences ("
+                + skipped
+                + "). Give each sequence its layout (modalities={layer pattern: layout}), build "
+                "an InputLayout from the model you probe (auto_layout(model)), or select "
+                "layers=... yourself."
+            )
         self._spec = RecordSpec(
             statistics=chosen,
             fused=capture == "fused",
-            restricted_queries=len(self._labels.query_groups) != len(self._labels.names),
+            restricted_queries=wanted is not None,
         )
-        try:
-            self._selection = select_layers(
-                self._model, layers, cross=self._labels.cross, automatic=automatic
-            )
-        except ProbeConfigError as exc:
-            if not automatic:
-                raise
-            raise ProbeConfigError(
-                f"{exc} The {type(input_layout).__name__} selects the layers that see its "
-                "sequence by their path in the model it was built from: build it from the model "
-                "you probe (auto_layout(model)), or pass layers=... yourself."
-            ) from None
         # the root module has the empty path; name it by its class in results
         self._recorders = [
-            LayerRecorder(n or type(m).__name__, self._spec, self._labels)
-            for n, m, _ in self._selection
+            LayerRecorder(n or type(m).__name__, self._spec, source, lenient=automatic)
+            for (n, m, _), source in zip(self._selection, sources, strict=True)
         ]
+        self._automatic = automatic
         self._stack: contextlib.ExitStack | None = None
         if capture == "fused":
             warnings.warn(
@@ -227,6 +314,48 @@ class Probe:
                 AttnProbeWarning,
                 stacklevel=3,
             )
+
+    def _label_source(
+        self, name: str, module: nn.Module, adapter: Adapter, wanted: frozenset[str] | None
+    ) -> LabelSource:
+        """The labels of layer ``name``'s calls, or `_LeftOut` saying why it has none."""
+        query_layout = self._layouts.query_layout(name, module)
+        key_layout = self._layouts.key_layout(name, module)
+        if query_layout is None:
+            if key_layout is not None:
+                raise ProbeConfigError(
+                    f"probe: layer {name!r} has a key layout (key_modalities) but no layout of "
+                    "its queries; give it one in modalities as well."
+                )
+            if (
+                isinstance(self._layouts.queries[0][1], InputLayout)
+                and len(self._layouts.queries) == 1
+            ):
+                layout = self._layouts.queries[0][1]
+                raise _LeftOut(
+                    f"is outside the layers the {type(layout).__name__} describes"
+                    + (f" (those under {layout.prefix!r})" if layout.prefix else "")
+                )
+            raise _LeftOut("matches none of the modalities patterns")
+        if key_layout is None and adapter.is_cross_attention(module):
+            raise _LeftOut(
+                "is cross-attention (keys from another sequence) and has no key layout "
+                "(key_modalities)",
+                warn=True,
+            )
+        groups = None
+        if wanted is not None:
+            groups = [g for g in query_layout.names if g in wanted]
+            if not groups:
+                raise _LeftOut(
+                    f"has none of the query groups {sorted(wanted)} (its queries' groups: "
+                    f"{list(query_layout.names)})"
+                )
+        return LabelSource(
+            self._sequences[id(query_layout)],
+            None if key_layout is None else self._sequences[id(key_layout)],
+            groups,
+        )
 
     # -- what the probe watches ------------------------------------------------------------------
     @property
@@ -248,24 +377,72 @@ class Probe:
         return self.layer_names
 
     @property
+    def layouts(self) -> LayerLayouts:
+        """The layouts of the model's sequences, per layer (`attnprobe.labels.LayerLayouts`)."""
+        return self._layouts
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Attention layers left out when the probe was created (``layers=None``), with why;
+        `ProbeResult.skipped` adds those whose calls did not fit their layout."""
+        return dict(self._skipped)
+
+    def _sequence(self, side: str, layers: str | None, fn: str) -> SequenceLabels:
+        """The one query (``side="queries"``) or key sequence ``fn`` acts on."""
+        entries = self._layouts.queries if side == "queries" else self._layouts.keys
+        if layers is not None:
+            for selector, layout in entries:
+                if selector == layers:
+                    return self._sequences[id(layout)]
+            for (name, _, _), recorder in zip(self._selection, self._recorders, strict=True):
+                if name == layers:
+                    source = recorder.labels
+                    sequence = source.queries if side == "queries" else source.keys
+                    if sequence is not None:
+                        return sequence
+            patterns = [sel for sel, _ in entries if isinstance(sel, str)]
+            raise ProbeConfigError(
+                f"{fn}: layers={layers!r} names no {_SIDE[side]} layout of this probe; expected "
+                f"one of its patterns {patterns} or a probed layer's path."
+            )
+        distinct = {id(layout): layout for _, layout in entries}
+        if len(distinct) == 1:
+            return self._sequences[next(iter(distinct))]
+        if not distinct:
+            raise ProbeConfigError(
+                f"{fn}: this probe has no key layout (no key_modalities: it probes "
+                "self-attention only); create it with key_modalities=... to probe "
+                "cross-attention layers."
+            )
+        patterns = [sel for sel, _ in entries if isinstance(sel, str)]
+        raise ProbeConfigError(
+            f"{fn}: this probe has {len(distinct)} {_SIDE[side]} layouts ({patterns}); say "
+            "which with layers=PATTERN."
+        )
+
+    @property
     def layout(self) -> ModalityLayout:
-        """The current layout of the probed sequences."""
-        return self._labels.layout
+        """The current layout of the probed sequence (a probe with one query layout)."""
+        return self._sequence("queries", None, "Probe.layout").layout
 
     @property
     def key_layout(self) -> ModalityLayout | None:
-        """The layout of the keys of cross-attention layers (None: self-attention)."""
-        return self._labels.key_layout
+        """The layout of the keys of cross-attention calls (None: no key layout; a probe with
+        at most one key layout)."""
+        if not self._layouts.keys:
+            return None
+        return self._sequence("keys", None, "Probe.key_layout").layout
 
     @property
     def key_names(self) -> tuple[str, ...]:
-        """Key groups: the layout's, or those of ``key_modalities`` for cross-attention."""
-        return self._labels.key_names
+        """Key groups: those of the key layout, or of the layout for self-attention."""
+        key = self.key_layout
+        return self.layout.names if key is None else key.names
 
     @property
     def query_groups(self) -> tuple[str, ...]:
-        """The query groups recorded."""
-        return self._labels.query_groups
+        """The query groups recorded (a probe with one query layout)."""
+        return self._recorders[0].labels.query_groups
 
     @property
     def statistics(self) -> tuple[Statistic, ...]:
@@ -292,10 +469,15 @@ class Probe:
                 by_adapter.setdefault(id(adapter), (adapter, []))[1].append(module)
             for adapter, modules in by_adapter.values():
                 adapter.prepare_model(self._model, modules, stack)
-            if self._labels.input_layout is not None:
-                handle = self._model.register_forward_pre_hook(
-                    self._labels.observe_inputs, with_kwargs=True
+            for sequence in self._sequences.values():
+                if sequence.input_layout is None:
+                    continue
+                reader = (
+                    self._model
+                    if sequence.source is None
+                    else self._model.get_submodule(sequence.source)
                 )
+                handle = reader.register_forward_pre_hook(sequence.observe_inputs, with_kwargs=True)
                 stack.callback(handle.remove)
         except BaseException:
             stack.close()
@@ -316,13 +498,17 @@ class Probe:
         self.close()
 
     # -- labels ----------------------------------------------------------------------------------
-    def set_labels(self, labels: Tensor | ModalityLayout | None) -> None:
+    def set_labels(
+        self, labels: Tensor | ModalityLayout | None, *, layers: str | None = None
+    ) -> None:
         """Per-sample group labels for the following forward passes (until changed).
 
         Args:
             labels: a ``[B, L]`` integer tensor of indices into the probe's modality names
                 (``-1`` = ignore, e.g. padding), a `ModalityLayout` with the same names,
                 or None to go back to the probe's layout.
+            layers: with several layouts, which sequence: a pattern of ``modalities`` or a
+                probed layer's path.
 
         Examples:
             >>> import torch, attnprobe as ap
@@ -335,9 +521,11 @@ class Probe:
             [2.0, 3.0, 4.0]
             >>> p.close()
         """
-        self._labels.set_labels(labels)
+        self._sequence("queries", layers, "set_labels").set_labels(labels)
 
-    def set_key_labels(self, labels: Tensor | ModalityLayout | None) -> None:
+    def set_key_labels(
+        self, labels: Tensor | ModalityLayout | None, *, layers: str | None = None
+    ) -> None:
         """Per-sample labels of the keys of cross-attention layers for the following forward
         passes (until changed); the probe must have been created with ``key_modalities``.
 
@@ -345,8 +533,10 @@ class Probe:
             labels: a ``[B, Lk]`` integer tensor of indices into the key modality names
                 (``-1`` = ignore, e.g. padded memory), a `ModalityLayout` with the same names,
                 or None to go back to ``key_modalities``.
+            layers: with several key layouts, which: a pattern of ``key_modalities`` or a
+                probed layer's path.
         """
-        self._labels.set_key_labels(labels)
+        self._sequence("keys", layers, "set_key_labels").set_labels(labels, "set_key_labels")
 
     # -- results ---------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -390,23 +580,49 @@ class Probe:
     def result(self, *, strict: bool = True) -> ProbeResult:
         """The statistics captured since the last `reset`.
 
+        Layers the probe selected itself (``layers=None``) that never ran, or whose calls did
+        not fit their layouts, are left out and listed in `ProbeResult.skipped` (the latter
+        with an `AttnProbeWarning`); when no call of any layer fit, it raises
+        `ModalityLayoutError` saying why.
+
         Args:
-            strict: raise `CaptureError` when a selected layer produced no capture
+            strict: raise `CaptureError` when a layer selected by name produced no capture
                 (it never ran, or ran without reaching an attention kernel); with False such
                 layers are left out with a warning.
         """
-        problems = [
-            explain_missing_capture(name, module, recorder.forwards)
-            for (name, module, _), recorder in zip(self._selection, self._recorders, strict=True)
-            if not any(site.calls for site in recorder.sites)
-        ]
-        if problems and strict:
-            if all(r.forwards == 0 for r in self._recorders):
-                raise CaptureError(
-                    "no forward pass ran through the probed layers while the probe was "
-                    "attached; run the model inside the `with probe(...)` block (or between "
-                    "attach() and close())."
+        skipped = dict(self._skipped)
+        misfits: set[str] = set()
+        problems = []
+        for (name, module, _), recorder in zip(self._selection, self._recorders, strict=True):
+            if recorder.misfits:
+                misfits.add(recorder.name)
+                calls = sum(recorder.misfits.values())
+                seen = calls + sum(site.calls for site in recorder.sites)
+                reasons = "; ".join(recorder.misfits)
+                skipped[recorder.name] = (
+                    f"{calls} of its {seen} calls did not fit its layouts and were left out: "
+                    f"{reasons}"
                 )
+            elif not any(site.calls for site in recorder.sites):
+                if self._automatic and recorder.forwards == 0:
+                    skipped[recorder.name] = "never ran while the probe was attached"
+                else:
+                    problems.append(explain_missing_capture(name, module, recorder.forwards))
+        captured = any(site.calls for r in self._recorders for site in r.sites)
+        if not captured and all(r.forwards == 0 for r in self._recorders) and strict:
+            raise CaptureError(
+                "no forward pass ran through the probed layers while the probe was "
+                "attached; run the model inside the `with probe(...)` block (or between "
+                "attach() and close())."
+            )
+        if misfits and not captured and strict:
+            raise ModalityLayoutError(
+                "no call of the probed layers fits the probe's layouts: "
+                + "; ".join(f"layer {n!r}: {skipped[n]}" for n in sorted(misfits))
+                + ". Make the layout describe the sequence the layers see, or give each "
+                "sequence its layout (modalities={layer pattern: layout})."
+            )
+        if problems and strict:
             raise CaptureError(
                 "selected layers produced no capture: "
                 + "; ".join(problems)
@@ -416,20 +632,33 @@ class Probe:
             warnings.warn(
                 "left out of the result: " + "; ".join(problems), AttnProbeWarning, stacklevel=2
             )
+        # worth a warning: layers whose calls the layouts do not describe (not those outside the
+        # layouts' patterns by design, nor modules that never ran)
+        misfit = {n: why for n, why in skipped.items() if n in self._warn_skipped or n in misfits}
+        if misfit:
+            warnings.warn(
+                "layers left out of the result (see ProbeResult.skipped): "
+                + "; ".join(f"{n!r} {why}" for n, why in misfit.items()),
+                AttnProbeWarning,
+                stacklevel=2,
+            )
         layers: list[LayerResult] = []
         for recorder in self._recorders:
             layers.extend(recorder.results())
         for layer in layers:
             _warn_if_degenerate(layer)
-        return ProbeResult(tuple(layers))
+        return ProbeResult(tuple(layers), skipped=skipped)
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
-        keys = "" if self.key_layout is None else f", key groups={list(self.key_names)}"
         n = len(self._selection)
+        if self._layouts.is_per_layer:
+            groups = f"layouts={self._layouts!r}"
+        else:
+            keys = "" if self.key_layout is None else f", key groups={list(self.key_names)}"
+            groups = f"groups={list(self.layout.names)}{keys}"
         return (
-            f"Probe({n} layer{'s' if n != 1 else ''}, groups={list(self.layout.names)}{keys}, "
-            f"capture={self.capture!r}, {state})"
+            f"Probe({n} layer{'s' if n != 1 else ''}, {groups}, capture={self.capture!r}, {state})"
         )
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import html
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -287,16 +287,24 @@ class LayerResult:
             states=States(merge_states(declared, self.states, other.states)),
         )
 
+    @property
+    def empty_groups(self) -> tuple[str, ...]:
+        """Query groups that had no token in the data (their masses are undefined, NaN; they
+        have no rows in `to_frame`)."""
+        counts = self.num_queries.tolist()
+        return tuple(g for g, n in zip(self.query_groups, counts, strict=True) if n == 0)
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy masses: one row per (head, query group, key group); columns
-        `MASS_COLUMNS`."""
+        `MASS_COLUMNS`. A query group with no token in the data has no rows (it is empty, not
+        a number; see `empty_groups`)."""
         mass = self.mass  # (H, Gq, Gk)
         heads, gq, gk = mass.shape
         head_idx = torch.arange(heads).view(-1, 1, 1).expand(heads, gq, gk)  # (H, Gq, Gk)
         q_idx = torch.arange(gq).view(1, -1, 1).expand(heads, gq, gk)
         k_idx = torch.arange(gk).view(1, 1, -1).expand(heads, gq, gk)
         counts = self.num_queries.view(1, -1, 1).expand(heads, gq, gk)
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
                 "layer": self.name,
                 "head": head_idx.reshape(-1).numpy(),
@@ -307,6 +315,9 @@ class LayerResult:
             },
             columns=list(MASS_COLUMNS),
         )
+        if not self.empty_groups:
+            return frame
+        return frame[frame["num_queries"] > 0].reset_index(drop=True)
 
     def stats_frame(self) -> pd.DataFrame:
         """Tidy key and query statistics per head and group; columns `STATS_COLUMNS`.
@@ -380,7 +391,9 @@ class LayerResult:
         return (
             f"LayerResult({self.name!r}, heads={self.num_heads}, "
             f"query_groups={list(self.query_groups)}, key_groups={list(self.key_groups)}, "
-            f"queries={int(self.num_queries.sum())}, calls={self.num_calls})"
+            f"queries={int(self.num_queries.sum())}, calls={self.num_calls}"
+            + (f", empty={list(self.empty_groups)}" if self.empty_groups else "")
+            + ")"
         )
 
 
@@ -414,6 +427,10 @@ class ProbeResult:
     """
 
     layers: tuple[LayerResult, ...]
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    """Attention layers the probe selected itself (``layers=None``) but left out, with why: no
+    layout covers them, they are cross-attention without a key layout, their calls did not fit
+    their layout, or they never ran."""
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -451,7 +468,8 @@ class ProbeResult:
                 f"{list(other.layer_names)}."
             )
         return ProbeResult(
-            tuple(a.merge(b) for a, b in zip(self.layers, other.layers, strict=True))
+            tuple(a.merge(b) for a, b in zip(self.layers, other.layers, strict=True)),
+            skipped={**self.skipped, **other.skipped},
         )
 
     def save(self, path: str | Path) -> Path:
@@ -459,7 +477,9 @@ class ProbeResult:
         only, so `load` reads it with ``weights_only=True``); returns the path."""
         path = Path(path)
         layers = [layer._to_saved() for layer in self.layers]
-        torch.save({"format": _RESULT_FORMAT, "layers": layers}, path)
+        torch.save(
+            {"format": _RESULT_FORMAT, "layers": layers, "skipped": dict(self.skipped)}, path
+        )
         return path
 
     @classmethod
@@ -486,7 +506,10 @@ class ProbeResult:
         )
         if state["format"] == _LEGACY_FORMAT:
             return cls(tuple(LayerResult._from_legacy(fields) for fields in state["layers"]))
-        return cls(tuple(LayerResult._from_saved(saved) for saved in state["layers"]))
+        return cls(
+            tuple(LayerResult._from_saved(saved) for saved in state["layers"]),
+            skipped=dict(state.get("skipped", {})),
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy masses of every layer; columns `MASS_COLUMNS`.
@@ -508,12 +531,20 @@ class ProbeResult:
         return pd.concat(frames, ignore_index=True)
 
     def __repr__(self) -> str:
-        groups: list[str] = []
+        keys: list[str] = []
+        asked: list[str] = []
         for layer in self.layers:
-            groups.extend(g for g in layer.key_groups if g not in groups)
+            keys.extend(g for g in layer.key_groups if g not in keys)
+            asked.extend(g for g in layer.query_groups if g not in asked)
+        groups = f"{keys}" if asked == keys else f"{asked}, key groups={keys}"
         queries = sum(int(layer.num_queries.sum()) for layer in self.layers)
         n = len(self.layers)
-        return f"ProbeResult({n} layer{'s' if n != 1 else ''}, groups={groups}, queries={queries})"
+        left = f", {len(self.skipped)} left out (.skipped)" if self.skipped else ""
+        return (
+            f"ProbeResult({n} layer{'s' if n != 1 else ''}, "
+            f"{'groups' if asked == keys else 'query groups'}={groups}, "
+            f"queries={queries}{left})"
+        )
 
     def _repr_html_(self) -> str:
         frame = self.to_frame()

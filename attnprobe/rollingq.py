@@ -283,6 +283,7 @@ class RollingQ(nn.Module):
                 f"RollingQ.attach: {layer!r} ({type(module).__name__}) is not an attention "
                 "module attnprobe knows; pick its attention submodule or register an adapter."
             )
+        self._check_shape(layer, module, adapter.attention_shape(module))
         slot = hasattr(module, "rollingq")  # a module may keep `rollingq = None` for it
         if slot and getattr(module, "rollingq") is not None:  # noqa: B009
             raise ProbeConfigError(
@@ -302,6 +303,34 @@ class RollingQ(nn.Module):
             raise
         self._attachment = (module, stack)
         return self
+
+    def _check_shape(self, layer: str, module: nn.Module, shape: tuple[int, int] | None) -> None:
+        """Refuse at ``attach`` a layer whose heads or head size this corrector does not fit
+        (instead of failing at the first rotated forward, after an epoch of training)."""
+        if shape is None:
+            return
+        heads, size = shape
+        fix = (
+            f"build it as RollingQ(head_dim={size}, num_heads={heads}"
+            + (", per_head=True" if heads > 1 else "")
+            + ", ...)"
+        )
+        if size != self.head_dim:
+            raise ProbeConfigError(
+                f"RollingQ.attach: {layer!r} ({type(module).__name__}) has head size {size}, "
+                f"this corrector was built for head_dim={self.head_dim}; {fix}."
+            )
+        if heads > 1 and not self.per_head:
+            raise ProbeConfigError(
+                f"RollingQ.attach: {layer!r} ({type(module).__name__}) has {heads} heads; the "
+                f"paper's rotation acts on a single-head query. {fix[0].upper()}{fix[1:]} "
+                "(extension: one rotation per head)."
+            )
+        if self.per_head and heads != self.num_heads:
+            raise ProbeConfigError(
+                f"RollingQ.attach: {layer!r} ({type(module).__name__}) has {heads} heads, this "
+                f"corrector was built for num_heads={self.num_heads}; {fix}."
+            )
 
     def detach(self) -> None:
         """Undo `attach` (the rotation stays in this object's buffers)."""

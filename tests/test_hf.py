@@ -265,7 +265,7 @@ def test_vit_cls_and_patches_match_eager() -> None:
     assert_restored(model, "sdpa")
 
 
-def test_clip_both_towers_with_two_probes() -> None:
+def test_clip_both_towers_with_two_probes_or_one() -> None:
     torch.manual_seed(0)
     model = clip()
     ids = torch.tensor([[1, 7, 8, 9, 2, 0], [1, 11, 12, 13, 14, 2]])
@@ -274,8 +274,6 @@ def test_clip_both_towers_with_two_probes() -> None:
         "attention_mask": (ids != 0).long(),
         "pixel_values": torch.randn(2, 3, 32, 32),
     }
-    with pytest.raises(ap.errors.ProbeConfigError, match="tower="):
-        ap.auto_layout(model)
     text, vision = ap.auto_layout(model, tower="text"), ap.auto_layout(model, tower="vision")
     with torch.no_grad():
         reference = model(**inputs)
@@ -291,6 +289,18 @@ def test_clip_both_towers_with_two_probes() -> None:
     assert text.names == ("bos", "text")
     check_against_eager(model, p_text.result(), text(**inputs), inputs)
     check_against_eager(model, p_vision.result(), vision(**inputs), inputs)
+    assert_restored(model, "sdpa")
+    # one probe with both towers' layouts (the default) records what the two probes did
+    both = ap.auto_layout(model)
+    assert isinstance(both, ap.labels.LayerLayouts)
+    with ap.probe(model, modalities=both) as p, torch.no_grad():
+        again = model(**inputs)
+    assert_same_outputs(reference, again)
+    one = p.result()
+    two = [*p_text.result().layers, *p_vision.result().layers]
+    assert sorted(one.layer_names) == sorted(layer.name for layer in two)
+    for layer in two:
+        assert torch.equal(one[layer.name].mass_total, layer.mass_total), layer.name
     assert_restored(model, "sdpa")
 
 
@@ -498,11 +508,10 @@ def test_text_layout_needs_input_ids_and_right_tower() -> None:
         model(inputs_embeds=embeds)
     assert_restored(model, "sdpa")
     # a fixed layout of the wrong length names the layer and the lengths
-    with (
-        pytest.raises(ap.errors.ModalityLayoutError, match="3 tokens"),
-        ap.probe(model, modalities={"bos": 1, "text": 2}),
-    ):
+    with ap.probe(model, modalities={"bos": 1, "text": 2}) as p:
         model(input_ids=torch.tensor([[1, 5, 6, 7]]))
+    with pytest.raises(ap.errors.ModalityLayoutError, match="3 tokens"):
+        p.result()
 
 
 # -- self-check ----------------------------------------------------------------------------------

@@ -603,7 +603,11 @@ def test_selection_errors() -> None:
         ap.probe(model, modalities=LAYOUT, capture="eager")  # type: ignore[arg-type]
     with _raises(ModalityLayoutError, "unknown modality 'text'"):
         ap.probe(model, modalities=LAYOUT, queries=["text"])
-    with _raises(ProbeConfigError, "probe: expected modalities as an attnprobe.ModalityLayout"):
+    with _raises(
+        ProbeConfigError,
+        "probe: expected modalities as a layout (an attnprobe.ModalityLayout, an "
+        "attnprobe.InputLayout, or a mapping of name -> length",
+    ):
         ap.probe(model, modalities=[1, 2])  # type: ignore[arg-type]
 
 
@@ -623,10 +627,17 @@ def test_capture_errors() -> None:
         p.result()
     with p:
         model.blocks[0](torch.randn(1, 8, 16))
+    # selected by default (layers=None), a module that never ran is left out, not an error
+    assert p.result().layer_names == ("blocks.0",)
+    assert p.result().skipped == {"blocks.1": "never ran while the probe was attached"}
+    # selected by name, it is an error
+    named = ap.probe(model, modalities=LAYOUT, layers="blocks.*")
+    with named:
+        model.blocks[0](torch.randn(1, 8, 16))
     with _raises(CaptureError, "'blocks.1' never ran while the probe was attached"):
-        p.result()
+        named.result()
     with pytest.warns(ap.AttnProbeWarning, match="left out of the result"):
-        assert p.result(strict=False).layer_names == ("blocks.0",)
+        assert named.result(strict=False).layer_names == ("blocks.0",)
     enc = _mha_models()[1][1]
     with ap.probe(enc, modalities=LAYOUT, layers=["layers.0"]) as q:
         enc(torch.randn(1, 8, 16))
@@ -641,13 +652,25 @@ def test_capture_errors() -> None:
 
 def test_layout_errors_name_the_layer() -> None:
     model = TwoBlocks()
-    with ap.probe(model, modalities=LAYOUT) as p:
-        with _raises(ModalityLayoutError, "layer 'blocks.0': the modality layout covers 8 tokens"):
+    # selected by default, calls that do not fit are left out; if none fits, result() says why
+    with ap.probe(model, modalities=LAYOUT) as lenient:
+        model(torch.randn(2, 9, 16))
+    with _raises(
+        ModalityLayoutError,
+        "no call of the probed layers fits the probe's layouts: layer 'blocks.0': 1 of its 1 "
+        "calls did not fit its layouts and were left out: the modality layout covers 8 "
+        "tokens (cls=1, audio=3, video=4) but the sequence has 9 tokens; layer 'blocks.1'",
+    ):
+        lenient.result()
+    with ap.probe(model, modalities=LAYOUT, layers="blocks.*") as p:
+        with _raises(
+            ModalityLayoutError, "layer 'blocks.0': the modality layout covers 8 tokens"
+        ):
             model(torch.randn(2, 9, 16))
         with _raises(
             ModalityLayoutError,
-            "the labels from set_labels have shape [3, 8] but the attention call has [batch=2, "
-            "keys=8]",
+            "the tokens labels from set_labels have shape [3, 8] but the attention call has "
+            "[batch=2, tokens=8]",
         ):
             p.set_labels(torch.zeros(3, 8, dtype=torch.long))
             model(torch.randn(2, 8, 16))

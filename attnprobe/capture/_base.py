@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from attnprobe.labels import InputLayout
+from attnprobe.labels import InputLayout, LayerLayouts
 
 __all__ = [
     "Adapter",
@@ -66,6 +66,10 @@ class AttentionInputs:
     appended_keys: int = 0
     """Keys the module appends after the sequence (``bias_k``, a zero-attention key); they
     belong to no group, so mass on them is reported as residual."""
+    cross: bool | None = None
+    """Whether the keys come from another sequence than the queries (cross-attention), as the
+    module's call shows it (HF ``key_value_states``, a torch ``MultiheadAttention`` query that
+    is not its key); None: unknown, the layer's layouts decide."""
 
 
 class Recorder(Protocol):
@@ -136,10 +140,15 @@ class Tap:
         """Where the interception's hooks and flags are undone."""
         self.captured = False
         """Whether the current forward reached the attention call (set by the adapter)."""
+        self.cross: bool | None = None
+        """Whether the current forward attends across sequences, as its call shows (set by the
+        adapter; None: unknown)."""
 
-    def begin(self) -> None:
-        """A forward of the module starts: tell every recorder."""
+    def begin(self, cross: bool | None = None) -> None:
+        """A forward of the module starts (``cross``: whether it attends across sequences, if
+        the call shows it): tell every recorder."""
         self.captured = False
+        self.cross = cross
         for recorder in list(self.recorders):
             recorder.begin()
 
@@ -238,13 +247,27 @@ class Adapter:
         return False
 
     def is_cross_attention(self, module: nn.Module) -> bool:
-        """Whether ``module`` attends from one sequence to another (its keys need
-        ``key_modalities``); automatic layer selection uses it. Default: False."""
+        """Whether ``module`` always attends from one sequence to another (its keys need a key
+        layout); automatic layer selection leaves such a module out when it has none. Calls
+        are also told apart one by one (`AttentionInputs.cross`). Default: False."""
         return False
 
-    def default_layout(self, model: nn.Module, *, tower: str | None = None) -> InputLayout | None:
-        """The layout of ``model``'s token sequence when this adapter's family knows the model
-        (`attnprobe.auto_layout` asks each adapter); None otherwise (the default).
+    def attention_shape(self, module: nn.Module) -> tuple[int, int] | None:
+        """``(query heads, head size)`` of ``module``'s attention, when known before it runs
+        (RollingQ checks them at ``attach``); default: the module's ``num_heads`` and
+        ``head_dim`` attributes, else None."""
+        heads = getattr(module, "num_heads", None)
+        size = getattr(module, "head_dim", None)
+        if isinstance(heads, int) and isinstance(size, int):
+            return heads, size
+        return None
+
+    def default_layout(
+        self, model: nn.Module, *, tower: str | None = None
+    ) -> InputLayout | LayerLayouts | None:
+        """The layouts of ``model``'s token sequences when this adapter's family knows the model
+        (`attnprobe.auto_layout` asks each adapter): one `InputLayout`, or `LayerLayouts` for a
+        model with several sequences; None otherwise (the default).
 
         Args:
             model: the model the probe will be attached to.
@@ -285,7 +308,7 @@ class Adapter:
         if restore is not None:
             stack.callback(restore)
 
-        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             recorder.begin()
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
@@ -329,15 +352,16 @@ class Adapter:
 
 def install_hooks(
     module: nn.Module,
-    pre_hook: Callable[[nn.Module, tuple[Any, ...]], None],
+    pre_hook: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None],
     hook: Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None],
     stack: contextlib.ExitStack,
     *,
     inner: bool = False,
 ) -> None:
-    """Register a forward pre-hook and an always-called forward hook (with kwargs; it gets
-    ``out=None`` when forward raised), both removed when ``stack`` unwinds. Hooks return None,
-    so they never replace the module's output (a hook that returns a value would).
+    """Register a forward pre-hook and an always-called forward hook (both with kwargs; the
+    forward hook gets ``out=None`` when forward raised), both removed when ``stack`` unwinds.
+    Hooks return None, so they never replace the module's output (one that returned a value
+    would).
 
     What the hooks enter (a ``TorchFunctionMode``, a patched kernel) nests by hook order:
     capture hooks are *outer* (the pre-hook runs first, the forward hook last), query edits
@@ -346,7 +370,7 @@ def install_hooks(
     the kernel really received, whatever order they were attached in.
     """
 
-    def guarded(mod: nn.Module, args: tuple[Any, ...]) -> None:
+    def guarded(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if _compiling():
             from attnprobe.errors import CaptureError
 
@@ -357,9 +381,11 @@ def install_hooks(
                 "model uncompiled (compile it after the probe is closed), or compile only "
                 "the parts of the model that are not probed."
             )
-        pre_hook(mod, args)
+        pre_hook(mod, args, kwargs)
 
-    stack.callback(module.register_forward_pre_hook(guarded, prepend=not inner).remove)
+    stack.callback(
+        module.register_forward_pre_hook(guarded, prepend=not inner, with_kwargs=True).remove
+    )
     stack.callback(
         module.register_forward_hook(hook, with_kwargs=True, always_call=True, prepend=inner).remove
     )

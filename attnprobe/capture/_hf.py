@@ -43,7 +43,7 @@ from attnprobe.capture._base import (
 from attnprobe.capture._hf_layouts import hf_layout
 from attnprobe.capture._sdpa import _code_names
 from attnprobe.errors import CaptureError
-from attnprobe.labels import InputLayout
+from attnprobe.labels import InputLayout, LayerLayouts
 
 __all__ = ["PREFIX", "HuggingFaceAdapter"]
 
@@ -195,7 +195,9 @@ def _capture_inputs(
         out = original(module, q, k, v, attn_mask, **call)[0]  # (B, Lq, H, W)
         return out.transpose(1, 2)  # type: ignore[no-any-return]  # (B, H, Lq, W)
 
+    tap = tap_of(module, "capture")
     inputs = AttentionInputs(
+        cross=None if tap is None else tap.cross,
         query=query,  # (B, H, Lq, D), post-RoPE
         key=key,  # (B, Hk, Lk, D), before any repetition for grouped-query attention
         value=value,
@@ -296,6 +298,33 @@ def _enlist(
     stack.callback(remove)
 
 
+_CROSS_ARGUMENTS = ("key_value_states", "encoder_hidden_states")
+"""Forward arguments through which HF attention modules receive another sequence's states."""
+
+
+@functools.lru_cache(maxsize=256)
+def _cross_positions(forward: Callable[..., Any]) -> tuple[tuple[str, int], ...]:
+    """``(name, position in args)`` of the cross-attention arguments of an HF ``forward``."""
+    names = [n for n in inspect.signature(forward).parameters if n != "self"]
+    return tuple((n, names.index(n)) for n in _CROSS_ARGUMENTS if n in names)
+
+
+def _cross_from_call(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bool | None:
+    """Whether this call of an HF attention module attends to another sequence: it received
+    ``key_value_states`` (or ``encoder_hidden_states``) that are not None; None when its
+    forward has no such argument (the layer's layouts decide)."""
+    positions = _cross_positions(_forward(module))
+    if not positions:
+        return None
+    for name, index in positions:
+        value = kwargs.get(name, args[index] if index < len(args) else None)
+        if value is not None:
+            return True
+    return False
+
+
 class HuggingFaceAdapter(Adapter):
     """Attention modules of HuggingFace ``transformers`` models that dispatch through
     ``AttentionInterface`` (BERT, ViT, CLIP/SigLIP, Llama/Qwen/Mistral, LLaVA-style models, …)."""
@@ -310,6 +339,14 @@ class HuggingFaceAdapter(Adapter):
             "CrossAttention" in type(module).__name__
         )
 
+    def attention_shape(self, module: nn.Module) -> tuple[int, int] | None:
+        config: Any = module.config
+        heads = getattr(module, "num_heads", None) or getattr(config, "num_attention_heads", None)
+        size = getattr(module, "head_dim", None)
+        if isinstance(heads, int) and isinstance(size, int):
+            return heads, size
+        return None
+
     def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:
         config: Any = module.config
         implementation: str = config._attn_implementation or "eager"
@@ -323,11 +360,13 @@ class HuggingFaceAdapter(Adapter):
                 "before probing, or probe all queries without stored maps."
             )
 
-        def install(tap: Tap) -> None:
-            def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-                tap.begin()
+        static = self.is_cross_attention(module)
 
-            tap.stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+        def install(tap: Tap) -> None:
+            def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                tap.begin(cross=True if static else _cross_from_call(mod, args, kwargs))
+
+            tap.stack.callback(module.register_forward_pre_hook(pre_hook, with_kwargs=True).remove)
 
         join_tap(module, "capture", recorder, stack, install)
 
@@ -342,7 +381,9 @@ class HuggingFaceAdapter(Adapter):
             seen.add(id(config))
             stack.callback(_use_config(config))
 
-    def default_layout(self, model: nn.Module, *, tower: str | None = None) -> InputLayout | None:
+    def default_layout(
+        self, model: nn.Module, *, tower: str | None = None
+    ) -> InputLayout | LayerLayouts | None:
         return hf_layout(model, tower)
 
     def reference_weights(

@@ -11,12 +11,12 @@ from torch import nn
 
 from attnprobe.capture._base import adapters
 from attnprobe.errors import ProbeConfigError
-from attnprobe.labels import InputLayout
+from attnprobe.labels import InputLayout, LayerLayouts
 
 __all__ = ["auto_layout"]
 
 
-def auto_layout(model: nn.Module, *, tower: str | None = None) -> InputLayout:
+def auto_layout(model: nn.Module, *, tower: str | None = None) -> InputLayout | LayerLayouts:
     """The layout of a HuggingFace or timm model's token sequence, derived from its inputs.
 
     - timm Vision Transformers and HF vision models (ViT, DINOv2, CLIP/SigLIP vision):
@@ -27,8 +27,17 @@ def auto_layout(model: nn.Module, *, tower: str | None = None) -> InputLayout:
     - HF vision-language models (LLaVA-style ``image_token_id``, Qwen-VL-style
       ``mm_token_type_ids``): the language model's sequence — ``bos``, ``text``, ``image``
       (and ``video``) — and, by default, only the language model's attention layers.
-    - Dual encoders (CLIP, SigLIP): pick ``tower="text"`` or ``tower="vision"``; to watch
-      both, use two probes.
+    - HF vision-language and audio-language models: image, video and audio placeholder
+      tokens (``image_token_id``, ``video_token_id``, ``audio_token_id``) and
+      ``mm_token_type_ids`` give the ``image``/``video``/``audio`` groups.
+    - Dual encoders (CLIP, SigLIP): both towers, each with its layout (`LayerLayouts`);
+      ``tower="text"`` or ``tower="vision"`` picks one.
+    - Encoder–decoders (Whisper, T5, BART): `LayerLayouts` — the encoder's self-attention over
+      ``audio`` frames or ``source`` tokens, the decoder's over ``start``/``text`` (following
+      its KV cache), and the cross-attention: decoder queries over the encoder's keys.
+    - Vision towers with an attention-pooling head (SigLIP, AIMv2, timm ``global_pool="map"``):
+      the head's learned query is a group of its own, ``pool``, over the tower's keys.
+    - DeiT's distillation token is the group ``distillation``, registers ``registers``.
 
     Args:
         model: the model the probe is attached to (its forward receives the inputs).
@@ -36,8 +45,9 @@ def auto_layout(model: nn.Module, *, tower: str | None = None) -> InputLayout:
             of a vision-language model.
 
     Returns:
-        An `InputLayout` to pass as ``probe(model, modalities=...)``; calling it on a batch
-        (``layout(**inputs)``) gives that batch's `ModalityLayout`.
+        An `InputLayout` (one sequence; calling it on a batch, ``layout(**inputs)``, gives that
+        batch's `ModalityLayout`) or a `LayerLayouts` (several sequences), to pass as
+        ``probe(model, modalities=...)``.
 
     Raises:
         ProbeConfigError: the model's inputs are not recognised, or a dual encoder without

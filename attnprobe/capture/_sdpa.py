@@ -69,6 +69,7 @@ def handle_sdpa_call(
 ) -> Tensor:
     """Run one intercepted SDPA call for the model and capture it for the tap's recorders."""
     inputs, dropout_p = sdpa_inputs(args, kwargs, appended_keys)
+    inputs.cross = tap.cross
     tap.captured = True
     out: Tensor = dispatch(
         list(tap.recorders), inputs, kernel, dropout_p, lambda: kernel(*args, **kwargs)
@@ -115,7 +116,7 @@ def _install_mode(
     Modes of forwards interrupted before their hook ran are left when ``stack`` unwinds."""
     active: list[_OnSdpa] = []
 
-    def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+    def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if begin is not None:
             begin()
         mode = make()

@@ -55,22 +55,16 @@ def _strip_wrapper_prefix(name: str) -> str:
     return name[len("module.") :] if name.startswith("module.") else name
 
 
-def select_layers(
-    model: nn.Module, layers: LayerSelector, cross: bool = False, automatic: bool = False
-) -> list[tuple[str, nn.Module, Adapter]]:
+def select_layers(model: nn.Module, layers: LayerSelector) -> list[tuple[str, nn.Module, Adapter]]:
     """The attention modules ``layers`` selects in ``model``, each with its adapter.
 
     Args:
         model: the (unwrapped) model.
-        layers: None (every innermost attention module of the expected kind), a glob on
-            ``named_modules()`` paths, a list of paths, or a predicate ``(name, module)``.
-        cross: whether the probe expects cross-attention modules (it has a key layout).
-        automatic: the selector comes from an `InputLayout` (filter by kind as for None).
+        layers: None (every innermost attention module), a glob on ``named_modules()`` paths,
+            a list of paths, or a predicate ``(name, module)``.
     """
     modules = dict(model.named_modules())
     candidates = [(n, m, a) for n, m in modules.items() if (a := adapter_for(m)) is not None]
-    if layers is None or automatic:  # self- or cross-attention, as the probe expects
-        candidates = [(n, m, a) for n, m, a in candidates if a.is_cross_attention(m) == cross]
     # keep the innermost attention modules: a block whose own forward mentions SDPA but which
     # contains a matched attention module is not itself the attention call site
     names = {n for n, _, _ in candidates}
@@ -83,12 +77,6 @@ def select_layers(
 
     if layers is None:
         chosen = candidates
-        if not chosen and cross:
-            raise ProbeConfigError(
-                "probe: key_modalities is given but no module is known to be cross-attention; "
-                "select the cross-attention layers by name (e.g. layers='layers.*.multihead_attn' "
-                "for nn.TransformerDecoder)."
-            )
         if not chosen:
             raise ProbeConfigError(
                 "probe: no attention modules found in the model (torch MultiheadAttention, "

@@ -16,8 +16,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from attnprobe.capture._hf_layouts import pair
+from attnprobe.capture._pooling import pooling_layouts
 from attnprobe.capture._sdpa import SdpaAdapter
-from attnprobe.labels import InputLayout, VisionLayout
+from attnprobe.labels import InputLayout, LayerLayouts, VisionLayout
 
 __all__ = ["TimmAttentionAdapter"]
 
@@ -57,15 +58,25 @@ class TimmAttentionAdapter(SdpaAdapter):
         stack.callback(attention.attn_drop.register_forward_hook(hook).remove)
         return "timm non-fused attention weights"
 
-    def default_layout(self, model: nn.Module, *, tower: str | None = None) -> InputLayout | None:
+    def default_layout(
+        self, model: nn.Module, *, tower: str | None = None
+    ) -> InputLayout | LayerLayouts | None:
         if not (hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")):
             return None
         vit: Any = model
         registers = int(getattr(vit, "num_reg_tokens", 0))
-        cls = int(vit.num_prefix_tokens) - registers
-        return VisionLayout(
+        distillation = int(getattr(vit, "dist_token", None) is not None)  # DeiT
+        cls = int(vit.num_prefix_tokens) - registers - distillation
+        layout = VisionLayout(
             patch_size=pair(vit.patch_embed.patch_size),
             cls_tokens=cls,
             register_tokens=registers,
+            distillation_tokens=distillation,
             image_argument=("x", 0),
         )
+        patches = None
+        if not getattr(vit, "pool_include_prefix", True):  # the pool reads the patches only
+            patches = VisionLayout(
+                patch_size=layout.patch_size, cls_tokens=0, image_argument=("x", 0)
+            )
+        return pooling_layouts(model, layout, patches)

@@ -73,6 +73,14 @@ def _fastpath_disabled() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
+def _is_cross(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a ``MultiheadAttention`` call attends across sequences: its query is not its
+    key (``TransformerDecoderLayer``'s memory attention, a pooling head's learned query)."""
+    query = args[0] if args else kwargs.get("query")
+    key = args[1] if len(args) > 1 else kwargs.get("key")
+    return query is not key
+
+
 class MultiheadAttentionAdapter(Adapter):
     """``torch.nn.MultiheadAttention``, batch-first or not, with ``key_padding_mask`` and
     ``attn_mask``, ``bias_k``/``add_zero_attn`` (their extra key is reported as residual)."""
@@ -95,12 +103,13 @@ class MultiheadAttentionAdapter(Adapter):
 
             def capture_only(kernel: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
                 inputs, _ = sdpa_inputs(args, kwargs, appended)
+                inputs.cross = tap.cross
                 for each in list(tap.recorders):
                     each.record(inputs, kernel)
                 raise _Captured
 
-            def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-                tap.begin()
+            def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                tap.begin(cross=_is_cross(args, kwargs))
                 scope = contextlib.ExitStack()
                 scope.enter_context(_patched_sdpa(live))
                 patches.append(scope)
@@ -111,6 +120,7 @@ class MultiheadAttentionAdapter(Adapter):
                 if patches:
                     patches.pop().close()
                 if out is not None and not tap.captured:
+                    tap.cross = _is_cross(args, kwargs)
                     # the fast path or need_weights=True never reached SDPA: capture by a re-run
                     bound = signature.bind(*args, **kwargs)
                     bound.arguments["need_weights"] = False
@@ -130,6 +140,10 @@ class MultiheadAttentionAdapter(Adapter):
             install_hooks(module, pre_hook, hook, tap.stack)
 
         join_tap(module, "capture", recorder, stack, install)
+
+    def attention_shape(self, module: nn.Module) -> tuple[int, int] | None:
+        assert isinstance(module, nn.MultiheadAttention)
+        return module.num_heads, module.head_dim
 
     def prepare_model(
         self, model: nn.Module, probed: list[nn.Module], stack: contextlib.ExitStack
@@ -155,7 +169,7 @@ class MultiheadAttentionAdapter(Adapter):
             args, kwargs = with_query(args, kwargs, edit)
             return kernel(*args, **kwargs)
 
-        def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             calls[0] = 0
             scope = contextlib.ExitStack()
             scope.enter_context(_fastpath_disabled())  # the native fast path has no SDPA call

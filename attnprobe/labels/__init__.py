@@ -2,24 +2,29 @@
 
 - `ModalityLayout`: which group every token position belongs to (spans, slices or a
   per-sample ``[B, L]`` tensor; ``-1`` = ignored).
-- `InputLayout` (with `TokenLayout` and `VisionLayout`): labels computed from each forward's
-  inputs, following a KV cache.
+- `InputLayout` (with `TokenLayout`, `VisionLayout` and `FrameLayout`): labels computed from
+  each forward's inputs, following a KV cache.
+- `LayerLayouts`: the layouts of a model's several sequences, per attention layer.
 - `LabelSource` and `CallLabels`: a probe's labels in one place, and the labels of one
   attention call that its recorders receive.
 
 Concepts: ``docs/concepts/layouts.md``.
 """
 
-from attnprobe.labels._inputs import InputLayout, TokenLayout, VisionLayout
+from attnprobe.labels._inputs import FrameLayout, InputLayout, TokenLayout, VisionLayout
+from attnprobe.labels._layers import LayerLayouts
 from attnprobe.labels._layout import IGNORE, ModalityLayout, check_label_tensor, check_names
-from attnprobe.labels._source import CallLabels, LabelSource
+from attnprobe.labels._source import CallLabels, LabelSource, SequenceLabels
 
 __all__ = [
     "IGNORE",
     "CallLabels",
+    "FrameLayout",
     "InputLayout",
     "LabelSource",
+    "LayerLayouts",
     "ModalityLayout",
+    "SequenceLabels",
     "TokenLayout",
     "VisionLayout",
     "check_label_tensor",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from attnprobe.errors import ModalityLayoutError, ProbeConfigError
 from attnprobe.labels._layout import IGNORE, ModalityLayout, check_names
 
-__all__ = ["InputLayout", "TokenLayout", "VisionLayout"]
+__all__ = ["FrameLayout", "InputLayout", "TokenLayout", "VisionLayout"]
 
 
 def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str, position: int) -> Any:
@@ -68,9 +68,14 @@ class InputLayout:
     names: tuple[str, ...] = ()
     """Group names, fixed for the life of the probe."""
 
-    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    source: str | None = None
+    """Path of the submodule whose forward inputs `labels` reads (e.g. ``"model.decoder"`` for
+    the decoder sequence of an encoder–decoder); None: the probed model itself."""
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
         """``[B, L]`` labels of the tokens this forward adds (``-1`` = ignored): the whole
-        sequence, or only the new tokens when `past_length` is non-zero."""
+        sequence, or only the new tokens when `past_length` is non-zero. None: this forward
+        does not carry the sequence (the labels of the previous one stay)."""
         raise NotImplementedError(f"{type(self).__name__} must implement labels(args, kwargs)")
 
     def past_length(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -94,9 +99,14 @@ class InputLayout:
         return prefix is None or name == prefix or name.startswith(prefix + ".")
 
     def __call__(self, *args: Any, **kwargs: Any) -> ModalityLayout:
-        """The labels of one batch as a per-sample `ModalityLayout` (call it with the model's
-        forward arguments)."""
-        return ModalityLayout.from_labels(self.labels(args, kwargs), self.names)
+        """The labels of one batch as a per-sample `ModalityLayout` (call it with the forward
+        arguments of the module it reads, `source`)."""
+        labels = self.labels(args, kwargs)
+        if labels is None:
+            raise ModalityLayoutError(
+                f"{type(self).__name__}: these inputs do not carry the sequence it labels."
+            )
+        return ModalityLayout.from_labels(labels, self.names)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(groups={', '.join(self.names)})"
@@ -111,17 +121,20 @@ class TokenLayout(InputLayout):
     1. ``attention_mask == 0`` → ignored (left or right padding);
     2. ``special`` (``"cls"``/``"bos"``): the first non-padding token of each sample, when
        ``special_first`` is set, or when it equals ``special_token_id``;
-    3. ``mm_token_type_ids`` (Qwen-VL style): 1 → ``"image"``, 2 → ``"video"``;
-    4. ``input_ids == image_token_id`` → ``"image"``; ``== video_token_id`` → ``"video"``
+    3. ``mm_token_type_ids`` (Qwen-VL, GLM-4V style): 1 → ``"image"``, 2 → ``"video"``;
+    4. ``input_ids == image_token_id`` → ``"image"``; ``== video_token_id`` → ``"video"``;
+       ``== audio_token_id`` → ``"audio"``
        (counts may differ per sample: nothing is assumed about them);
-    5. ``token_type_ids`` (sentence pairs): 0 → ``"segment_a"``, 1 → ``"segment_b"``;
-    6. otherwise ``"text"``.
+    5. ``input_ids == sep_token_id`` → ``"sep"`` (when given);
+    6. ``token_type_ids`` (sentence pairs): 0 → ``"segment_a"``, 1 → ``"segment_b"``;
+    7. otherwise ``"text"`` (or the name given as ``text``).
 
     Groups that cannot occur with the given options are left out of `names`.
 
     Args:
         image_token_id: id of the image placeholder token (LLaVA-style models).
         video_token_id: id of the video placeholder token.
+        audio_token_id: id of the audio placeholder token (audio-language models).
         segments: label sentence pairs by ``token_type_ids``.
         mm_token_types: read ``mm_token_type_ids`` (Qwen-VL style) instead of token ids.
         special: name of the first-token group (``"cls"``, ``"bos"``) or None for none.
@@ -129,6 +142,13 @@ class TokenLayout(InputLayout):
         special_token_id: otherwise, only a first token equal to this id is ``special``.
         prefix: only attention modules under this module path see this sequence (the language
             model of a vision-language model); None = all.
+        source: read the inputs of this submodule's forward instead of the model's (the decoder
+            of an encoder–decoder, `InputLayout.source`).
+        ids_argument: name and position of the token ids among the forward's arguments.
+        mask_argument: name of the padding mask argument.
+        text: the name of the text group (e.g. ``"source"`` for an encoder's tokens).
+        sep_token_id: give separator tokens (``[SEP]``) a group of their own, ``sep`` (where
+            attention sinks are looked for); default: they count as text.
 
     Examples:
         >>> import torch, attnprobe as ap
@@ -146,14 +166,21 @@ class TokenLayout(InputLayout):
         *,
         image_token_id: int | None = None,
         video_token_id: int | None = None,
+        audio_token_id: int | None = None,
         segments: bool = False,
         mm_token_types: bool = False,
         special: str | None = None,
         special_first: bool = False,
         special_token_id: int | None = None,
         prefix: str | None = None,
+        source: str | None = None,
+        ids_argument: tuple[str, int] = ("input_ids", 0),
+        mask_argument: str = "attention_mask",
+        text: str = "text",
+        sep_token_id: int | None = None,
     ) -> None:
-        if segments and (image_token_id is not None or mm_token_types):
+        media = (image_token_id, video_token_id, audio_token_id)
+        if segments and (any(t is not None for t in media) or mm_token_types):
             raise ProbeConfigError(
                 "TokenLayout: expected either sentence segments (token_type_ids) or image "
                 "tokens, received both; pick the one the model's inputs carry."
@@ -161,29 +188,40 @@ class TokenLayout(InputLayout):
         names: list[str] = []
         if special is not None:
             names.append(special)
+        if sep_token_id is not None:
+            names.append("sep")
         if segments:
             names += ["segment_a", "segment_b"]
         else:
-            names.append("text")
+            names.append(text)
             if image_token_id is not None or mm_token_types:
                 names.append("image")
             if video_token_id is not None or mm_token_types:
                 names.append("video")
+            if audio_token_id is not None:
+                names.append("audio")
         self.names = check_names(names, "TokenLayout")
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
+        self.audio_token_id = audio_token_id
         self.segments = segments
         self.mm_token_types = mm_token_types
         self.special = special
         self.special_first = special_first
         self.special_token_id = special_token_id
         self.prefix = prefix
+        self.source = source
+        self.ids_argument = ids_argument
+        self.mask_argument = mask_argument
+        self.text = text
+        self.sep_token_id = sep_token_id
 
     def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        ids = _argument(args, kwargs, "input_ids", 0)
+        ids = _argument(args, kwargs, *self.ids_argument)
         if not isinstance(ids, Tensor) or ids.dim() != 2:
             raise ModalityLayoutError(
-                "TokenLayout: expected the model to be called with input_ids of shape [B, L], "
+                f"TokenLayout: expected the {'model' if self.source is None else self.source!r} "
+                f"to be called with {self.ids_argument[0]} of shape [B, L], "
                 f"received {type(ids).__name__}"
                 + (f" of shape {list(ids.shape)}" if isinstance(ids, Tensor) else "")
                 + "; with inputs_embeds, pass labels with probe.set_labels or a ModalityLayout."
@@ -199,16 +237,22 @@ class TokenLayout(InputLayout):
                 types = types.detach().cpu().long()  # (B, L)
                 labels = torch.where(types > 0, index["segment_b"], index["segment_a"])
         else:
-            labels = torch.full((batch, length), index["text"], dtype=torch.long)  # (B, L)
-            if self.mm_token_types and kwargs.get("mm_token_type_ids") is not None:
-                types = kwargs["mm_token_type_ids"].detach().cpu().long()  # (B, L)
-                labels[types == 1] = index["image"]
-                labels[types == 2] = index["video"]
+            labels = torch.full((batch, length), index[self.text], dtype=torch.long)  # (B, L)
             if self.image_token_id is not None:
                 labels[ids == self.image_token_id] = index["image"]
             if self.video_token_id is not None:
                 labels[ids == self.video_token_id] = index["video"]
-        mask = kwargs.get("attention_mask")
+            if self.audio_token_id is not None:
+                labels[ids == self.audio_token_id] = index["audio"]
+            if self.mm_token_types and kwargs.get("mm_token_type_ids") is not None:
+                # the model's own token types win over placeholder ids: GLM-4V marks video
+                # frames with the image placeholder and type 2
+                types = kwargs["mm_token_type_ids"].detach().cpu().long()  # (B, L)
+                labels[types == 1] = index["image"]
+                labels[types == 2] = index["video"]
+        if self.sep_token_id is not None:
+            labels[ids == self.sep_token_id] = index["sep"]
+        mask = kwargs.get(self.mask_argument)
         keep = torch.ones(batch, length, dtype=torch.bool)  # (B, L)
         if isinstance(mask, Tensor) and mask.dim() == 2:
             keep = mask.detach().cpu()[:, -length:] != 0  # (B, L): the new tokens' columns
@@ -227,15 +271,20 @@ class TokenLayout(InputLayout):
 
 
 class VisionLayout(InputLayout):
-    """Labels of a Vision Transformer's token sequence: prefix tokens (CLS, registers) then
-    patches, with the number of patches read from each batch's image size.
+    """Labels of a Vision Transformer's token sequence: prefix tokens (CLS, a distillation
+    token, registers) then patches, with the number of patches read from each batch's image
+    size. Each kind of prefix token is a group of its own: attention sinks are looked for
+    there.
 
     Args:
         patch_size: ``(height, width)`` of a patch in pixels.
         cls_tokens: number of class tokens before the patches (0 for SigLIP-style models).
-        register_tokens: number of register tokens after the class token.
+        register_tokens: number of register tokens after the class (and distillation) tokens.
+        distillation_tokens: number of distillation tokens right after the class token (DeiT:
+            1), the group ``distillation``.
         prefix: only attention modules under this module path see this sequence; None = all.
         image_argument: name (and position) of the image argument of the model's forward.
+        source: read the inputs of this submodule's forward instead of the model's.
 
     Examples:
         >>> import torch, attnprobe as ap
@@ -254,6 +303,8 @@ class VisionLayout(InputLayout):
         register_tokens: int = 0,
         prefix: str | None = None,
         image_argument: tuple[str, int] = ("pixel_values", 0),
+        source: str | None = None,
+        distillation_tokens: int = 0,
     ) -> None:
         size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
@@ -265,8 +316,14 @@ class VisionLayout(InputLayout):
         self.cls_tokens = cls_tokens
         self.register_tokens = register_tokens
         self.prefix = prefix
+        self.source = source
         self.image_argument = image_argument
-        names = (["cls"] if cls_tokens else []) + (["registers"] if register_tokens else [])
+        self.distillation_tokens = distillation_tokens
+        names = (
+            (["cls"] if cls_tokens else [])
+            + (["distillation"] if distillation_tokens else [])
+            + (["registers"] if register_tokens else [])
+        )
         self.names = check_names([*names, "patches"], "VisionLayout")
 
     def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
@@ -280,7 +337,67 @@ class VisionLayout(InputLayout):
             )
         batch, _, height, width = image.shape
         grid = (height // self.patch_size[0]) * (width // self.patch_size[1])
-        counts = {"cls": self.cls_tokens, "registers": self.register_tokens, "patches": grid}
+        counts = {
+            "cls": self.cls_tokens,
+            "distillation": self.distillation_tokens,
+            "registers": self.register_tokens,
+            "patches": grid,
+        }
         return ModalityLayout({n: counts[n] for n in self.names}).labels(
             batch, sum(counts[n] for n in self.names)
         )  # (B, L)
+
+
+class FrameLayout(InputLayout):
+    """One group over the frames of a feature sequence (an audio encoder's input), with the
+    number of frames read from each batch: ``ceil(T / stride)`` for features ``[B, C, T]``.
+
+    Args:
+        name: the group name (``"audio"``).
+        stride: the encoder's downsampling of the time axis (Whisper: 2).
+        argument: name and position of the features among the forward's arguments.
+        axis: the time axis of the features.
+        source: read the inputs of this submodule's forward (e.g. the encoder).
+        prefix: only attention modules under this module path see this sequence.
+
+    Examples:
+        >>> import torch, attnprobe as ap
+        >>> layout = ap.labels.FrameLayout("audio", stride=2)
+        >>> layout(input_features=torch.zeros(2, 8, 10)).labels(2, 5).tolist()[0]
+        [0, 0, 0, 0, 0]
+    """
+
+    def __init__(
+        self,
+        name: str = "audio",
+        *,
+        stride: int = 1,
+        argument: tuple[str, int] = ("input_features", 0),
+        axis: int = -1,
+        source: str | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ProbeConfigError(
+                f"FrameLayout: expected a positive int stride, received {stride!r}."
+            )
+        self.names = check_names([name], "FrameLayout")
+        self.stride = stride
+        self.argument = argument
+        self.axis = axis
+        self.source = source
+        self.prefix = prefix
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+        features = _argument(args, kwargs, *self.argument)
+        if features is None:
+            return None  # e.g. an encoder–decoder called with cached encoder outputs
+        if not isinstance(features, Tensor) or features.dim() < 2:
+            raise ModalityLayoutError(
+                f"FrameLayout: expected features of shape [B, ..., T] as argument "
+                f"{self.argument[0]!r}, received {type(features).__name__}"
+                + (f" of shape {list(features.shape)}" if isinstance(features, Tensor) else "")
+                + "."
+            )
+        frames = -(-features.shape[self.axis] // self.stride)  # ceil(T / stride)
+        return torch.zeros(features.shape[0], frames, dtype=torch.long)  # (B, L)

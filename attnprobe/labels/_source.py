@@ -1,10 +1,11 @@
 """Where a probe's labels come from, and the labels of one attention call.
 
-A probe owns one `LabelSource`: its layout (fixed, replaced per batch with ``set_labels``, or
-computed from each forward's inputs by an `InputLayout`, which also follows a KV cache), the
-key layout of cross-attention layers, and the query groups it keeps. Every recorder of the probe
-asks the source for the labels of the call in hand (`LabelSource.for_call`) and gets a frozen
-`CallLabels`: nothing flows back up.
+A probe keeps one `SequenceLabels` per token sequence of the model: its layout (fixed, replaced
+per batch with ``set_labels``, or computed from each forward's inputs by an `InputLayout`, which
+also follows a KV cache). Each probed layer gets a `LabelSource` over the sequence of its queries
+and, for cross-attention calls, the sequence of its keys, with the query groups the probe keeps.
+Every recorder asks its source for the labels of the call in hand (`LabelSource.for_call`) and
+gets a frozen `CallLabels`: nothing flows back up.
 
 Labels are resolved on the CPU once per call shape and cached, then moved to the call's
 device, so that the hot path has no host-device synchronisation.
@@ -12,18 +13,19 @@ device, so that the hot path has no host-device synchronisation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from attnprobe.errors import ModalityLayoutError, ProbeConfigError
+from attnprobe.errors import ModalityLayoutError
 from attnprobe.labels._inputs import InputLayout
+from attnprobe.labels._layers import Layout
 from attnprobe.labels._layout import IGNORE, ModalityLayout, check_label_tensor
 
-__all__ = ["CallLabels", "LabelSource"]
+__all__ = ["CallLabels", "LabelSource", "SequenceLabels"]
 
 _CACHE_SIZE = 64
 """Call shapes whose labels are kept at once (cleared when new labels arrive)."""
@@ -58,23 +60,11 @@ class CallLabels:
         return value
 
 
-def _as_layout(value: object, argument: str, also: str) -> ModalityLayout:
-    if isinstance(value, Mapping):
-        return ModalityLayout(value)
-    if not isinstance(value, ModalityLayout):
-        raise ProbeConfigError(
-            f"probe: expected {argument} as an attnprobe.ModalityLayout, a mapping of "
-            f"name -> length{also}, received {type(value).__name__}."
-        )
-    return value
-
-
 def _labels_or_layout(
     labels: Tensor | ModalityLayout, layout: ModalityLayout, fn: str
 ) -> tuple[Tensor | None, ModalityLayout]:
-    """What `LabelSource.set_labels` / `LabelSource.set_key_labels` keep: per-batch labels
-    (checked, on the CPU) with the current layout, or no batch labels and a replacement layout
-    with the same group names."""
+    """What `SequenceLabels.set_labels` keeps: per-batch labels (checked, on the CPU) with the
+    current layout, or no batch labels and a replacement layout with the same group names."""
     if isinstance(labels, ModalityLayout):
         if labels.names != layout.names:
             raise ModalityLayoutError(
@@ -86,98 +76,60 @@ def _labels_or_layout(
     return checked.detach().to("cpu", torch.long), layout
 
 
-class LabelSource:
-    """The labels of one probe: layout, per-batch labels, input layout, key layout, query groups.
+class SequenceLabels:
+    """The current labels of one token sequence: a fixed layout, labels set per batch, or
+    labels an `InputLayout` computes from each forward's inputs (following a KV cache).
 
     Args:
-        modalities: the layout of the attention layers' sequences (`ModalityLayout`, a mapping
-            ``name -> length``, or an `InputLayout`).
-        key_modalities: the layout of cross-attention keys (None: self-attention).
-        queries: the query groups to keep (None: all).
+        layout: the sequence's layout.
         model_name: how error messages name the probed model.
     """
 
-    def __init__(
-        self,
-        modalities: ModalityLayout | Mapping[str, int] | InputLayout,
-        *,
-        key_modalities: ModalityLayout | Mapping[str, int] | None = None,
-        queries: Sequence[str] | str | None = None,
-        model_name: str = "the probed model",
-    ) -> None:
+    def __init__(self, layout: Layout, model_name: str = "the probed model") -> None:
         self._model_name = model_name
         self.input_layout: InputLayout | None = None
         """The `InputLayout` computing labels from each forward's inputs, if any."""
-        if isinstance(modalities, InputLayout):
-            self.input_layout = modalities
-            modalities = ModalityLayout.from_labels(
-                torch.empty(0, 0, dtype=torch.long), list(modalities.names)
+        if isinstance(layout, InputLayout):
+            self.input_layout = layout
+            layout = ModalityLayout.from_labels(
+                torch.empty(0, 0, dtype=torch.long), list(layout.names)
             )
-        self.layout = _as_layout(
-            modalities,
-            "modalities",
-            " or an attnprobe.InputLayout (e.g. attnprobe.auto_layout(model))",
-        )
+        self.layout: ModalityLayout = layout
         """The current layout (replaced by `set_labels` with a `ModalityLayout`)."""
-        self.key_layout: ModalityLayout | None = (
-            None
-            if key_modalities is None
-            else _as_layout(key_modalities, "key_modalities", " or None")
-        )
-        """The layout of the keys of cross-attention layers (None: self-attention)."""
-        names = self.layout.names
-        if isinstance(queries, str):
-            queries = [queries]
-        if queries is None:
-            self.query_groups: tuple[str, ...] = names
-        else:
-            for q in queries:
-                self.layout.index(q)
-            if len(queries) == 0:
-                raise ProbeConfigError(
-                    "probe: queries=[] selects no query group; pass None for all of them."
-                )
-            self.query_groups = tuple(q for q in names if q in set(queries))
-        remap = torch.full((len(names) + 1,), IGNORE, dtype=torch.long)
-        for i, name in enumerate(names):
-            if name in self.query_groups:
-                remap[i + 1] = self.query_groups.index(name)
-        self._query_remap = remap  # label + 1 -> query group index or -1
-        self._batch_labels: Tensor | None = None  # (B, L) on the CPU
-        self._batch_key_labels: Tensor | None = None  # (B, Lk) on the CPU (cross-attention)
-        self._query_offset: int | None = None  # position of the first query (KV cache)
+        self.version = 0
+        """Increases whenever the labels change (label caches key on it)."""
+        self.batch_labels: Tensor | None = None
+        """``[B, L]`` labels of the current batch on the CPU, or None: the layout's."""
+        self.query_offset: int | None = None
+        """Position of the first query in the labelled sequence (KV cache), or None."""
         self._input_labels: Tensor | None = None  # (B, L) labels of the cached sequence
-        self._cache: dict[tuple[object, ...], CallLabels] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The groups of the layout (query side)."""
+        """The groups of the sequence."""
         return self.layout.names
 
     @property
-    def key_names(self) -> tuple[str, ...]:
-        """Key groups: the layout's, or those of the key layout for cross-attention."""
-        return self.names if self.key_layout is None else self.key_layout.names
+    def source(self) -> str | None:
+        """Path of the module whose forward inputs the `InputLayout` reads (None: the model)."""
+        return None if self.input_layout is None else self.input_layout.source
 
-    @property
-    def cross(self) -> bool:
-        """Whether the keys have a layout of their own (cross-attention)."""
-        return self.key_layout is not None
-
-    # -- new labels ------------------------------------------------------------------------------
     def observe_inputs(
-        self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        """Labels of this forward from its inputs (the `InputLayout`; a forward pre-hook on the
-        probed model calls it); with a KV cache the new tokens' labels are appended to those
-        of the cached ones."""
+        """Labels of this forward from its inputs (the `InputLayout`; a forward pre-hook on
+        the module it reads calls it); with a KV cache the new tokens' labels are appended to
+        those of the cached ones. A forward that does not carry this sequence (the
+        `InputLayout` returns None, e.g. an encoder–decoder called with cached encoder
+        outputs) keeps the previous labels."""
         rule = self.input_layout
         assert rule is not None
+        raw = rule.labels(args, kwargs)
+        if raw is None:
+            return
         past = rule.past_length(args, kwargs)
         new = (
-            check_label_tensor(
-                rule.labels(args, kwargs), len(self.names), f"{type(rule).__name__}.labels"
-            )
+            check_label_tensor(raw, len(self.names), f"{type(rule).__name__}.labels")
             .detach()
             .to("cpu", torch.long)
         )  # (B, Lnew)
@@ -193,105 +145,150 @@ class LabelSource:
                 )
             new = torch.cat([previous[:, :past], new], dim=1)  # (B, past + Lnew)
         self._input_labels = new
-        self._cache.clear()
-        self._batch_labels = new
-        self._query_offset = past
+        self.batch_labels = new
+        self.query_offset = past
+        self.version += 1
 
-    def set_labels(self, labels: Tensor | ModalityLayout | None) -> None:
+    def set_labels(self, labels: Tensor | ModalityLayout | None, fn: str = "set_labels") -> None:
         """Per-sample labels for the following calls (see `attnprobe.Probe.set_labels`)."""
-        self._cache.clear()
-        self._query_offset = None
+        self.version += 1
+        self.query_offset = None
         if labels is None:
-            self._batch_labels = None
+            self.batch_labels = None
             return
-        self._batch_labels, self.layout = _labels_or_layout(labels, self.layout, "set_labels")
+        self.batch_labels, self.layout = _labels_or_layout(labels, self.layout, fn)
 
-    def set_key_labels(self, labels: Tensor | ModalityLayout | None) -> None:
-        """Per-sample key labels of cross-attention calls (see
-        `attnprobe.Probe.set_key_labels`)."""
-        if self.key_layout is None:
-            raise ProbeConfigError(
-                "set_key_labels: this probe has no key_modalities (it probes self-attention); "
-                "create it with key_modalities=... to probe cross-attention layers."
+    def current(self, batch: int, length: int, *, what: str) -> Tensor:
+        """``[batch, length]`` labels of the whole sequence on the CPU (``what`` says in errors
+        which side of the call they label)."""
+        if self.batch_labels is not None:
+            if tuple(self.batch_labels.shape) != (batch, length):
+                source = (
+                    f"the {type(self.input_layout).__name__}"
+                    if self.input_layout is not None
+                    else "set_labels"
+                )
+                raise ModalityLayoutError(
+                    f"the {what} labels from {source} have shape {list(self.batch_labels.shape)} "
+                    f"but the attention call has [batch={batch}, {what}={length}]; "
+                    + (
+                        "is this layer on another sequence (another tower, cross-attention, "
+                        "a sliding-window or static cache)? Give each sequence its layout "
+                        "(modalities={pattern: layout, ...}) or select the layers that attend "
+                        "over the sequence the layout describes."
+                        if self.input_layout is not None
+                        else f"call set_{'key_' if what == 'keys' else ''}labels with the "
+                        "labels of this batch."
+                    )
+                )
+            return self.batch_labels  # (B, L)
+        if self.input_layout is not None:
+            where = "" if self.source is None else f" (its submodule {self.source!r})"
+            raise ModalityLayoutError(
+                f"the {type(self.input_layout).__name__} computes labels from the inputs of "
+                f"{self._model_name}{where}.forward, which has not run; call the probed model "
+                "itself, not one of its submodules (or probe the submodule)."
             )
-        self._cache.clear()
-        if labels is None:
-            self._batch_key_labels = None
-            return
-        self._batch_key_labels, self.key_layout = _labels_or_layout(
-            labels, self.key_layout, "set_key_labels"
-        )
+        try:
+            return self.layout.labels(batch, length)  # (B, L)
+        except ModalityLayoutError as exc:
+            if what == "tokens":
+                raise
+            raise ModalityLayoutError(f"{what}: {exc}") from None
 
-    # -- the labels of one call ------------------------------------------------------------------
+
+class LabelSource:
+    """The labels of the calls of one probed layer: the sequence its queries come from, the
+    sequence its keys come from in cross-attention calls, and the query groups kept.
+
+    Sequences are shared between the layers that see them; labels are resolved on the CPU once
+    per call shape and sequence version, then moved to the call's device.
+
+    Args:
+        queries: the sequence of the layer's queries (and of its keys in self-attention calls).
+        keys: the sequence of its keys in cross-attention calls (None: it has none).
+        query_groups: the query groups to keep (None: all of the query sequence's).
+    """
+
+    def __init__(
+        self,
+        queries: SequenceLabels,
+        keys: SequenceLabels | None = None,
+        query_groups: Sequence[str] | None = None,
+    ) -> None:
+        self.queries = queries
+        self.keys = keys
+        names = queries.names
+        self.query_groups: tuple[str, ...] = (
+            names if query_groups is None else tuple(q for q in names if q in set(query_groups))
+        )
+        """The query groups recorded."""
+        remap = torch.full((len(names) + 1,), IGNORE, dtype=torch.long)
+        for i, name in enumerate(names):
+            if name in self.query_groups:
+                remap[i + 1] = self.query_groups.index(name)
+        self._query_remap = remap  # label + 1 -> query group index or -1
+        self._cache: dict[tuple[object, ...], CallLabels] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The groups of the query sequence."""
+        return self.queries.names
+
+    def key_names(self, cross: bool) -> tuple[str, ...]:
+        """The key groups of a self- or cross-attention call."""
+        return self.keys.names if cross and self.keys is not None else self.names
+
+    def is_cross(self, declared: bool | None) -> bool:
+        """Whether a call is cross-attention: as the capture declared it, else (None) whether
+        this layer has a key sequence."""
+        return self.keys is not None if declared is None else declared
+
     def for_call(
-        self, batch: int, length: int, query_len: int, appended: int, device: torch.device
+        self,
+        batch: int,
+        length: int,
+        query_len: int,
+        appended: int,
+        device: torch.device,
+        cross: bool = False,
     ) -> CallLabels:
         """Key and query labels of a call over ``length`` labelled keys (plus ``appended`` keys
         of no group) and ``query_len`` queries, on ``device``.
 
-        Self-attention: the keys are the ``length`` labelled tokens, the queries the same
-        tokens or, when an `InputLayout` follows a KV cache, the ``query_len`` new tokens from
-        the position it read from the cache. Cross-attention: the keys are labelled by the key
-        layout, the queries by the layout.
+        Self-attention: the keys are the ``length`` labelled tokens of the query sequence, the
+        queries the same tokens or, when an `InputLayout` follows a KV cache, the
+        ``query_len`` new tokens from the position it read from the cache. Cross-attention
+        (``cross``): the keys are labelled by the key sequence, the queries by the query
+        sequence (from the cache position, if any).
         """
-        cache_key = (batch, length, query_len, appended, device)
+        q_seq, k_seq = self.queries, self.keys
+        versions = (q_seq.version, None if k_seq is None else k_seq.version)
+        cache_key = (batch, length, query_len, appended, device, cross, versions)
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
-        cross = self.key_layout is not None
-        if not cross and self._query_offset is None and query_len != length:
-            self._different_sequences(query_len, length)
-        # the labelled sequence the queries come from (and, for self-attention, the keys)
-        sequence = query_len if cross and self._query_offset is None else length
-        if self._batch_labels is not None:
-            # cross-attention queries are checked against query_len below
-            if self._batch_labels.shape[0] != batch or (
-                not cross and self._batch_labels.shape[1] != sequence
-            ):
-                source = "the InputLayout" if self.input_layout is not None else "set_labels"
-                raise ModalityLayoutError(
-                    f"the labels from {source} have shape {list(self._batch_labels.shape)} "
-                    f"but the attention call has [batch={batch}, keys={length}]; "
-                    + (
-                        "is this layer on another sequence (another tower, cross-attention, "
-                        "a sliding-window or static cache)? Select the layers that attend over "
-                        "the sequence the layout describes, or give cross-attention layers "
-                        "key_modalities."
-                        if self.input_layout is not None
-                        else "call set_labels with the labels of this batch."
-                    )
-                )
-            labels = self._batch_labels  # (B, L)
-        elif self.input_layout is not None:
-            raise ModalityLayoutError(
-                f"the probe's {type(self.input_layout).__name__} computes labels from the "
-                f"inputs of {self._model_name}.forward, which has not run; call the probed "
-                "model itself, not one of its submodules (or probe the submodule)."
-            )
-        else:
-            labels = self.layout.labels(batch, sequence)  # (B, L)
+        offset = q_seq.query_offset
         if cross:
-            assert self.key_layout is not None
-            if self._batch_key_labels is not None:
-                if tuple(self._batch_key_labels.shape) != (batch, length):
-                    raise ModalityLayoutError(
-                        f"the key labels from set_key_labels have shape "
-                        f"{list(self._batch_key_labels.shape)} but the attention call has "
-                        f"[batch={batch}, keys={length}]; call set_key_labels with the key "
-                        "labels of this batch."
-                    )
-                keys = self._batch_key_labels  # (B, Lk)
-            else:
-                keys = self.key_layout.labels(batch, length)  # (B, Lk)
+            if k_seq is None:
+                raise ModalityLayoutError(
+                    f"this call is cross-attention ({query_len} queries attend to {length} "
+                    "keys of another sequence) and the layer has no key layout; give it one "
+                    "with key_modalities (a layout, or {layer pattern: layout})."
+                )
+            # the queries' sequence: the new tokens from the cache position, or all of them
+            total = query_len if offset is None else offset + query_len
+            labels = q_seq.current(batch, total, what="queries")  # (B, Lq_total)
+            keys = k_seq.current(batch, length, what="keys")  # (B, Lk)
         else:
+            if offset is None and query_len != length:
+                self._different_sequences(query_len, length)
+            labels = q_seq.current(batch, length, what="tokens")  # (B, L)
             keys = labels  # (B, L)
-        # without a tracked cache offset, the queries are the whole labelled sequence
-        offset = 0 if self._query_offset is None else self._query_offset
-        total = labels.shape[1]
-        fits = query_len == total if self._query_offset is None else offset + query_len <= total
-        if not fits:
-            self._different_sequences(query_len, length, offset)
-        queries = labels[:, offset : offset + query_len]  # (B, Lq)
+            if offset is not None and offset + query_len > length:
+                self._different_sequences(query_len, length, offset)
+        start = 0 if offset is None else offset
+        queries = labels[:, start : start + query_len]  # (B, Lq)
         if len(self.query_groups) != len(self.names):
             queries = self._query_remap[queries + 1]  # (B, Lq): query-group index or -1
         keep = (queries >= 0).any(0)  # (Lq,)
@@ -316,9 +313,9 @@ class LabelSource:
     def _different_sequences(self, query_len: int, length: int, offset: int | None = None) -> None:
         raise ModalityLayoutError(
             f"{query_len} query tokens attend to {length} key tokens"
-            + (f" from position {offset}" if self._query_offset is not None else "")
+            + (f" from position {offset}" if offset is not None else "")
             + ": the queries and keys are different sequences. For cross-attention, give the "
-            "probe key_modalities (the layout of the keys) and select the cross-attention "
-            "layers; for a KV cache, give it an InputLayout (attnprobe.auto_layout(model) for "
-            "HuggingFace models), which follows the cache."
+            "layer a key layout (key_modalities: a layout, or {layer pattern: layout}); for a "
+            "KV cache, give it an InputLayout (attnprobe.auto_layout(model) for HuggingFace "
+            "models), which follows the cache."
         )

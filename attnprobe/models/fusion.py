@@ -67,6 +67,7 @@ class FusionAttention(nn.Module):
                 f"FusionAttention: dim ({dim}) must be divisible by num_heads ({num_heads})."
             )
         self.dim, self.num_heads, self.dropout = dim, num_heads, dropout
+        self.head_dim = dim // num_heads
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.cls, std=0.02)
         self.q_proj = nn.Linear(dim, dim)
@@ -81,7 +82,7 @@ class FusionAttention(nn.Module):
         """Attend over ``[CLS, tokens]``; ``key_padding_mask`` ``[B, L]`` is True at padding."""
         batch, length, _ = tokens.shape
         x = torch.cat([self.cls.expand(batch, 1, self.dim), tokens], dim=1)  # (B, 1+L, d)
-        heads, head_dim = self.num_heads, self.dim // self.num_heads
+        heads, head_dim = self.num_heads, self.head_dim
 
         def split(t: Tensor) -> Tensor:
             return t.view(batch, length + 1, heads, head_dim).transpose(1, 2)  # (B, H, 1+L, dh)

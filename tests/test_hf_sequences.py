@@ -1,0 +1,273 @@
+"""HuggingFace models with several token sequences, built tiny from configs: encoder–decoders
+(BART, T5, Whisper), attention-pooling heads (SigLIP) and special-token groups (DeiT's
+distillation token, ``[SEP]``).
+
+Every mass is checked against the model's own eager attention weights, summed per group by the
+numpy loops of `masses_from_weights`, with labels written out here by hand (not by the layout
+under test).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+from transformers import (
+    BartConfig,
+    BartModel,
+    BertConfig,
+    BertModel,
+    DeiTConfig,
+    DeiTModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    T5Config,
+    T5ForConditionalGeneration,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
+
+import attnprobe as ap
+from tests._reference import masses_from_weights
+from tests.test_hf import ATOL, assert_restored, assert_same_outputs, implementation
+
+SMALL = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2}
+SMALL |= {"decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}
+
+
+def attention_weights(model: nn.Module, **inputs: Any) -> dict[str, Tensor]:
+    """Eager post-softmax weights ``[B, H, Lq, Lk]`` of every HF attention module, by path."""
+    weights: dict[str, Tensor] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if hasattr(module, "config") and type(module).__name__.endswith("Attention"):
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, out, n=name: (
+                        weights.__setitem__(n, out[-1].detach())
+                        if isinstance(out, tuple) and isinstance(out[-1], Tensor)
+                        else None
+                    )
+                )
+            )
+    try:
+        with implementation(model, "eager"), torch.no_grad():
+            model(**inputs, output_attentions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return weights
+
+
+def check(
+    result: ap.ProbeResult,
+    weights: dict[str, Tensor],
+    labels: dict[str, tuple[Tensor, Tensor]],
+) -> float:
+    """``labels``: layer -> (query labels [B, Lq], key labels [B, Lk]), by hand."""
+    worst = 0.0
+    assert set(result.layer_names) == set(labels), (result.layer_names, list(labels))
+    for layer in result.layers:
+        queries, keys = labels[layer.name]
+        expected = masses_from_weights(
+            weights[layer.name], keys, queries, len(layer.key_groups), len(layer.query_groups)
+        )
+        got = layer.mass.numpy()
+        assert np.array_equal(np.isnan(got), np.isnan(expected)), layer.name
+        worst = max(worst, float(np.nanmax(np.abs(got - expected))))
+    assert worst < ATOL, worst
+    return worst
+
+
+def probed(model: nn.Module, inputs: dict[str, Any], layouts: Any) -> ap.ProbeResult:
+    with torch.no_grad():
+        reference = model(**inputs)
+    with torch.no_grad(), ap.probe(model, modalities=layouts) as p:
+        again = model(**inputs)
+    assert_same_outputs(reference, again)
+    return p.result()
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_bart_with_equal_lengths_labels_cross_attention_keys_by_the_encoder(backend: str) -> None:
+    """Encoder and decoder sequences of the same length: cross-attention labelled with the
+    decoder's layout would fit; the keys must carry the encoder's labels (and padding)."""
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=64, max_position_embeddings=32, **SMALL)
+    model = BartModel(config).eval()
+    model.set_attn_implementation(backend)
+    ids = torch.tensor([[0, 5, 6, 7, 2, 1], [0, 8, 9, 2, 1, 1]])  # right-padded source
+    mask = (ids != 1).long()
+    decoder_ids = torch.tensor([[2, 0, 11, 12, 13, 14], [2, 0, 15, 16, 17, 18]])
+    inputs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids}
+    layouts = ap.auto_layout(model)
+    assert isinstance(layouts, ap.labels.LayerLayouts)
+    result = probed(model, inputs, layouts)
+    source = torch.where(mask.bool(), 0, -1)  # (B, L): "source", padding ignored
+    # the decoder: its first token is decoder_start_token_id (2) -> "start", the rest "text"
+    target = torch.tensor([[0, 1, 1, 1, 1, 1]] * 2)
+    enc = "encoder.layers.0.self_attn"
+    labels = {
+        enc: (source, source),
+        "decoder.layers.0.self_attn": (target, target),
+        "decoder.layers.0.encoder_attn": (target, source),
+    }
+    check(result, attention_weights(model, **inputs), labels)
+    cross = result["decoder.layers.0.encoder_attn"]
+    assert (cross.query_groups, cross.key_groups) == (("start", "text"), ("source",))
+    assert result[enc].key_groups == ("source",)
+    assert_restored(model, backend)
+
+
+def test_t5_generate_follows_the_decoder_cache_and_the_encoder_keys() -> None:
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=64, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = T5ForConditionalGeneration(config).eval()
+    ids = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+    mask = (ids != 0).long()
+    layouts = ap.auto_layout(model)
+    with torch.no_grad(), ap.probe(model, modalities=layouts) as p:
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    result = p.result()
+    cross = result["decoder.block.0.layer.1.EncDecAttention"]
+    assert cross.key_groups == ("source",) and cross.query_groups == ("start", "text")
+    # each of the 3 decoding steps' calls sees the encoder's 4 + 3 unpadded tokens as keys
+    assert cross.key_count is not None and cross.key_count.tolist() == [3 * 7.0]
+    assert int(cross.num_queries.sum()) == 2 * 3  # one query per sample and step
+    own = result["decoder.block.0.layer.0.SelfAttention"]
+    assert own.key_groups == ("start", "text")
+
+
+def test_whisper_audio_frames_are_the_keys_of_cross_attention() -> None:
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=64, num_mel_bins=8, max_source_positions=8, max_target_positions=16,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+        suppress_tokens=[], begin_suppress_tokens=[], **SMALL,
+    )  # fmt: skip
+    model = WhisperForConditionalGeneration(config).eval()
+    features = torch.randn(2, 8, 16)  # (B, mel, T): 16 frames -> 8 encoder positions
+    decoder_ids = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    inputs = {"input_features": features, "decoder_input_ids": decoder_ids}
+    layouts = ap.auto_layout(model)
+    result = probed(model, inputs, layouts)
+    audio = torch.zeros(2, 8, dtype=torch.long)
+    target = torch.tensor([[0, 1, 1]] * 2)
+    labels = {
+        "model.encoder.layers.0.self_attn": (audio, audio),
+        "model.decoder.layers.0.self_attn": (target, target),
+        "model.decoder.layers.0.encoder_attn": (target, audio),
+    }
+    check(result, attention_weights(model, **inputs), labels)
+    assert result["model.decoder.layers.0.encoder_attn"].key_groups == ("audio",)
+
+
+def test_siglip_pooling_head_gets_a_query_group_of_its_own() -> None:
+    torch.manual_seed(0)
+    config = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=16,
+    )  # fmt: skip
+    model = SiglipVisionModel(config).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    layouts = ap.auto_layout(model)
+    assert isinstance(layouts, ap.labels.LayerLayouts)
+    result = probed(model, {"pixel_values": pixels}, layouts)
+    head = result["head.attention"]
+    assert (head.query_groups, head.key_groups) == (("pool",), ("patches",))
+    # reference: the head's MHA weights, recomputed from the tower's output
+    with torch.no_grad():
+        tokens = model.post_layernorm(
+            model.encoder(model.embeddings(pixels)).last_hidden_state
+        )  # (B, 4, d)
+        attention = model.head.attention
+        probe = model.head.probe.repeat(2, 1, 1)  # (B, 1, d)
+        weights = attention(probe, tokens, tokens, average_attn_weights=False)[1]  # (B, H, 1, 4)
+    expected = masses_from_weights(
+        weights, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long), 1, 1
+    )
+    np.testing.assert_allclose(head.mass.numpy(), expected, atol=ATOL, rtol=0)
+    assert result.skipped == {}
+
+
+def test_deit_distillation_token_and_bert_sep_are_groups_of_their_own() -> None:
+    torch.manual_seed(0)
+    config = DeiTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=16,
+    )  # fmt: skip
+    deit = DeiTModel(config, add_pooling_layer=False).eval()
+    layout = ap.auto_layout(deit)
+    assert layout.names == ("cls", "distillation", "patches")
+    pixels = torch.randn(1, 3, 32, 32)
+    result = probed(deit, {"pixel_values": pixels}, layout)
+    labels = torch.tensor([[0, 1, 2, 2, 2, 2]])
+    name = result.layer_names[0]
+    check(result, attention_weights(deit, pixel_values=pixels), {name: (labels, labels)})
+
+    bert = BertModel(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=128,
+        )
+    ).eval()
+    layout = ap.labels.TokenLayout(
+        special="cls", special_first=True, sep_token_id=102, segments=True
+    )
+    assert layout.names == ("cls", "sep", "segment_a", "segment_b")
+    ids = torch.tensor([[101, 7, 8, 102, 9, 102]])
+    types = torch.tensor([[0, 0, 0, 0, 1, 1]])
+    result = probed(bert, {"input_ids": ids, "token_type_ids": types}, layout)
+    labels = torch.tensor([[0, 2, 2, 1, 3, 1]])
+    name = result.layer_names[0]
+    check(
+        result,
+        attention_weights(bert, input_ids=ids, token_type_ids=types),
+        {name: (labels, labels)},
+    )
+
+
+def test_self_check_on_an_encoder_decoder_with_its_layer_layouts() -> None:
+    torch.manual_seed(0)
+    model = BartModel(BartConfig(vocab_size=64, max_position_embeddings=32, **SMALL)).eval()
+    ids = torch.tensor([[0, 5, 6, 7, 2, 1], [0, 8, 9, 2, 1, 1]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": (ids != 1).long(),
+        "decoder_input_ids": torch.tensor([[2, 0, 11, 12], [2, 0, 15, 16]]),
+    }
+    check = ap.self_check(model, inputs, ap.auto_layout(model))
+    assert check.passed and len(check.layers) == 3, check.to_frame()
+    assert "decoder.layers.0.encoder_attn" in check.layers
+
+
+def test_timm_map_pooling_and_deit_distillation_token() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, depth=1, global_pool="map", img_size=32
+    ).eval()
+    with torch.no_grad():
+        reference = vit(x)
+    with torch.no_grad(), ap.probe(vit, modalities=ap.auto_layout(vit)) as p:
+        assert torch.equal(vit(x), reference)
+    pool = p.result()["attn_pool"]
+    # timm's pooling head reads the patches only (pool_include_prefix=False)
+    assert (pool.query_groups, pool.key_groups) == (("pool",), ("patches",))
+    assert ap.self_check(vit, x, ap.auto_layout(vit)).passed
+    deit = timm.create_model(
+        "deit_tiny_distilled_patch16_224", pretrained=False, depth=1, img_size=32
+    ).eval()
+    layout = ap.auto_layout(deit)
+    assert layout.names == ("cls", "distillation", "patches")
+    assert ap.self_check(deit, x, layout).passed
