@@ -243,6 +243,31 @@ def _mask_interface() -> Any:
     return AttentionMaskInterface
 
 
+class _WrapperName(str):
+    """The name ``"attnprobe:X"`` a probed config's implementation is switched to, which also
+    compares equal to ``"X"``: modeling files branch on ``config._attn_implementation ==
+    "sdpa"`` (e.g. to build a boolean or an additive mask), and must take the branch of the
+    implementation that really runs. Looked up in ``AttentionInterface`` by its own text."""
+
+    original: str
+
+    def __new__(cls, name: str, original: str) -> _WrapperName:
+        self = super().__new__(cls, name)
+        self.original = original
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other) or (isinstance(other, str) and other == self.original)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = str.__hash__
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (str, (str(self),))  # copies and pickles are the plain name
+
+
 def _use_config(config: Any) -> Callable[[], None]:
     """Switch ``config`` to the attnprobe wrapper of its implementation; returns the undo."""
     with _LOCK:
@@ -261,7 +286,7 @@ def _use_config(config: Any) -> Callable[[], None]:
                 )
             name = PREFIX + original
             _register(name, original)
-            config._attn_implementation_internal = name
+            config._attn_implementation_internal = _WrapperName(name, original)
             _CONFIG_USERS[id(config)] = (config, original, 1)
 
     def release() -> None:

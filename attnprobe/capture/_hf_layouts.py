@@ -13,9 +13,16 @@ from typing import Any
 
 from torch import nn
 
+from attnprobe.capture._base import adapter_for
 from attnprobe.capture._pooling import pooling_layouts
 from attnprobe.errors import ProbeConfigError
-from attnprobe.labels import FrameLayout, InputLayout, LayerLayouts, TokenLayout, VisionLayout
+from attnprobe.labels import (
+    InputLayout,
+    LayerLayouts,
+    ModalityLayout,
+    TokenLayout,
+    VisionLayout,
+)
 
 __all__ = ["hf_layout", "pair"]
 
@@ -137,20 +144,21 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     decoder_path = _path_of(model, _part(model, "get_decoder"))
     if encoder_path is None or decoder_path is None:
         return None
+    if decoder_path == encoder_path or encoder_path.startswith(decoder_path + "."):
+        # get_decoder() gave the whole encoder–decoder: its decoder is the encoder's sibling
+        parent = encoder_path.rsplit(".", 1)[0] + "." if "." in encoder_path else ""
+        decoder_path = parent + "decoder"
+        if decoder_path not in dict(model.named_modules()):
+            return None
     encoder = model.get_submodule(encoder_path)
     main_input = getattr(encoder, "main_input_name", "input_ids")
-    source: InputLayout
-    if main_input == "input_features":
-        stride = 1
-        for child in encoder.children():
-            if isinstance(child, nn.Conv1d):
-                stride *= int(child.stride[0])
-        source = FrameLayout("audio", stride=stride, source=encoder_path)
-    elif main_input == "input_ids":
+    source: InputLayout | ModalityLayout
+    if main_input == "input_ids":
         # the encoder's tokens are "source", apart from the decoder's "text"
         source = TokenLayout(text="source", source=encoder_path)
     else:
-        return None
+        # audio frames or image patches: one group, however many the encoder makes of them
+        source = ModalityLayout.uniform("image" if main_input == "pixel_values" else "audio")
     start = getattr(config, "decoder_start_token_id", None)
     target = TokenLayout(
         special="start" if isinstance(start, int) else None,
@@ -159,9 +167,10 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     )
     encoder_layers = f"{encoder_path}.*"
     decoder_layers = f"{decoder_path}.*"
-    return LayerLayouts(
-        {encoder_layers: source, decoder_layers: target}, keys={decoder_layers: source}
-    )
+    queries: dict[object, object] = {decoder_layers: target}
+    if any(adapter_for(m) is not None for m in encoder.modules()):  # not a CNN encoder
+        queries = {encoder_layers: source, **queries}
+    return LayerLayouts(queries, keys={decoder_layers: source})
 
 
 def _bos(config: Any) -> int | None:

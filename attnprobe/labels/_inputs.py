@@ -216,8 +216,17 @@ class TokenLayout(InputLayout):
         self.text = text
         self.sep_token_id = sep_token_id
 
+    @property
+    def _text_only(self) -> bool:
+        """Whether every token this layout labels is text (no group depends on the ids)."""
+        return self.names == (self.text,)
+
     def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         ids = _argument(args, kwargs, *self.ids_argument)
+        embeds = kwargs.get("inputs_embeds")
+        if ids is None and isinstance(embeds, Tensor) and embeds.dim() == 3 and self._text_only:
+            # one group: the ids are not needed, only the length and the padding mask
+            ids = torch.zeros(embeds.shape[:2], dtype=torch.long)  # (B, L)
         if not isinstance(ids, Tensor) or ids.dim() != 2:
             raise ModalityLayoutError(
                 f"TokenLayout: expected the {'model' if self.source is None else self.source!r} "

@@ -167,6 +167,29 @@ class ModalityLayout:
         layout._description = ""
         return layout
 
+    @classmethod
+    def uniform(cls, name: str) -> ModalityLayout:
+        """A layout whose every token, whatever the sequence length, belongs to one group
+        (an encoder's audio frames or image patches, seen as keys by a decoder).
+
+        Examples:
+            >>> import attnprobe as ap
+            >>> layout = ap.ModalityLayout.uniform("audio")
+            >>> layout, layout.labels(1, 3).tolist()
+            (ModalityLayout(audio=every token), [[0, 0, 0]])
+        """
+        layout = cls.__new__(cls)
+        layout.names = check_names([name], "ModalityLayout.uniform")
+        layout._static = None
+        layout._per_sample = None
+        layout._description = f"{name}=every token"
+        return layout
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every token belongs to the one group, at any length (`uniform`)."""
+        return self._static is None and self._per_sample is None
+
     @property
     def num_groups(self) -> int:
         """Number of groups ``G``."""
@@ -174,7 +197,9 @@ class ModalityLayout:
 
     @property
     def length(self) -> int:
-        """Sequence length ``L`` the layout describes."""
+        """Sequence length ``L`` the layout describes (0 for a `uniform` layout: any)."""
+        if self.is_uniform:
+            return 0
         if self._static is not None:
             return int(self._static.numel())
         assert self._per_sample is not None
@@ -189,7 +214,8 @@ class ModalityLayout:
     def counts(self) -> dict[str, int]:
         """Tokens per group (for per-sample layouts: summed over the batch)."""
         labels = self._static if self._static is not None else self._per_sample
-        assert labels is not None
+        if labels is None:  # uniform: any number of tokens
+            return {self.names[0]: 0}
         return {name: int((labels == i).sum()) for i, name in enumerate(self.names)}
 
     def index(self, name: str) -> int:
@@ -210,6 +236,8 @@ class ModalityLayout:
             ModalityLayoutError: if the layout does not describe ``length`` tokens, or (per-sample
                 layouts) was built for another batch size.
         """
+        if self.is_uniform:
+            return torch.zeros(batch_size, length, dtype=torch.long, device=device)  # (B, L)
         if self._static is not None:
             if self._static.numel() != length:
                 raise ModalityLayoutError(
@@ -229,6 +257,8 @@ class ModalityLayout:
         return self._per_sample.to(device)  # (B, L)
 
     def __repr__(self) -> str:
+        if self.is_uniform:
+            return f"ModalityLayout({self._description})"
         if self._per_sample is not None:
             shape = list(self._per_sample.shape)
             return (
@@ -242,6 +272,8 @@ class ModalityLayout:
             return NotImplemented
         if self.names != other.names:
             return False
+        if self.is_uniform or other.is_uniform:
+            return self.is_uniform and other.is_uniform
         mine = self._static if self._static is not None else self._per_sample
         theirs = other._static if other._static is not None else other._per_sample
         assert mine is not None and theirs is not None
