@@ -623,3 +623,18 @@ def test_two_probes_on_hf_attention_each_give_their_solo_result(backend: str) ->
         for x, y in zip(together, alone, strict=True):
             assert x.states == y.states
     assert_restored(model, backend)
+
+
+def test_a_probed_config_still_compares_equal_to_its_implementation() -> None:
+    """Modeling files branch on ``config._attn_implementation == "sdpa"`` (GLM-5-Next builds a
+    boolean mask only then): while probed, the wrapper's name must take the same branch."""
+    import copy
+
+    model = llama()
+    with ap.probe(model, modalities=ap.auto_layout(model)):
+        name = model.config._attn_implementation
+        assert name.startswith(PREFIX) and name == "sdpa" and name in ("sdpa", "flash")
+        assert name != "eager" and name in AttentionInterface._global_mapping
+        assert type(copy.deepcopy(name)) is str and copy.deepcopy(name) == PREFIX + "sdpa"
+    assert model.config._attn_implementation == "sdpa"
+    assert type(model.config._attn_implementation) is str
