@@ -663,9 +663,7 @@ def test_layout_errors_name_the_layer() -> None:
     ):
         lenient.result()
     with ap.probe(model, modalities=LAYOUT, layers="blocks.*") as p:
-        with _raises(
-            ModalityLayoutError, "layer 'blocks.0': the modality layout covers 8 tokens"
-        ):
+        with _raises(ModalityLayoutError, "layer 'blocks.0': the modality layout covers 8 tokens"):
             model(torch.randn(2, 9, 16))
         with _raises(
             ModalityLayoutError,
