@@ -271,3 +271,24 @@ def test_timm_map_pooling_and_deit_distillation_token() -> None:
     layout = ap.auto_layout(deit)
     assert layout.names == ("cls", "distillation", "patches")
     assert ap.self_check(deit, x, layout).passed
+
+
+def test_an_hf_module_without_cross_arguments_is_self_attention_even_with_a_key_layout() -> None:
+    """A decoder layer pattern carries the encoder's key layout for its cross-attention; its
+    self-attention module (whose forward takes no other sequence, as Canary's) must still be
+    labelled by its own layout — a one-group key layout would fit any length silently."""
+    from tests.test_hf import llama, text_inputs
+
+    model = llama()
+    layout = ap.auto_layout(model)
+    with (
+        torch.no_grad(),
+        ap.probe(
+            model,
+            modalities={"model.layers.*": layout},
+            key_modalities={"model.layers.*": ap.ModalityLayout.uniform("audio")},
+        ) as p,
+    ):
+        model(**text_inputs())
+    for layer in p.result().layers:
+        assert layer.key_groups == layout.names, layer

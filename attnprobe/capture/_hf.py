@@ -323,7 +323,7 @@ def _enlist(
     stack.callback(remove)
 
 
-_CROSS_ARGUMENTS = ("key_value_states", "encoder_hidden_states")
+_CROSS_ARGUMENTS = ("key_value_states", "encoder_hidden_states", "cross_attention_states")
 """Forward arguments through which HF attention modules receive another sequence's states."""
 
 
@@ -338,11 +338,13 @@ def _cross_from_call(
     module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> bool | None:
     """Whether this call of an HF attention module attends to another sequence: it received
-    ``key_value_states`` (or ``encoder_hidden_states``) that are not None; None when its
-    forward has no such argument (the layer's layouts decide)."""
+    ``key_value_states`` (or ``encoder_hidden_states``, ``cross_attention_states``) that are
+    not None. A module whose forward takes no such argument computes its keys from its own
+    hidden states: self-attention (a decoder's self-attention beside its cross-attention, whose
+    layer has a key layout for the other)."""
     positions = _cross_positions(_forward(module))
     if not positions:
-        return None
+        return False
     for name, index in positions:
         value = kwargs.get(name, args[index] if index < len(args) else None)
         if value is not None:
