@@ -7,6 +7,11 @@ the slow, explicit way and sums them per group:
 - modules whose family has an explicit path (`attnprobe.capture.Adapter.reference_weights`):
   that path's weights — HuggingFace's ``eager`` implementation, timm's non-fused path;
 - any other module: full maps through the math SDPA kernel with ``V = I`` (``store_maps``).
+
+The reference sums its weights over the groups the probe applied to each call, so it checks the
+capture (kernel inputs, masks, scale, query rows) and not the layouts: whether a layout
+describes the model's tokens is the user's to check (``layout(**inputs)`` shows one batch's
+labels).
 """
 
 from __future__ import annotations
