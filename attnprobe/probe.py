@@ -246,15 +246,17 @@ class Probe:
         """``"second_pass"`` or ``"fused"``."""
         wanted = _query_names(queries, self._layouts)
         automatic = layers is None
-        attention = select_layers(self._model, None) if self._layouts.is_per_layer else []
-        self._layouts.check_patterns([(n, m) for n, m, _ in attention])
+        candidates = select_layers(self._model, layers)
+        if self._layouts.is_per_layer:  # every pattern must give some attention module a layout
+            everything = candidates if automatic else select_layers(self._model, None)
+            self._layouts.check_patterns([(n, m) for n, m, _ in everything])
         self._skipped: dict[str, str] = {}
         self._warn_skipped: set[str] = set()
         self._selection: list[tuple[str, nn.Module, Adapter]] = []
         sources: list[LabelSource] = []
         # one key layout for every layer and layers=None: the probe is about cross-attention
         cross_only = automatic and bool(self._layouts.keys) and not self._layouts.is_per_layer
-        for name, module, adapter in select_layers(self._model, layers):
+        for name, module, adapter in candidates:
             if cross_only and not adapter.is_cross_attention(module):
                 continue
             try:

@@ -8,6 +8,7 @@ imports ``transformers``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,8 +111,6 @@ def _token(config: Any, kind: str) -> int | None:
 
 def _mm_token_types(model: nn.Module) -> bool:
     """Whether the model's forward takes ``mm_token_type_ids`` (Qwen-VL style)."""
-    import inspect
-
     try:
         return "mm_token_type_ids" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
