@@ -228,6 +228,7 @@ class LayerRecorder:
             dims=dims,
             needs=self.spec.needs,
             fused_mass=mass,
+            weights=inputs.weights,
         )
         values: dict[str, object] = {}
         for statistic in self.spec.statistics:

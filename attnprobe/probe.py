@@ -34,6 +34,7 @@ from attnprobe.labels import (
     InputLayout,
     LabelSource,
     LayerLayouts,
+    MergedKeys,
     ModalityLayout,
     SequenceLabels,
 )
@@ -357,6 +358,7 @@ class Probe:
             self._sequences[id(query_layout)],
             None if key_layout is None else self._sequences[id(key_layout)],
             groups,
+            merged=self._layouts.merged_keys(name, module),
         )
 
     # -- what the probe watches ------------------------------------------------------------------
@@ -391,7 +393,12 @@ class Probe:
 
     def _sequence(self, side: str, layers: str | None, fn: str) -> SequenceLabels:
         """The one query (``side="queries"``) or key sequence ``fn`` acts on."""
-        entries = self._layouts.queries if side == "queries" else self._layouts.keys
+        entries = [
+            (selector, entry.layout if isinstance(entry, MergedKeys) else entry)
+            for selector, entry in (
+                self._layouts.queries if side == "queries" else self._layouts.keys
+            )
+        ]
         if layers is not None:
             for selector, layout in entries:
                 if selector == layers:

@@ -58,6 +58,7 @@ __all__ = [
     "families",
     "find_entry",
     "first_line",
+    "is_hand_attention",
     "is_hf_attention",
     "names_by_kind",
     "shrink_config",
@@ -1688,6 +1689,21 @@ def is_hf_attention(module: nn.Module) -> bool:
     return isinstance(code, types.CodeType) and "ALL_ATTENTION_FUNCTIONS" in _code_names(code)
 
 
+def is_hand_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is an HF attention module that computes its weights by hand (a
+    ``softmax`` in its class ``forward``, no ``ALL_ATTENTION_FUNCTIONS``): the weights it
+    returns with ``output_attentions=True`` are the reference."""
+    forward = inspect.unwrap(type(module).forward)
+    code = getattr(forward, "__code__", None)
+    return (
+        "Attention" in type(module).__name__
+        and type(module).__module__.startswith("transformers.")
+        and isinstance(code, types.CodeType)
+        and any(name.lower() == "softmax" for name in _code_names(code))
+        and not is_hf_attention(module)
+    )
+
+
 @dataclasses.dataclass
 class Call:
     """One eager attention kernel call of an attention module."""
@@ -1768,28 +1784,62 @@ def _recording_eager_functions(
             namespace[name] = original
 
 
+def _heads(module: nn.Module) -> int:
+    """The module's head count as hand-written HF modules keep it (0: none found)."""
+    for name in ("num_heads", "num_attention_heads", "num_attn_heads", "n_heads"):
+        value = getattr(module, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _probabilities(weights: Tensor) -> Tensor:
+    """The weights a module returned, as post-softmax weights: ProphetNet's encoder attention
+    returns its scores before the softmax (transformers 5.x), which the reference then
+    normalises the way the module does (``softmax`` over the keys)."""
+    sums = weights.double().sum(-1)  # (B, H, Lq)
+    finite = sums.isfinite()
+    if finite.any() and torch.allclose(sums[finite], torch.ones_like(sums[finite]), atol=1e-4):
+        return weights
+    return torch.softmax(weights.float(), dim=-1).to(weights.dtype)
+
+
 def eager_calls(model: nn.Module, inputs: Mapping[str, Any], seed: int = 0) -> list[Call]:
     """Every attention kernel call of every HF attention module in one eager forward (seeded
     with ``seed``: some models draw noise inside ``forward``), in call order: the weights its
     eager attention function returned (the module's second output when no such function
-    ran)."""
+    ran, as for modules that compute attention by hand, `is_hand_attention`)."""
     calls: list[Call] = []
     handles = []
     kernels: dict[int, list[Tensor]] = {}
     torch.manual_seed(seed)
     crossing: dict[int, bool] = {}
-    modules = [(path, m) for path, m in model.named_modules() if is_hf_attention(m)]
+    modules = [
+        (path, m)
+        for path, m in model.named_modules()
+        if is_hf_attention(m) or is_hand_attention(m) or isinstance(m, nn.MultiheadAttention)
+    ]
+    hand = any(is_hand_attention(m) for _, m in modules)
     for path, module in modules:
 
-        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        def pre(
+            mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
             kernels[id(mod)] = []
             crossing[id(mod)] = any(kwargs.get(k) is not None for k in _CROSS_KWARGS)
+            if isinstance(mod, nn.MultiheadAttention):  # a pooling head: its weights per head
+                crossing[id(mod)] = args[0] is not args[1] if len(args) > 1 else False
+                return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+            return None
 
         def post(mod: nn.Module, args: Any, out: Any, path: str = path) -> None:
             found: list[Tensor | None] = list(kernels.pop(id(mod), []))
             second = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+            if isinstance(second, Tensor) and second.dim() == 3 and _heads(mod):
+                # [B·H, Lq, Lk] as a hand-written module keeps them
+                second = second.view(-1, _heads(mod), *second.shape[1:])  # (B, H, Lq, Lk)
             if not found and isinstance(second, Tensor) and second.dim() == 4:
-                found = [second.detach()]  # no eager function ran: the module's own output
+                found = [_probabilities(second.detach())]  # no eager function: its own output
             flagged = crossing.pop(id(mod), False)
             for i, weights in enumerate(found or [None]):
                 cross = flagged or (weights is not None and weights.shape[-2] != weights.shape[-1])
@@ -1808,7 +1858,8 @@ def eager_calls(model: nn.Module, inputs: Mapping[str, Any], seed: int = 0) -> l
             _recording_eager_functions([m for _, m in modules], record),
             torch.no_grad(),
         ):
-            model(**inputs)
+            # modules written by hand return their weights only when asked to
+            model(**inputs, **({"output_attentions": True} if hand else {}))
     finally:
         for handle in handles:
             handle.remove()

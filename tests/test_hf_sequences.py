@@ -1,6 +1,7 @@
 """HuggingFace models with several token sequences, built tiny from configs: encoder–decoders
-(BART, T5, Whisper), attention-pooling heads (SigLIP) and special-token groups (DeiT's
-distillation token, ``[SEP]``).
+(BART, T5, Whisper, Pix2Struct), attention-pooling heads (SigLIP), special-token groups (DeiT's
+distillation token, ``[SEP]``) and vision-language models that place image features by their
+own inputs (Fuyu's placeholder ids, Kosmos-2's position mask, zero-padded patch rows).
 
 Every mass is checked against the model's own eager attention weights, summed per group by the
 numpy loops of `masses_from_weights`, with labels written out here by hand (not by the layout
@@ -9,6 +10,7 @@ under test).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from transformers import (
 )
 
 import attnprobe as ap
+from tests import hf_zoo
 from tests._reference import masses_from_weights
 from tests.test_hf import ATOL, assert_restored, assert_same_outputs, implementation
 
@@ -292,3 +295,207 @@ def test_an_hf_module_without_cross_arguments_is_self_attention_even_with_a_key_
         model(**text_inputs())
     for layer in p.result().layers:
         assert layer.key_groups == layout.names, layer
+
+
+# -- vision-language models from the zoo: image positions as the model itself places them ------
+@functools.cache
+def zoo(model_type: str) -> hf_zoo.Built:
+    """A tiny random ``model_type`` from `tests.hf_zoo` (built once per test process)."""
+    built = hf_zoo.build(model_type, attn_implementation="sdpa", timeout=None)
+    assert isinstance(built, hf_zoo.Built), built
+    return built
+
+
+def text_ids(pad: int, bos: int, block: list[tuple[int, int]], shift: int) -> tuple[Tensor, Tensor]:
+    """Two samples around one image block each, at different offsets, the first left-padded:
+    ``(input_ids [2, L], hand labels [2, L])`` with labels bos 0, text 1, image 2, padding -1;
+    ``block`` is the (id, label) of each position of the image block."""
+    ids, marks = [i for i, _ in block], [g for _, g in block]
+    text = list(range(20, 40))
+    rows = [
+        [pad, pad, bos, *text[:2], *ids, *text[2 : 4 + shift]],
+        [bos, *text[:shift], *ids, *text[shift : shift + 6]],
+    ]
+    labels = [
+        [-1, -1, 0, 1, 1, *marks, *[1] * (2 + shift)],
+        [0, *[1] * shift, *marks, *[1] * 6],
+    ]
+    assert len(rows[0]) == len(rows[1]) == len(labels[0]) == len(labels[1])
+    return torch.tensor(rows), torch.tensor(labels)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_fuyu_image_group_is_where_the_model_scatters_its_patches(backend: str) -> None:
+    """Fuyu has no vision tower: its patch rows are projected and scattered into the text
+    embeddings at the config's image_token_id; the image group is exactly those positions."""
+    built = zoo("fuyu")
+    model, config = built.model, built.model.config
+    model.set_attn_implementation(backend)
+    patches = built.inputs["pixel_values"]  # (B, N, C·p·p): one row per patch
+    text_config = config.text_config
+    # 4 rows of 4 patches, each row ended by a text token (the processor's |NEWLINE|)
+    row = [(config.image_token_id, 2)] * 4 + [(39, 1)]
+    assert patches.shape[1] == 16
+    ids, labels = text_ids(text_config.pad_token_id or 0, text_config.bos_token_id, row * 4, 3)
+    inputs = {"input_ids": ids, "attention_mask": (labels >= 0).long(), "pixel_values": patches}
+    layout = ap.auto_layout(model)
+    assert isinstance(layout, ap.labels.TokenLayout) and layout.names == ("bos", "text", "image")
+    result = probed(model, inputs, layout)
+    assert result.layer_names and all(
+        n.startswith("model.language_model.") for n in result.layer_names
+    )
+    check(
+        result,
+        hf_zoo.eager_weights(model, inputs),
+        {n: (labels, labels) for n in result.layer_names},
+    )
+    with pytest.raises(ap.errors.ProbeConfigError, match="no vision tower"):
+        ap.auto_layout(model, tower="vision")
+    assert_restored(model, backend)
+
+
+@pytest.mark.parametrize(("model_type", "backend"), [("kosmos-2", "sdpa"), ("kosmos-2.5", "eager")])
+def test_kosmos_image_group_is_the_models_position_mask_not_the_ids(
+    model_type: str, backend: str
+) -> None:
+    """Kosmos-2 and 2.5 write the image features where image_embeds_position_mask is 1, over
+    any ids: random ids there must still be "image", and the placeholder id elsewhere "text"."""
+    built = zoo(model_type)
+    model = built.model
+    model.set_attn_implementation(backend)
+    text_config = model.config.text_config
+    n = model.config.latent_query_num
+    placeholder = int(
+        built.inputs["input_ids"][1, built.inputs["image_embeds_position_mask"][1].bool()][0]
+    )
+    block = [(int(i), 2) for i in torch.randint(20, 40, (n,))]  # any ids, marked as image
+    ids, labels = text_ids(text_config.pad_token_id, text_config.bos_token_id, block, 2)
+    ids[1, -1] = placeholder  # the usual placeholder id, without the mask: text
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": (labels >= 0).long(),
+        "image_embeds_position_mask": (labels == 2).long(),
+        **{k: v for k, v in built.inputs.items() if k in ("pixel_values", "flattened_patches")},
+    }
+    layout = ap.auto_layout(model)
+    assert isinstance(layout, ap.labels.TokenLayout) and layout.names == ("bos", "text", "image")
+    result = probed(model, inputs, layout)
+    assert result.layer_names and all(n.startswith("text_model.") for n in result.layer_names)
+    weights = hf_zoo.eager_weights(model, inputs)
+    check(result, weights, {n: (labels, labels) for n in result.layer_names})
+    assert_restored(model, backend)
+
+
+def test_pix2struct_encoder_and_kosmos_2_5_vision_tower_ignore_zero_padded_patch_rows() -> None:
+    """Pix2Struct-style encoders take patch rows padded with rows of zeros, which they mask (from
+    the attention_mask given with them, or from the zeros): padding is no image token, neither
+    as a query nor, for Pix2Struct's decoder, as a cross-attention key."""
+    rows = torch.zeros(2, 16, dtype=torch.long)  # (B, N): image 0, padding -1
+    rows[0, -3:] = -1
+    pix2struct = zoo("pix2struct")
+    model = pix2struct.model
+    patches = pix2struct.inputs["flattened_patches"].clone()  # (B, N, 2 + C·p·p)
+    patches[0, -3:] = 0  # the first sample's last 3 rows are padding
+    assert patches.shape[:2] == rows.shape
+    decoder_ids = pix2struct.inputs["decoder_input_ids"]
+    inputs = {
+        "flattened_patches": patches,
+        "attention_mask": (patches.sum(-1) != 0).float(),  # as Pix2Struct's processor gives it
+        "decoder_input_ids": decoder_ids,
+    }
+    layouts = ap.auto_layout(model)
+    assert isinstance(layouts, ap.labels.LayerLayouts)
+    result = probed(model, inputs, layouts)
+    target = torch.zeros_like(decoder_ids)  # (B, T): "start" 0, then "text" 1
+    target[:, 1:] = 1
+    assert (decoder_ids[:, 0] == model.config.decoder_start_token_id).all()
+    labels: dict[str, tuple[Tensor, Tensor]] = {}
+    for name in result.layer_names:
+        if name.startswith("encoder."):
+            labels[name] = (rows, rows)
+        else:
+            labels[name] = (target, rows if "encoder_decoder" in name else target)
+    check(result, hf_zoo.eager_weights(model, inputs), labels)
+    cross = [layer for layer in result.layers if "encoder_decoder" in layer.name]
+    assert cross and all(layer.key_groups == ("image",) for layer in cross)
+
+    # Kosmos-2.5's vision tower masks the zero rows itself (its attention modules look their
+    # kernel up with getattr on the interface, so they always run eager_attention_forward and
+    # are not captured here: the labels are checked against the rows)
+    kosmos = zoo("kosmos-2.5")
+    layout = ap.auto_layout(kosmos.model, tower="vision")
+    assert isinstance(layout, ap.labels.FrameLayout) and layout.names == ("image",)
+    assert layout.source == "vision_model"
+    patches = kosmos.inputs["flattened_patches"].clone()
+    patches[0, -3:] = 0
+    inputs = {**kosmos.inputs, "flattened_patches": patches}
+    seen: list[dict[str, Any]] = []
+    tower = kosmos.model.get_submodule("vision_model")
+    handle = tower.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(dict(kwargs)), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            kosmos.model(**inputs)
+    finally:
+        handle.remove()
+    assert torch.equal(layout(**seen[0]).labels(*rows.shape), rows)
+    # the rows the tower itself masks: no weight on them as keys, some on every other row
+    weights = hf_zoo.eager_weights(kosmos.model, inputs)["vision_model.encoder.layer.0.attention"]
+    keys = weights.sum(dim=(1, 2))  # (B, N): weight each key row receives
+    assert torch.equal(keys == 0, rows < 0)
+
+
+def test_t5gemma2_merged_decoder_keys_and_the_encoders_image_tokens() -> None:
+    """T5Gemma2: the encoder reads image placeholders among its tokens (group "image"), its
+    SigLIP tower has its own layout and pooling head, and each decoder attention call attends to
+    its own tokens followed by the encoder's (`MergedKeys`): keys text, then source / image."""
+    built = zoo("t5gemma2")
+    model, inputs = built.model, built.inputs
+    layouts = ap.auto_layout(model)
+    assert layouts.merged_keys("model.decoder.layers.0.self_attn", model)
+    result = probed(model, inputs, layouts)
+    assert not result.skipped
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    image = model.config.image_token_index
+    source = torch.where(mask == 0, -1, (ids == image).long())  # (B, Le): source 0, image 1
+    target = torch.zeros_like(inputs["decoder_input_ids"])  # (B, Ld): text 0
+    merged = torch.cat([target, torch.where(source < 0, -1, source + 1)], dim=1)
+    patches = torch.zeros(ids.shape[0], 16, dtype=torch.long)  # (B, 16): 64 / 16 = 4 × 4
+    labels: dict[str, tuple[Tensor, Tensor]] = {}
+    for name in result.layer_names:
+        if "text_model" in name:
+            labels[name] = (source, source)
+        elif name.endswith("head.attention"):
+            labels[name] = (torch.zeros(ids.shape[0], 1, dtype=torch.long), patches)
+        elif "vision_tower" in name:
+            labels[name] = (patches, patches)
+        else:
+            labels[name] = (target, merged)
+    assert result["model.decoder.layers.0.self_attn"].key_groups == ("text", "source", "image")
+    check(result, hf_zoo.eager_weights(model, inputs), labels)
+
+
+def test_florence2_encoder_image_tokens_are_read_from_the_models_own_ids() -> None:
+    """Florence-2 merges the image features into the text embeddings before its encoder (which
+    receives inputs_embeds): the encoder's "image" group is where the model's input_ids hold the
+    placeholder, and the decoder's cross-attention keys carry it; the DaViT tower (window and
+    channel attention, no patch grid) is left out, and says so."""
+    built = zoo("florence2")
+    model, inputs = built.model, built.inputs
+    result = probed(model, inputs, ap.auto_layout(model))
+    assert result.skipped and all(
+        n.startswith("model.vision_tower.") and why == "matches none of the modalities patterns"
+        for n, why in result.skipped.items()
+    )
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    source = torch.where(mask == 0, -1, (ids == model.config.image_token_id).long())  # (B, Le)
+    assert int((source == 1).sum()) > 0
+    target = torch.zeros_like(inputs["decoder_input_ids"])  # (B, Ld)
+    labels = {
+        n: (source, source)
+        if ".encoder." in n
+        else (target, source if "encoder_attn" in n else target)
+        for n in result.layer_names
+    }
+    check(result, hf_zoo.eager_weights(model, inputs), labels)

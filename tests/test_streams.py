@@ -339,3 +339,58 @@ def test_self_check_takes_per_layer_layouts_and_key_layouts() -> None:
     check = ap.self_check(model, _inputs(2), MODALITIES, key_modalities=KEYS)
     assert check.passed and len(check.layers) == 7, check.to_frame()
     assert set(check.to_frame()["reference"]) == {"math SDPA maps (V = I)"}
+
+
+class MergedDecoder(nn.Module):
+    """A decoder layer whose attention reads its own tokens and an encoder's in one call
+    (T5Gemma2's merged attention): keys = ``cat([own, encoder])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.attn = nn.MultiheadAttention(D, 2, batch_first=True)
+
+    def forward(self, text: Tensor, memory: Tensor) -> Tensor:
+        keys = torch.cat([text, memory], dim=1)  # (B, Lt + Lm, D)
+        return self.attn(text, keys, keys, need_weights=False)[0]
+
+
+def test_merged_keys_label_the_own_tokens_then_the_other_sequence() -> None:
+    model = MergedDecoder().eval()
+    text, memory = torch.randn(2, 3, D), torch.randn(2, 5, D)
+    layouts = ap.labels.LayerLayouts(
+        {"attn": {"bos": 1, "text": 2}},
+        keys={"attn": ap.labels.MergedKeys({"image": 4, "text": 1})},
+    )
+    assert repr(layouts) == (
+        "LayerLayouts(queries={'attn': [bos, text]}, keys={'attn': own + [image, text]})"
+    )
+    with torch.no_grad(), ap.probe(model, modalities=layouts) as p:
+        model(text, memory)
+    layer = p.result()["attn"]
+    # a name in both sequences ("text") is one group; the other's new groups come after
+    assert layer.key_groups == ("bos", "text", "image")
+    with torch.no_grad():
+        keys = torch.cat([text, memory], dim=1)
+        weights = model.attn(text, keys, keys, average_attn_weights=False)[1]  # (B, H, 3, 8)
+    key_labels = torch.tensor([[0, 1, 1, 2, 2, 2, 2, 1]] * 2)  # own [bos, text, text], then
+    query_labels = torch.tensor([[0, 1, 1]] * 2)  # the encoder's [image ×4, text]
+    expected = masses_from_weights(weights, key_labels, query_labels, 3, 2)
+    np.testing.assert_allclose(layer.mass.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_merged_keys_have_pinned_errors() -> None:
+    model = MergedDecoder().eval()
+    with pytest.raises(ProbeConfigError, match=_msg("received MergedKeys, which describes keys")):
+        ap.probe(model, modalities={"attn": ap.labels.MergedKeys({"image": 4})})
+    with pytest.raises(ProbeConfigError, match=_msg("received a MergedKeys; pass the layout")):
+        ap.labels.MergedKeys(ap.labels.MergedKeys({"image": 4}))
+    # keys fewer than the layer's own tokens: not merged keys
+    short = ap.labels.LayerLayouts({"attn": {"text": 3}}, keys=ap.labels.MergedKeys({"x": 1}))
+    fewer = _msg("this call attends to 2 keys, fewer than its own 3 tokens that MergedKeys")
+    with (
+        torch.no_grad(),
+        ap.probe(model, modalities=short, layers=["attn"]),
+        pytest.raises(ModalityLayoutError, match=fewer),
+    ):
+        model.attn(torch.randn(1, 3, D), torch.randn(1, 2, D), torch.randn(1, 2, D))

@@ -3,8 +3,9 @@ knows a model family.
 
 Nothing outside this package knows a model family. Built-in adapters, tried after any
 registered with `register_adapter`: ``torch.nn.MultiheadAttention``, HuggingFace attention
-modules that dispatch through ``AttentionInterface``, timm ``Attention``, then any module whose
-forward calls ``F.scaled_dot_product_attention``. Layer selection and the
+modules that dispatch through ``AttentionInterface``, timm ``Attention``, any module whose
+forward calls ``F.scaled_dot_product_attention``, then attention modules that compute their
+weights by hand (a softmax of a query–key product). Layer selection and the
 unwrapping of DDP/FSDP wrappers (`select_layers`, `unwrap_model`), the layouts of known models
 (`auto_layout`) and the explicit reference of `attnprobe.self_check` live here too.
 """
@@ -18,6 +19,7 @@ from attnprobe.capture._base import (
     adapters,
     register_adapter,
 )
+from attnprobe.capture._hand import HandAttentionAdapter
 from attnprobe.capture._hf import HuggingFaceAdapter
 from attnprobe.capture._layouts import auto_layout
 from attnprobe.capture._sdpa import SdpaAdapter
@@ -31,12 +33,19 @@ from attnprobe.capture._timm import TimmAttentionAdapter
 from attnprobe.capture._torch import MultiheadAttentionAdapter
 
 _REGISTRY.extend(
-    [MultiheadAttentionAdapter(), HuggingFaceAdapter(), TimmAttentionAdapter(), SdpaAdapter()]
+    [
+        MultiheadAttentionAdapter(),
+        HuggingFaceAdapter(),
+        TimmAttentionAdapter(),
+        SdpaAdapter(),
+        HandAttentionAdapter(),
+    ]
 )
 
 __all__ = [
     "Adapter",
     "AttentionInputs",
+    "HandAttentionAdapter",
     "HuggingFaceAdapter",
     "LayerSelector",
     "MultiheadAttentionAdapter",

@@ -70,6 +70,10 @@ class AttentionInputs:
     """Whether the keys come from another sequence than the queries (cross-attention), as the
     module's call shows it (HF ``key_value_states``, a torch ``MultiheadAttention`` query that
     is not its key); None: unknown, the layer's layouts decide."""
+    weights: Tensor | None = None
+    """Post-softmax weights ``[B, H, Lq, Lk]`` the module computed itself (attention written
+    by hand): masses and maps are read from them instead of a kernel call on ``query`` and
+    ``key``, which then serve the query and key statistics only."""
 
 
 class Recorder(Protocol):

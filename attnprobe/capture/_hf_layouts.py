@@ -1,7 +1,9 @@
 """The layouts of HuggingFace models: which rules read which config attributes.
 
-`hf_layout` configures a generic `attnprobe.labels.TokenLayout` or `VisionLayout` from a model's
-config (``text_config``, ``vision_config``, ``image_token_id``, ``model_type``, …);
+`hf_layout` configures a generic `attnprobe.labels.TokenLayout`, `VisionLayout` or
+`FrameLayout` from a model's config (``text_config``, ``vision_config``, ``image_token_id``,
+``model_type``, …) and the argument names of its forward (``mm_token_type_ids``,
+``image_embeds_position_mask``, ``flattened_patches``);
 `HuggingFaceAdapter.default_layout` answers `attnprobe.auto_layout` with it. Nothing here
 imports ``transformers``.
 """
@@ -18,8 +20,10 @@ from attnprobe.capture._base import adapter_for
 from attnprobe.capture._pooling import pooling_layouts
 from attnprobe.errors import ProbeConfigError
 from attnprobe.labels import (
+    FrameLayout,
     InputLayout,
     LayerLayouts,
+    MergedKeys,
     ModalityLayout,
     TokenLayout,
     VisionLayout,
@@ -45,6 +49,36 @@ def pair(value: Any) -> tuple[int, int]:
 def hf_layout(model: nn.Module, tower: str | None) -> InputLayout | LayerLayouts | None:
     """The layouts of a HuggingFace model's sequences (None: not an HF model); rules in
     `attnprobe.auto_layout`."""
+    layout = _hf_layout(model, tower)
+    if isinstance(layout, InputLayout) and tower != "vision":
+        return _with_cross_keys(model, layout)
+    return layout
+
+
+def _with_cross_keys(model: nn.Module, layout: InputLayout) -> InputLayout | LayerLayouts:
+    """``layout``, with the media tower's output as the keys of the cross-attention layers
+    among its layers (Idefics' gated cross-attention, Mllama's cross-attention layers: text
+    queries, keys from the image features — one ``image`` group however many there are)."""
+    config: Any = model.config
+    crossing = [
+        path
+        for path, module in model.named_modules()
+        if (adapter := adapter_for(module)) is not None
+        and adapter.is_cross_attention(module)
+        and layout.layers(path, module)
+    ]
+    media = [
+        kind
+        for kind in ("image", "audio")
+        if getattr(config, f"{'vision' if kind == 'image' else kind}_config", None) is not None
+    ]
+    if not crossing or len(media) != 1:
+        return layout
+    features = ModalityLayout.uniform(media[0])
+    return LayerLayouts({layout.layers: layout}, keys=dict.fromkeys(crossing, features))
+
+
+def _hf_layout(model: nn.Module, tower: str | None) -> InputLayout | LayerLayouts | None:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return None
@@ -58,46 +92,135 @@ def hf_layout(model: nn.Module, tower: str | None) -> InputLayout | LayerLayouts
     image_token = _token(config, "image")
     video_token = _token(config, "video")
     audio_token = _token(config, "audio")
-    multimodal_tokens = any(t is not None for t in (image_token, video_token, audio_token))
-    if text_config is not None and (vision_config is not None or audio_config is not None):
+    prefix = _find(model, ("language_model", "text_model", "text_encoder", "text_decoder"))
+    # a mask of image positions (Kosmos-2), read from the inputs of the module that consumes
+    # it: the text model (which generate calls directly), else the model itself
+    masked = [p for p in dict.fromkeys((prefix, None)) if _takes(_module(model, p), _IMAGE_MASK)]
+    multimodal_tokens = bool(masked) or any(
+        t is not None for t in (image_token, video_token, audio_token)
+    )
+    if text_config is not None and (
+        vision_config is not None or audio_config is not None or multimodal_tokens
+    ):
         vision_prefix = _find(model, _VISION_TOWERS)
         if tower == "vision":
             if vision_config is None:
                 raise ProbeConfigError(
-                    f"auto_layout: {type(model).__name__} has no vision tower; expected "
+                    f"auto_layout: {type(model).__name__} has no vision tower (no vision_config: "
+                    "its image patches enter the language model directly); expected "
                     "tower='text' or None."
                 )
-            return pooling_layouts(model, _vision_layout(vision_config, vision_prefix))
-        prefix = _find(model, ("language_model", "text_model", "text_encoder"))
+            return pooling_layouts(model, _vision_layout(model, vision_config, vision_prefix))
         if multimodal_tokens:
+            source = masked[0] if masked else None
             return TokenLayout(
                 image_token_id=image_token,
                 video_token_id=video_token,
                 audio_token_id=audio_token,
+                image_mask_argument=_IMAGE_MASK if masked else None,
                 mm_token_types=_mm_token_types(model),
                 special="bos",
                 special_token_id=_bos(text_config)
                 if _bos(text_config) is not None
                 else _bos(config),
                 prefix=prefix,
+                source=source,
+                ids_argument=("input_ids", _position(_module(model, source), "input_ids")),
             )
         text = _text_layout(text_config, prefix)
         if tower == "text" or vision_config is None:
             return text
         # a dual encoder (CLIP, SigLIP): both towers, each on its own sequence
-        vision = pooling_layouts(model, _vision_layout(vision_config, vision_prefix))
+        # (BLIP: the text decoder's cross-attention reads the vision tower's tokens)
+        vision = pooling_layouts(model, _vision_layout(model, vision_config, vision_prefix))
         towers: dict[object, object] = {text.layers: text}
+        keys: dict[object, object] = {}
+        tokens: object = vision  # the vision tower's token sequence
         if isinstance(vision, LayerLayouts):
             towers.update(dict(vision.queries))
-            return LayerLayouts(towers, dict(vision.keys))
-        towers[vision.layers] = vision
-        return LayerLayouts(towers)
+            keys.update(dict(vision.keys))
+            tokens = next(layout for _, layout in vision.keys)  # what the pooling head reads
+        else:
+            towers[vision.layers] = vision
+        if prefix is not None and _takes(_module(model, prefix), "encoder_hidden_states"):
+            keys[text.layers] = tokens
+        return LayerLayouts(towers, keys or None)
+    rows = _patch_rows(model, None)
+    if rows is not None and tower != "text":
+        return rows  # a Pix2Struct-style vision model on its own
     if tower == "text" or (tower is None and not hasattr(config, "patch_size")):
         return _text_layout(config, None)
-    return pooling_layouts(model, _vision_layout(vision_config or config, None))
+    return pooling_layouts(model, _vision_layout(model, vision_config or config, None))
 
 
 _VISION_TOWERS = ("vision_model", "vision_tower", "visual", "vision_encoder")
+
+_IMAGE_MASK = "image_embeds_position_mask"
+"""The forward argument ``[B, L]`` through which Kosmos-2 and Kosmos-2.5 say where in the token
+sequence the image features go (1), whatever the token ids there."""
+
+_PATCH_ROWS = "flattened_patches"
+"""The image input of Pix2Struct-style encoders (Pix2Struct, Kosmos-2.5): one row per patch,
+``[B, N, 2 + C·p·p]`` (row and column, then the pixels), padded with rows of zeros that the
+encoder masks unless it receives an ``attention_mask``."""
+
+_IMAGE_INPUTS = ("pixel_values", _PATCH_ROWS)
+"""Main input names of image encoders (which do not declare ``input_modalities``)."""
+
+
+def _module(model: nn.Module, path: str | None) -> nn.Module:
+    return model if not path else model.get_submodule(path)
+
+
+def _parameters(module: nn.Module) -> list[str]:
+    """Argument names of a module's forward (under any decorators), without ``self``."""
+    try:
+        signature = inspect.signature(inspect.unwrap(type(module).forward))
+    except (TypeError, ValueError):
+        return []
+    return [name for name in signature.parameters if name != "self"]
+
+
+def _takes(module: nn.Module, argument: str) -> bool:
+    """Whether the module's forward has an argument named ``argument``."""
+    return argument in _parameters(module)
+
+
+def _position(module: nn.Module, argument: str) -> int:
+    """Position of ``argument`` among the forward's arguments (0 when it has none such)."""
+    names = _parameters(module)
+    return names.index(argument) if argument in names else 0
+
+
+def _patch_rows(model: nn.Module, path: str | None, name: str = "image") -> FrameLayout | None:
+    """One ``name`` group over the patch rows of the Pix2Struct-style encoder at ``path``
+    (None: the model itself), its padding rows ignored as the encoder masks them: read from the
+    encoder's own forward, whose ``attention_mask`` (when given) is the patch mask; None when
+    the encoder does not take ``flattened_patches``."""
+    encoder = _module(model, path)
+    if not _takes(encoder, _PATCH_ROWS):
+        return None
+    return FrameLayout(
+        name,
+        argument=(_PATCH_ROWS, _position(encoder, _PATCH_ROWS)),
+        axis=1,  # (B, N, 2 + C·p·p)
+        mask_argument="attention_mask" if _takes(encoder, "attention_mask") else None,
+        zero_padding=True,
+        source=path or None,
+        prefix=path or None,
+    )
+
+
+def _encoder_modality(encoder: nn.Module) -> str:
+    """``"image"`` or ``"audio"`` (or what else the encoder declares): the one non-text modality
+    of the encoder's ``input_modalities`` (transformers ≥ 5), else read from its main input."""
+    declared = getattr(encoder, "input_modalities", None)
+    declared = (declared,) if isinstance(declared, str) else tuple(declared or ())
+    media = [m for m in declared if isinstance(m, str) and m != "text"]
+    if len(media) == 1:
+        return media[0]
+    main_input = getattr(encoder, "main_input_name", "")
+    return "image" if main_input in _IMAGE_INPUTS else "audio"
 
 
 def _token(config: Any, kind: str) -> int | None:
@@ -134,6 +257,15 @@ def _part(model: nn.Module, getter: str) -> nn.Module | None:
     return part if isinstance(part, nn.Module) else None
 
 
+def _ids_argument(decoder: nn.Module) -> tuple[str, int]:
+    """Where a decoder's forward receives its token ids: ``input_ids``, else its first argument
+    (SpeechT5's text decoder calls them ``input_values``)."""
+    names = _parameters(decoder)
+    if "input_ids" in names or not names:
+        return "input_ids", _position(decoder, "input_ids")
+    return names[0], 0
+
+
 def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | None:
     """An encoder–decoder's three kinds of layers: the encoder's self-attention (audio frames
     or source tokens), the decoder's self-attention (target tokens, following the KV cache)
@@ -152,24 +284,68 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     encoder = model.get_submodule(encoder_path)
     main_input = getattr(encoder, "main_input_name", "input_ids")
     source: InputLayout | ModalityLayout
-    if main_input == "input_ids":
+    image_token = _token(config, "image")
+    if main_input == "input_ids" and image_token is not None:
+        # a vision–language encoder (T5Gemma2, Florence-2): image placeholders among the
+        # source tokens, read where the ids are: the encoder's forward when it merges the image
+        # features itself, else the model's (which merges them before the encoder)
+        reader = encoder_path if _takes(encoder, "pixel_values") else None
+        source = TokenLayout(
+            text="source",
+            image_token_id=image_token,
+            source=reader,
+            ids_argument=("input_ids", _position(_module(model, reader), "input_ids")),
+        )
+    elif main_input == "input_ids":
         # the encoder's tokens are "source", apart from the decoder's "text"
         source = TokenLayout(text="source", source=encoder_path)
     else:
         # audio frames or image patches: one group, however many the encoder makes of them
-        source = ModalityLayout.uniform("image" if main_input == "pixel_values" else "audio")
+        # (patch rows: without their padding rows)
+        modality = _encoder_modality(encoder)
+        source = _patch_rows(model, encoder_path, modality) or ModalityLayout.uniform(modality)
     start = getattr(config, "decoder_start_token_id", None)
     target = TokenLayout(
         special="start" if isinstance(start, int) else None,
         special_token_id=start if isinstance(start, int) else None,
         source=decoder_path,
+        ids_argument=_ids_argument(model.get_submodule(decoder_path)),
     )
     encoder_layers = f"{encoder_path}.*"
     decoder_layers = f"{decoder_path}.*"
     queries: dict[object, object] = {decoder_layers: target}
+    keys: dict[object, object] = {}
     if any(adapter_for(m) is not None for m in encoder.modules()):  # not a CNN encoder
         queries = {encoder_layers: source, **queries}
-    return LayerLayouts(queries, keys={decoder_layers: source})
+    vision = _tower_layouts(model, config) if image_token is not None else None
+    if vision is not None:  # first: the tower may sit inside the encoder (T5Gemma2)
+        queries = {**dict(vision.queries), **queries}
+        keys.update(dict(vision.keys))
+    decoder = model.get_submodule(decoder_path)
+    merged = any(_takes(m, "merged_attention_mask") for m in decoder.modules())
+    # T5Gemma2's decoder attends to its own tokens and the encoder's in one call
+    keys[decoder_layers] = MergedKeys(source) if merged else source
+    return LayerLayouts(queries, keys=keys)
+
+
+def _tower_layouts(model: nn.Module, config: Any) -> LayerLayouts | None:
+    """The vision tower's own layouts inside an encoder–decoder (with its pooling head's), or
+    None when there is none with attention layers, or none whose layout the config says."""
+    path = _find(model, _VISION_TOWERS)
+    vision_config = getattr(config, "vision_config", None)
+    if path is None or vision_config is None:
+        encoder_config = getattr(config, "encoder", None)
+        vision_config = getattr(encoder_config, "vision_config", None)
+    if path is None or vision_config is None:
+        return None
+    patch = getattr(vision_config, "patch_size", None)
+    if isinstance(patch, (list, tuple)) and len(patch) != 2:
+        return None  # one patch size per stage: a hierarchical tower (Florence-2's DaViT)
+    try:
+        tower = pooling_layouts(model, _vision_layout(model, vision_config, path))
+    except ProbeConfigError:  # no patch grid: left out
+        return None
+    return tower if isinstance(tower, LayerLayouts) else LayerLayouts({tower.layers: tower})
 
 
 def _bos(config: Any) -> int | None:
@@ -192,6 +368,7 @@ def _text_layout(config: Any, prefix: str | None) -> TokenLayout:
 _DECODER_TYPES = frozenset(
     {
         "llama",
+        "idefics",
         "mistral",
         "mixtral",
         "qwen2",
@@ -218,12 +395,18 @@ _DECODER_TYPES = frozenset(
 )
 
 
-def _vision_layout(config: Any, prefix: str | None) -> VisionLayout:
+def _vision_layout(model: nn.Module, config: Any, prefix: str | None) -> InputLayout:
+    """The vision tower's layout: CLS-style prefix tokens and a patch grid read from the image
+    size (`VisionLayout`), or the patch rows of a Pix2Struct-style tower (`FrameLayout`)."""
     patch = getattr(config, "patch_size", None)
     if patch is None:
+        rows = _patch_rows(model, prefix)
+        if rows is not None:
+            return rows
         raise ProbeConfigError(
-            f"auto_layout: expected a vision config with patch_size, received "
-            f"{type(config).__name__}; build a VisionLayout yourself."
+            f"auto_layout: expected a vision config with patch_size or a vision tower that "
+            f"takes {_PATCH_ROWS}, received {type(config).__name__}; build a VisionLayout "
+            "or an InputLayout yourself."
         )
     model_type = getattr(config, "model_type", "")
     cls = 0 if "siglip" in model_type else 1

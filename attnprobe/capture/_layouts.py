@@ -29,12 +29,19 @@ def auto_layout(model: nn.Module, *, tower: str | None = None) -> InputLayout | 
       (and ``video``) — and, by default, only the language model's attention layers.
     - HF vision-language and audio-language models: image, video and audio placeholder
       tokens (``image_token_id``, ``video_token_id``, ``audio_token_id``) and
-      ``mm_token_type_ids`` give the ``image``/``video``/``audio`` groups.
+      ``mm_token_type_ids`` give the ``image``/``video``/``audio`` groups; so do models
+      without a vision tower whose patches enter the language model at the placeholders
+      (Fuyu), and Kosmos-2 / Kosmos-2.5, whose ``image_embeds_position_mask`` says where the
+      image features go.
     - Dual encoders (CLIP, SigLIP): both towers, each with its layout (`LayerLayouts`);
       ``tower="text"`` or ``tower="vision"`` picks one.
-    - Encoder–decoders (Whisper, T5, BART): `LayerLayouts` — the encoder's self-attention over
-      ``audio`` frames or ``source`` tokens, the decoder's over ``start``/``text`` (following
-      its KV cache), and the cross-attention: decoder queries over the encoder's keys.
+    - Encoder–decoders (Whisper, T5, BART, Pix2Struct): `LayerLayouts` — the encoder's
+      self-attention over ``audio`` frames, ``image`` patches or ``source`` tokens, the
+      decoder's over ``start``/``text`` (following its KV cache), and the cross-attention:
+      decoder queries over the encoder's keys.
+    - Pix2Struct-style image encoders (``flattened_patches``: Pix2Struct, Kosmos-2.5's vision
+      tower): `FrameLayout` — one ``image`` group over the patch rows, the zero-padded rows
+      the encoder masks ignored.
     - Vision towers with an attention-pooling head (SigLIP, AIMv2, timm ``global_pool="map"``):
       the head's learned query is a group of its own, ``pool``, over the tower's keys.
     - DeiT's distillation token is the group ``distillation``, registers ``registers``.

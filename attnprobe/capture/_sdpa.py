@@ -16,7 +16,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from types import CodeType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,6 +77,9 @@ def handle_sdpa_call(
     return out
 
 
+_Mode = TypeVar("_Mode", bound=TorchFunctionMode)
+
+
 class _OnSdpa(TorchFunctionMode):
     """Hands the SDPA calls made while it is entered to ``handle(kernel, args, kwargs)``; every
     other function runs as it is. Counts the SDPA calls it saw."""
@@ -104,17 +107,17 @@ class _OnSdpa(TorchFunctionMode):
 
 def _install_mode(
     module: nn.Module,
-    make: Callable[[], _OnSdpa],
+    make: Callable[[], _Mode],
     stack: contextlib.ExitStack,
     *,
     inner: bool = False,
     begin: Callable[[], None] | None = None,
-    done: Callable[[nn.Module, _OnSdpa], None] | None = None,
+    done: Callable[[nn.Module, _Mode], None] | None = None,
 ) -> None:
     """Enter a fresh ``make()`` mode for each forward of ``module`` (pre-hook) and leave it when
     the forward ends, normally or not (``done(module, mode)`` then runs after a normal one).
     Modes of forwards interrupted before their hook ran are left when ``stack`` unwinds."""
-    active: list[_OnSdpa] = []
+    active: list[_Mode] = []
 
     def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if begin is not None:

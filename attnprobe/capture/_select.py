@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from attnprobe.capture._base import Adapter, adapter_for
+from attnprobe.capture._hand import HandAttentionAdapter
 from attnprobe.capture._sdpa import SdpaAdapter
 from attnprobe.errors import ProbeConfigError
 
@@ -147,15 +148,17 @@ def explain_missing_capture(name: str, module: nn.Module, forwards: int) -> str:
         for n, m in module.named_modules()
         if n and adapter_for(m) is not None
     ]
+    cause = (
+        "its forward did not call F.scaled_dot_product_attention (it may compute attention by hand)"
+    )
+    adapter = adapter_for(module)
     if inner:
         fix = f"select its attention submodules instead: {inner[:4]}"
+    elif isinstance(adapter, HandAttentionAdapter):
+        cause = "its forward computed no softmax over the keys of a query-key product"
+        fix = adapter.explain_missing_capture(module) or ""
     else:
-        adapter = adapter_for(module) or SdpaAdapter()
-        fix = adapter.explain_missing_capture(module) or (
+        fix = (adapter or SdpaAdapter()).explain_missing_capture(module) or (
             "register an adapter for it (attnprobe.register_adapter) that extracts q and k"
         )
-    return (
-        f"{name!r} ran {forwards} time(s) but no attention call was "
-        "captured: its forward did not call F.scaled_dot_product_attention (it may "
-        f"compute attention by hand); {fix}"
-    )
+    return f"{name!r} ran {forwards} time(s) but no attention call was captured: {cause}; {fix}"

@@ -123,7 +123,8 @@ class TokenLayout(InputLayout):
        ``special_first`` is set, or when it equals ``special_token_id``;
     3. ``mm_token_type_ids`` (Qwen-VL, GLM-4V style): 1 → ``"image"``, 2 → ``"video"``;
     4. ``input_ids == image_token_id`` → ``"image"``; ``== video_token_id`` → ``"video"``;
-       ``== audio_token_id`` → ``"audio"``
+       ``== audio_token_id`` → ``"audio"``; a non-zero ``image_mask_argument`` (Kosmos-2's
+       ``image_embeds_position_mask``) → ``"image"``
        (counts may differ per sample: nothing is assumed about them);
     5. ``input_ids == sep_token_id`` → ``"sep"`` (when given);
     6. ``token_type_ids`` (sentence pairs): 0 → ``"segment_a"``, 1 → ``"segment_b"``;
@@ -135,6 +136,9 @@ class TokenLayout(InputLayout):
         image_token_id: id of the image placeholder token (LLaVA-style models).
         video_token_id: id of the video placeholder token.
         audio_token_id: id of the audio placeholder token (audio-language models).
+        image_mask_argument: name of a ``[B, L]`` forward argument whose non-zero entries mark
+            the positions the model writes image features to (Kosmos-2's
+            ``image_embeds_position_mask``), whatever the token ids there.
         segments: label sentence pairs by ``token_type_ids``.
         mm_token_types: read ``mm_token_type_ids`` (Qwen-VL style) instead of token ids.
         special: name of the first-token group (``"cls"``, ``"bos"``) or None for none.
@@ -178,8 +182,9 @@ class TokenLayout(InputLayout):
         mask_argument: str = "attention_mask",
         text: str = "text",
         sep_token_id: int | None = None,
+        image_mask_argument: str | None = None,
     ) -> None:
-        media = (image_token_id, video_token_id, audio_token_id)
+        media = (image_token_id, video_token_id, audio_token_id, image_mask_argument)
         if segments and (any(t is not None for t in media) or mm_token_types):
             raise ProbeConfigError(
                 "TokenLayout: expected either sentence segments (token_type_ids) or image "
@@ -194,7 +199,7 @@ class TokenLayout(InputLayout):
             names += ["segment_a", "segment_b"]
         else:
             names.append(text)
-            if image_token_id is not None or mm_token_types:
+            if image_token_id is not None or image_mask_argument is not None or mm_token_types:
                 names.append("image")
             if video_token_id is not None or mm_token_types:
                 names.append("video")
@@ -204,6 +209,7 @@ class TokenLayout(InputLayout):
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
         self.audio_token_id = audio_token_id
+        self.image_mask_argument = image_mask_argument
         self.segments = segments
         self.mm_token_types = mm_token_types
         self.special = special
@@ -253,6 +259,10 @@ class TokenLayout(InputLayout):
                 labels[ids == self.video_token_id] = index["video"]
             if self.audio_token_id is not None:
                 labels[ids == self.audio_token_id] = index["audio"]
+            if self.image_mask_argument is not None:
+                marked = self._image_positions(kwargs, batch, length)  # (B, L) or None
+                if marked is not None:
+                    labels[marked] = index["image"]
             if self.mm_token_types and kwargs.get("mm_token_type_ids") is not None:
                 # the model's own token types win over placeholder ids: GLM-4V marks video
                 # frames with the image placeholder and type 2
@@ -277,6 +287,29 @@ class TokenLayout(InputLayout):
             labels[rows[is_special], first[is_special]] = index[self.special]
         labels[~keep] = IGNORE
         return labels
+
+    def _image_positions(self, kwargs: dict[str, Any], batch: int, length: int) -> Tensor | None:
+        """``[B, L]`` where the ``image_mask_argument`` of this forward is non-zero (its last
+        ``L`` columns: the new tokens'); None when the forward was called without it (decoding
+        steps after the first, where the model inserts no image features)."""
+        name = self.image_mask_argument
+        assert name is not None
+        marks = kwargs.get(name)
+        if marks is None:
+            return None
+        if (
+            not isinstance(marks, Tensor)
+            or marks.dim() != 2
+            or marks.shape[0] != batch
+            or marks.shape[1] < length
+        ):
+            raise ModalityLayoutError(
+                f"TokenLayout: expected {name} of shape [B, L] = [{batch}, {length}] (or longer, "
+                f"over cached tokens too), received {type(marks).__name__}"
+                + (f" of shape {list(marks.shape)}" if isinstance(marks, Tensor) else "")
+                + f"; pass {name} with one column per token of input_ids."
+            )
+        return marks.detach().cpu()[:, -length:] != 0  # (B, L)
 
 
 class VisionLayout(InputLayout):
@@ -358,22 +391,38 @@ class VisionLayout(InputLayout):
 
 
 class FrameLayout(InputLayout):
-    """One group over the frames of a feature sequence (an audio encoder's input), with the
-    number of frames read from each batch: ``ceil(T / stride)`` for features ``[B, C, T]``.
+    """One group over the frames of a feature sequence (an audio encoder's input, the patch rows
+    of a Pix2Struct-style image encoder), with the number of frames read from each batch:
+    ``ceil(T / stride)`` for features ``[B, C, T]``. Frames marked as padding are ignored.
 
     Args:
-        name: the group name (``"audio"``).
+        name: the group name (``"audio"``, ``"image"``).
         stride: the encoder's downsampling of the time axis (Whisper: 2).
         argument: name and position of the features among the forward's arguments.
         axis: the time axis of the features.
         source: read the inputs of this submodule's forward (e.g. the encoder).
         prefix: only attention modules under this module path see this sequence.
+        mask_argument: name of a ``[B, ceil(T / stride)]`` padding mask among the forward's
+            arguments (0 = padding), used when the forward receives one.
+        zero_padding: without that mask, frames whose features sum to zero are padding, as
+            Pix2Struct and Kosmos-2.5 mask their zero-padded ``flattened_patches``
+            (``stride`` must be 1).
 
     Examples:
         >>> import torch, attnprobe as ap
         >>> layout = ap.labels.FrameLayout("audio", stride=2)
         >>> layout(input_features=torch.zeros(2, 8, 10)).labels(2, 5).tolist()[0]
         [0, 0, 0, 0, 0]
+
+        Patch rows ``[B, N, D]`` padded with rows of zeros:
+
+        >>> rows = ap.labels.FrameLayout(
+        ...     "image", argument=("flattened_patches", 0), axis=1, zero_padding=True
+        ... )
+        >>> patches = torch.ones(1, 4, 6)
+        >>> patches[:, 3] = 0
+        >>> rows(flattened_patches=patches).labels(1, 4).tolist()
+        [[0, 0, 0, -1]]
     """
 
     def __init__(
@@ -385,10 +434,17 @@ class FrameLayout(InputLayout):
         axis: int = -1,
         source: str | None = None,
         prefix: str | None = None,
+        mask_argument: str | None = None,
+        zero_padding: bool = False,
     ) -> None:
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ProbeConfigError(
                 f"FrameLayout: expected a positive int stride, received {stride!r}."
+            )
+        if zero_padding and stride != 1:
+            raise ProbeConfigError(
+                f"FrameLayout: zero_padding reads one frame per row of the features, expected "
+                f"stride 1, received {stride}; pass mask_argument for a downsampling encoder."
             )
         self.names = check_names([name], "FrameLayout")
         self.stride = stride
@@ -396,6 +452,8 @@ class FrameLayout(InputLayout):
         self.axis = axis
         self.source = source
         self.prefix = prefix
+        self.mask_argument = mask_argument
+        self.zero_padding = zero_padding
 
     def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
         features = _argument(args, kwargs, *self.argument)
@@ -408,5 +466,21 @@ class FrameLayout(InputLayout):
                 + (f" of shape {list(features.shape)}" if isinstance(features, Tensor) else "")
                 + "."
             )
+        batch = features.shape[0]
         frames = -(-features.shape[self.axis] // self.stride)  # ceil(T / stride)
-        return torch.zeros(features.shape[0], frames, dtype=torch.long)  # (B, L)
+        labels = torch.zeros(batch, frames, dtype=torch.long)  # (B, L)
+        mask = None if self.mask_argument is None else kwargs.get(self.mask_argument)
+        if mask is not None:
+            if not isinstance(mask, Tensor) or tuple(mask.shape) != (batch, frames):
+                raise ModalityLayoutError(
+                    f"FrameLayout: expected {self.mask_argument} of shape [B, frames] = "
+                    f"[{batch}, {frames}], received {type(mask).__name__}"
+                    + (f" of shape {list(mask.shape)}" if isinstance(mask, Tensor) else "")
+                    + f"; pass a padding mask with one column per frame of {self.argument[0]}."
+                )
+            labels[mask.detach().cpu() == 0] = IGNORE
+        elif self.zero_padding:
+            rows = features.detach().movedim(self.axis, 1)  # (B, T, ...)
+            sums = rows.flatten(2).sum(dim=-1) if rows.dim() > 2 else rows  # (B, T)
+            labels[(sums == 0).cpu()] = IGNORE  # the encoder's own padding test
+        return labels

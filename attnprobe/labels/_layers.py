@@ -21,7 +21,7 @@ from attnprobe.errors import ProbeConfigError
 from attnprobe.labels._inputs import InputLayout
 from attnprobe.labels._layout import ModalityLayout
 
-__all__ = ["LayerLayouts", "Layout", "LayoutLike", "Selector", "as_layout"]
+__all__ = ["LayerLayouts", "Layout", "LayoutLike", "MergedKeys", "Selector", "as_layout"]
 
 Layout = Union[ModalityLayout, InputLayout]  # noqa: UP007 (a runtime alias)
 """A layout of one token sequence: fixed (`ModalityLayout`) or read from the inputs
@@ -48,6 +48,55 @@ def as_layout(value: object, argument: str) -> Layout:
     )
 
 
+class MergedKeys:
+    """Keys that are the layer's own tokens followed by another sequence's, in one attention
+    call: a decoder whose self- and cross-attention are merged (T5Gemma2), whose keys are
+    ``cat([own keys, encoder keys])``. Give it as a layer's key layout (``keys=`` of
+    `LayerLayouts`, or ``key_modalities={pattern: MergedKeys(...)}``).
+
+    The first part of the keys is labelled like the layer's queries (its query layout, the
+    whole sequence so far when it follows a KV cache), the rest by ``layout``; the key groups
+    are the query layout's followed by ``layout``'s (a name in both is one group).
+
+    Args:
+        layout: the layout of the other sequence (a layout or ``name -> length``).
+
+    Examples:
+        >>> import torch, attnprobe as ap
+        >>> from torch import nn
+        >>> mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        >>> text, image = torch.randn(1, 3, 8), torch.randn(1, 4, 8)
+        >>> keys = torch.cat([text, image], dim=1)  # (B, 3 + 4, D)
+        >>> layouts = ap.labels.LayerLayouts(
+        ...     {"text": 3}, keys=ap.labels.MergedKeys({"image": 4}))
+        >>> with ap.probe(mha, modalities=layouts, layers=[""]) as p:
+        ...     _ = mha(text, keys, keys)
+        >>> p.result().layers[0].key_groups
+        ('text', 'image')
+    """
+
+    def __init__(self, layout: object) -> None:
+        if isinstance(layout, MergedKeys):
+            raise ProbeConfigError(
+                "MergedKeys: expected the layout of the other sequence, received a MergedKeys; "
+                "pass the layout it wraps."
+            )
+        self.layout: Layout = as_layout(layout, "MergedKeys(layout)")
+        """The layout of the keys after the layer's own."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The other sequence's groups (the layer's own come first in a call)."""
+        return self.layout.names
+
+    def __repr__(self) -> str:
+        return f"MergedKeys({self.layout!r})"
+
+
+Entry = Union[ModalityLayout, InputLayout, MergedKeys]  # noqa: UP007 (a runtime alias)
+"""A layer's layout entry: a layout, or (keys only) `MergedKeys`."""
+
+
 def _describe(value: object) -> str:
     if isinstance(value, Mapping):
         kinds = sorted({type(v).__name__ for v in value.values()})
@@ -56,25 +105,39 @@ def _describe(value: object) -> str:
 
 
 def _is_layout_like(value: object) -> bool:
-    return isinstance(value, (ModalityLayout, InputLayout, Mapping))
+    return isinstance(value, (ModalityLayout, InputLayout, MergedKeys, Mapping))
 
 
-def _entries(value: object, argument: str) -> tuple[tuple[Selector, Layout], ...]:
+def _as_entry(value: object, argument: str) -> Layout | MergedKeys:
+    """`as_layout`, and `MergedKeys` as they are where keys are described."""
+    if isinstance(value, MergedKeys):
+        if argument.startswith("key_modalities"):
+            return value
+        raise ProbeConfigError(
+            f"probe: expected {argument} as a layout, received MergedKeys, which describes "
+            "keys; give it as the layer's key layout (key_modalities or LayerLayouts(keys=))."
+        )
+    return as_layout(value, argument)
+
+
+def _entries(value: object, argument: str) -> tuple[tuple[Selector, Entry], ...]:
     """``(selector, layout)`` pairs from one layout (covering every layer) or a mapping
     ``pattern -> layout``."""
     if isinstance(value, InputLayout):
         return ((value.layers, value),)
     if isinstance(value, ModalityLayout):
         return (("*", value),)
+    if isinstance(value, MergedKeys):
+        return (("*", _as_entry(value, argument)),)
     if isinstance(value, Mapping) and value:
         values = list(value.values())
         if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return (("*", ModalityLayout(value)),)
         if all(_is_layout_like(v) for v in values):
-            out: list[tuple[Selector, Layout]] = []
+            out: list[tuple[Selector, Entry]] = []
             for pattern, layout in value.items():
                 if callable(pattern):  # a predicate (name, module) -> bool
-                    out.append((pattern, as_layout(layout, f"{argument}[{_label(pattern)}]")))
+                    out.append((pattern, _as_entry(layout, f"{argument}[{_label(pattern)}]")))
                     continue
                 if not isinstance(pattern, str) or not pattern:
                     raise ProbeConfigError(
@@ -82,7 +145,7 @@ def _entries(value: object, argument: str) -> tuple[tuple[Selector, Layout], ...
                         "module-path patterns (strings, e.g. 'encoder.layers.*', or predicates "
                         f"(name, module) -> bool), received {pattern!r}."
                     )
-                out.append((pattern, as_layout(layout, f"{argument}[{pattern!r}]")))
+                out.append((pattern, _as_entry(layout, f"{argument}[{pattern!r}]")))
             return tuple(out)
     raise ProbeConfigError(
         f"probe: expected {argument} as a layout (an attnprobe.ModalityLayout, an "
@@ -143,12 +206,17 @@ class LayerLayouts:
                 "LayerLayouts: expected layouts as queries, received a LayerLayouts; pass it to "
                 "probe(modalities=...) as it is."
             )
-        self.queries: tuple[tuple[Selector, Layout], ...] = _entries(queries, "modalities")
+        self.queries: tuple[tuple[Selector, Layout], ...] = tuple(
+            (sel, lay)
+            for sel, lay in _entries(queries, "modalities")
+            if not isinstance(lay, MergedKeys)  # refused by _entries
+        )
         """``(pattern, layout)`` of the queries, in the order they are tried."""
-        self.keys: tuple[tuple[Selector, Layout], ...] = (
+        self.keys: tuple[tuple[Selector, Entry], ...] = (
             () if keys is None else _entries(keys, "key_modalities")
         )
-        """``(pattern, layout)`` of the keys of cross-attention calls, in order."""
+        """``(pattern, layout)`` of the keys of cross-attention calls, in order (a
+        `MergedKeys` where the layer's own keys come first)."""
         # equal fixed layouts describe one sequence (e.g. {"audio": 4} for the audio encoder
         # and as the keys of video-to-audio attention): share one object, so one set_labels
         # reaches every layer that sees it
@@ -163,8 +231,14 @@ class LayerLayouts:
                 return layout
             return same
 
+        def one_entry(entry: Entry) -> Entry:
+            if isinstance(entry, MergedKeys):
+                entry.layout = one(entry.layout)
+                return entry
+            return one(entry)
+
         self.queries = tuple((sel, one(lay)) for sel, lay in self.queries)
-        self.keys = tuple((sel, one(lay)) for sel, lay in self.keys)
+        self.keys = tuple((sel, one_entry(lay)) for sel, lay in self.keys)
 
     @classmethod
     def from_options(cls, modalities: object, key_modalities: object = None) -> LayerLayouts:
@@ -192,7 +266,8 @@ class LayerLayouts:
     def layouts(self) -> Iterator[Layout]:
         """Every distinct layout object, queries first (each once)."""
         seen: set[int] = set()
-        for _, layout in (*self.queries, *self.keys):
+        for _, entry in (*self.queries, *self.keys):
+            layout = entry.layout if isinstance(entry, MergedKeys) else entry
             if id(layout) not in seen:
                 seen.add(id(layout))
                 yield layout
@@ -202,7 +277,17 @@ class LayerLayouts:
         return next((lay for sel, lay in self.queries if _matches(sel, name, module)), None)
 
     def key_layout(self, name: str, module: nn.Module) -> Layout | None:
-        """The layout of the keys of layer ``name`` in cross-attention calls, or None."""
+        """The layout of the keys of layer ``name`` in cross-attention calls (of the keys after
+        its own for `MergedKeys`), or None."""
+        entry = self._key_entry(name, module)
+        return entry.layout if isinstance(entry, MergedKeys) else entry
+
+    def merged_keys(self, name: str, module: nn.Module) -> bool:
+        """Whether the cross-attention calls of layer ``name`` attend to its own tokens followed
+        by the key layout's (`MergedKeys`)."""
+        return isinstance(self._key_entry(name, module), MergedKeys)
+
+    def _key_entry(self, name: str, module: nn.Module) -> Entry | None:
         return next((lay for sel, lay in self.keys if _matches(sel, name, module)), None)
 
     def check_patterns(self, modules: list[tuple[str, nn.Module]]) -> None:
@@ -245,8 +330,12 @@ class LayerLayouts:
                     )
 
     def __repr__(self) -> str:
-        def show(entries: tuple[tuple[Selector, Layout], ...]) -> str:
-            return ", ".join(f"{_label(sel)}: [{', '.join(lay.names)}]" for sel, lay in entries)
+        def show(entries: tuple[tuple[Selector, Entry], ...]) -> str:
+            return ", ".join(
+                f"{_label(sel)}: {'own + ' if isinstance(lay, MergedKeys) else ''}"
+                f"[{', '.join(lay.names)}]"
+                for sel, lay in entries
+            )
 
         keys = f", keys={{{show(self.keys)}}}" if self.keys else ""
         return f"LayerLayouts(queries={{{show(self.queries)}}}{keys})"

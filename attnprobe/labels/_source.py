@@ -208,6 +208,8 @@ class LabelSource:
         queries: the sequence of the layer's queries (and of its keys in self-attention calls).
         keys: the sequence of its keys in cross-attention calls (None: it has none).
         query_groups: the query groups to keep (None: all of the query sequence's).
+        merged: the keys of a cross-attention call are the layer's own tokens followed by
+            ``keys``' (`attnprobe.labels.MergedKeys`).
     """
 
     def __init__(
@@ -215,9 +217,12 @@ class LabelSource:
         queries: SequenceLabels,
         keys: SequenceLabels | None = None,
         query_groups: Sequence[str] | None = None,
+        *,
+        merged: bool = False,
     ) -> None:
         self.queries = queries
         self.keys = keys
+        self.merged = merged and keys is not None
         names = queries.names
         self.query_groups: tuple[str, ...] = (
             names if query_groups is None else tuple(q for q in names if q in set(query_groups))
@@ -236,8 +241,23 @@ class LabelSource:
         return self.queries.names
 
     def key_names(self, cross: bool) -> tuple[str, ...]:
-        """The key groups of a self- or cross-attention call."""
-        return self.keys.names if cross and self.keys is not None else self.names
+        """The key groups of a self- or cross-attention call (merged keys: the query
+        sequence's groups, then the key sequence's that are not among them)."""
+        if not cross or self.keys is None:
+            return self.names
+        if self.merged:
+            return self.names + tuple(n for n in self.keys.names if n not in self.names)
+        return self.keys.names
+
+    def _merged_keys(self, own: Tensor, other: Tensor) -> Tensor:
+        """``[B, Lown + Lother]`` key labels of a merged call: the other sequence's labels
+        renumbered into `key_names` (a group name in both sequences is one group)."""
+        assert self.keys is not None
+        names, theirs = self.key_names(True), self.keys.names
+        remap = torch.full((len(theirs) + 1,), IGNORE, dtype=torch.long)  # label + 1 -> group
+        for i, name in enumerate(theirs):
+            remap[i + 1] = names.index(name)
+        return torch.cat([own, remap[other + 1]], dim=1)  # (B, Lown + Lother)
 
     def is_cross(self, declared: bool | None) -> bool:
         """Whether a call is cross-attention: as the capture declared it, else (None) whether
@@ -279,7 +299,17 @@ class LabelSource:
             # the queries' sequence: the new tokens from the cache position, or all of them
             total = query_len if offset is None else offset + query_len
             labels = q_seq.current(batch, total, what="queries")  # (B, Lq_total)
-            keys = k_seq.current(batch, length, what="keys")  # (B, Lk)
+            if self.merged:  # keys: the layer's own tokens so far, then the other sequence's
+                if length < total:
+                    raise ModalityLayoutError(
+                        f"this call attends to {length} keys, fewer than its own {total} tokens "
+                        "that MergedKeys puts first; give the layer a plain key layout if its "
+                        "keys are the other sequence's only."
+                    )
+                other = k_seq.current(batch, length - total, what="keys")  # (B, Lk - Lq_total)
+                keys = self._merged_keys(labels, other)  # (B, Lk)
+            else:
+                keys = k_seq.current(batch, length, what="keys")  # (B, Lk)
         else:
             if offset is None and query_len != length:
                 self._different_sequences(query_len, length)

@@ -39,6 +39,8 @@ class Call:
         needs: the union of the statistics' `Statistic.needs`.
         fused_mass: ``[B, H, Lq, Gk]`` masses the fused kernel call already returned
             (detached).
+        weights: ``[B, H, Lq, Lk]`` post-softmax weights the module computed itself (attention
+            written by hand); masses and maps are read from them, not from a kernel call.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Call:
         dims: Dims,
         needs: frozenset[str] = frozenset(),
         fused_mass: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> None:
         self.query_all = query.detach()  # (B, H, Lq, D)
         self.key = key.detach()  # (B, Hk, Lk, D)
@@ -67,6 +70,7 @@ class Call:
         self.dims = dims
         self.needs = needs
         self._fused_mass = fused_mass
+        self._weights = None if weights is None else weights.detach()  # (B, H, Lq, Lk)
 
     @property
     def key_labels(self) -> Tensor:
@@ -95,7 +99,11 @@ class Call:
 
     def attention(self, query: Tensor, rows: Tensor | None = None) -> Tensor:
         """``[B, H, R', Lk]`` post-softmax weights of kept query rows (all, or the ``rows``
-        among them) through the call's kernel with ``V = I``."""
+        among them) through the call's kernel with ``V = I`` (the module's own weights when it
+        computed them by hand; ``query`` is then the kept rows, `query`)."""
+        if self._weights is not None:
+            kept = self._kept_weights  # (B, H, R, Lk)
+            return kept if rows is None else kept.index_select(2, rows)  # (B, H, R', Lk)
         _, mask, causal = self._rows
         if rows is not None:
             query, mask, causal = functional.select_query_rows(
@@ -112,6 +120,13 @@ class Call:
         )  # (B, H, R', Lk)
 
     @cached_property
+    def _kept_weights(self) -> Tensor:
+        """``[B, H, R, Lk]`` the module's own weights of the kept rows."""
+        assert self._weights is not None
+        rows = self.labels.rows
+        return self._weights if rows is None else self._weights.index_select(2, rows)
+
+    @cached_property
     def maps(self) -> Tensor:
         """``[B, H, R, Lk]`` full attention maps of the kept rows (``O(R·Lk)`` memory)."""
         return self.attention(self.query)
@@ -119,13 +134,14 @@ class Call:
     @cached_property
     def mass(self) -> Tensor:
         """``[B, H, R, Gk]`` attention mass of each kept row on each key group: from the fused
-        call, from the maps when a statistic needs them, else by the indicator pass."""
+        call, from the maps when a statistic needs them or the module computed its weights by
+        hand, else by the indicator pass."""
         groups = len(self.dims.key_groups)
         rows = self.labels.rows
         if self._fused_mass is not None:
             mass = self._fused_mass  # (B, H, Lq, Gk), detached by the recorder
             return mass if rows is None else mass.index_select(2, rows)  # (B, H, R, Gk)
-        if "maps" in self.needs:
+        if "maps" in self.needs or self._weights is not None:
             maps = self.maps  # (B, H, R, Lk)
             onehot = functional.group_indicator(self.key_labels, groups, maps.dtype)  # (B, Lk, G)
             return torch.einsum("bhqk,bkg->bhqg", maps, onehot)  # (B, H, R, G)
