@@ -2,20 +2,10 @@
 
 For each architecture that `tests.hf_zoo` can build as a tiny random model (nothing is
 downloaded), on each backend of ``--backends`` (``model.set_attn_implementation``), the checks
-of `tests.hf_checks` (`tests.hf_checks.sweep_one`):
-
-1. outputs: ``model(**inputs)`` with and without
-   ``with ap.probe(model, modalities=ap.auto_layout(model)) as p: model(**inputs)`` must be
-   ``torch.equal`` (every tensor field of the output: logits, last_hidden_state, …);
-2. masses: every layer of ``p.result()`` against the model's own eager attention weights
-   (`tests.hf_zoo.eager_calls`), summed per group by `tests._reference.masses_from_weights`
-   with the labels the layout gives for the inputs (``layout(**inputs).labels(B, L)``, -1
-   ignored): mass[h, gq, gk] is the mean over kept query rows of group gq of the weights summed
-   over the keys of group gk; equal within ``--atol``.
-
-One CSV row per architecture: model_type, class, mapping, kind, status (``exact``,
-``partial``, ``mismatch``, ``output-changed``, ``probe-error``, ``reference-error``,
-``skipped``; `tests.hf_checks`), detail
+of `tests.hf_checks.sweep_one` (outputs unchanged by the probe, masses against the model's own
+eager attention weights, no attention layer left out; the module's docstring says how). One
+CSV row per architecture: model_type, class, mapping, kind, status (``exact``, ``partial``,
+``mismatch``, ``output-changed``, ``probe-error``, ``reference-error``, ``skipped``), detail
 (max difference, first error line or skip reason), layers probed, build profile, seconds.
 Errors from attnprobe are recorded, not raised: the table is the point.
 
