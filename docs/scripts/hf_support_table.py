@@ -54,7 +54,6 @@ class PageRow(NamedTuple):
 
     mapping: str
     model_type: str
-    class_name: str
     kind: str
     status: str
     why: str
@@ -75,6 +74,18 @@ def cell(text: str) -> str:
     a link, emphasis, code, HTML or a column)."""
     text = " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;")
     return _ESCAPED.sub(r"\\\1", text)
+
+
+WHY_LENGTH = 160
+"""Characters of a reason the page shows (the test's output has all of it)."""
+
+
+def short(why: str) -> str:
+    """``why`` cut to `WHY_LENGTH` characters at a word boundary."""
+    why = " ".join(why.split())
+    if len(why) <= WHY_LENGTH:
+        return why
+    return why[:WHY_LENGTH].rsplit(" ", 1)[0] + " …"
 
 
 def status_of(row: hf_checks.Row) -> tuple[str, str]:
@@ -154,7 +165,7 @@ def render(rows: Sequence[hf_checks.Row], transformers_version: str, torch_versi
                 for row, status in zip(rows, statuses, strict=True)
                 if row.mapping == mapping
             ),
-            key=lambda pair: (pair[0].model_type, pair[0].class_name),
+            key=lambda pair: pair[0].model_type,
         )
         supported = sum(status == SUPPORTED for _, (status, _) in mine)
         lines += [
@@ -163,14 +174,12 @@ def render(rows: Sequence[hf_checks.Row], transformers_version: str, torch_versi
             "",
             f"`{mapping}`: {len(mine)} architectures, {supported} supported.",
             "",
-            "| Architecture | Class | Kind | Status | Why |",
-            "| --- | --- | --- | --- | --- |",
+            "| Architecture | Kind | Status | Why |",
+            "| --- | --- | --- | --- |",
         ]
         for row, (status, why) in mine:
             kind = cell(row.kind) if row.kind else "—"
-            lines.append(
-                f"| `{row.model_type}` | `{row.class_name}` | {kind} | {status} | {cell(why)} |"
-            )
+            lines.append(f"| `{row.model_type}` | {kind} | {status} | {cell(short(why))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,11 +201,11 @@ def read_page(text: str) -> Page:
             mapping = line[1:].split("`", 1)[0]
         elif line.startswith("| `"):
             cells = [c.strip() for c in _CELLS.split(line.strip()[1:-1])]
-            model_type, class_name = (_CODE.fullmatch(c) for c in cells[:2])
-            if model_type is None or class_name is None or len(cells) != 5:
+            model_type = _CODE.fullmatch(cells[0])
+            if model_type is None or len(cells) != 4:
                 raise ValueError(f"not a row of the table: {line}")
-            kind = "" if cells[2] == "—" else cells[2]
-            rows.append(PageRow(mapping, model_type[1], class_name[1], kind, cells[3], cells[4]))
+            kind = "" if cells[1] == "—" else cells[1]
+            rows.append(PageRow(mapping, model_type[1], kind, cells[2], cells[3]))
     return Page(versions[1], versions[2], rows)
 
 
