@@ -354,11 +354,12 @@ class Probe:
                     f"has none of the query groups {sorted(wanted)} (its queries' groups: "
                     f"{list(query_layout.names)})"
                 )
+        merged = self._layouts.merged_keys(name, module)
         return LabelSource(
             self._sequences[id(query_layout)],
             None if key_layout is None else self._sequences[id(key_layout)],
             groups,
-            merged=self._layouts.merged_keys(name, module),
+            merged=None if merged is None else merged.own,
         )
 
     # -- what the probe watches ------------------------------------------------------------------

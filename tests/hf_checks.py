@@ -66,17 +66,8 @@ ATOL = 1e-5
 
 UNSUPPORTED: dict[str, str] = {
     # partly: the layers probed are exact, these attention layers have no automatic layout
-    "aria": "the projector's cross-attention (learned queries over the image features) has no "
-    "automatic layout",
     "diffusion_gemma": "its block-diffusion decoder (model.decoder), a second token stack, has "
     "no automatic layout",
-    "florence2": "the DaViT vision tower's window and channel attention have no patch-grid layout",
-    "idefics": "its vision tower runs over every image of a sample ([B·N, C, H, W]): neither "
-    "the text layout nor a vision layout fits it",
-    "kosmos-2": "image_to_text_projection.x_attn (latent queries over the image features and "
-    "themselves) has no automatic layout",
-    "kosmos-2.5": "image_to_text_projection.x_attn (latent queries over the image features and "
-    "themselves) has no automatic layout",
     "led": "the encoder's Longformer sliding-window attention (banded scores) is not captured; "
     "the decoder is",
     "prophetnet": "the decoder's cross-attention queries are its main and n-gram predict "
@@ -211,14 +202,15 @@ def _key_labels(
     model: nn.Module,
     layer: Any,
     key_layout: Any,
-    merged: bool,
+    merged: str | None,
     queries: Tensor,
     inputs: Mapping[str, Any],
     length: int,
 ) -> Tensor:
     """``[B, Lk]`` labels of the keys of one cross call, as indices into the layer's key
     groups. ``merged`` (`attnprobe.labels.MergedKeys`): the layer's own tokens (labelled like
-    its queries) followed by the key layout's; a group name in both is one group."""
+    its queries) and the key layout's, own ``"first"`` or ``"last"``; a group name in both is
+    one group."""
     batch, own = queries.shape
     if not merged:
         return _labels(model, key_layout, inputs, batch, length)
@@ -228,20 +220,20 @@ def _key_labels(
         table = torch.tensor([*(layer.key_groups.index(n) for n in names), -1])  # -1 -> -1
         return table[labels.long()]
 
-    return torch.cat(
-        [to_keys(queries, layer.query_groups), to_keys(other, key_layout.names)], dim=1
-    )
+    mine, theirs = to_keys(queries, layer.query_groups), to_keys(other, key_layout.names)
+    return torch.cat([mine, theirs] if merged == "first" else [theirs, mine], dim=1)
 
 
-def _layer_layouts(layout: Any, name: str, module: nn.Module) -> tuple[Any, Any, bool]:
-    """(query layout, key layout or None, whether the keys of its cross calls are its own
-    tokens followed by the key layout's) of one layer: per-layer layouts when ``layout`` maps
-    layers to layouts (``query_layout`` / ``key_layout`` / ``merged_keys``), else ``layout``
-    itself."""
+def _layer_layouts(layout: Any, name: str, module: nn.Module) -> tuple[Any, Any, str | None]:
+    """(query layout, key layout or None, where its own tokens are among the keys of its cross
+    calls: ``"first"``, ``"last"`` or None, not merged) of one layer: per-layer layouts when
+    ``layout`` maps layers to layouts (``query_layout`` / ``key_layout`` / ``merged_keys``),
+    else ``layout`` itself."""
     if hasattr(layout, "query_layout"):
-        merged = bool(getattr(layout, "merged_keys", lambda n, m: False)(name, module))
+        entry = getattr(layout, "merged_keys", lambda n, m: None)(name, module)
+        merged = None if entry is None else entry.own
         return layout.query_layout(name, module), layout.key_layout(name, module), merged
-    return layout, None, False
+    return layout, None, None
 
 
 def _check_masses(
@@ -315,9 +307,13 @@ def _probe_once(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Any, Any, 
     return reference, probed, result, layout
 
 
-_BY_DESIGN = ("never ran while the probe was attached", "is outside the layers the ")
-"""Why a default probe leaves a layer out without a failure: the module did not run, or a VLM
-layout covers the language model and the tower is probed with ``tower=``."""
+_BY_DESIGN = (
+    "never ran while the probe was attached",
+    ("is outside the layers the ", "matches none of the modalities patterns"),
+)
+"""Why a default probe leaves a layer out without a failure: the module did not run, or (on
+the media side, `_in_tower`) the layouts cover the language model and not the tower, which is
+probed with ``tower="vision"`` or a layout of its own."""
 
 
 def _in_tower(model: nn.Module, name: str) -> bool:
@@ -349,7 +345,7 @@ def _left_out(
     nor listed as left out count among the latter ("not found by the probe")."""
     outside, failed = 0, {}
     for name, why in result.skipped.items():
-        if why.startswith(_BY_DESIGN[1]) and _in_tower(model, name):
+        if why.startswith(_BY_DESIGN[1]) and _in_tower(model, name):  # str.startswith(tuple)
             outside += 1
         elif not why.startswith(_BY_DESIGN[0]):
             failed[name] = why

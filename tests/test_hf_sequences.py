@@ -377,12 +377,21 @@ def test_kosmos_image_group_is_the_models_position_mask_not_the_ids(
         "image_embeds_position_mask": (labels == 2).long(),
         **{k: v for k, v in built.inputs.items() if k in ("pixel_values", "flattened_patches")},
     }
-    layout = ap.auto_layout(model)
-    assert isinstance(layout, ap.labels.TokenLayout) and layout.names == ("bos", "text", "image")
-    result = probed(model, inputs, layout)
-    assert result.layer_names and all(n.startswith("text_model.") for n in result.layer_names)
+    layouts = ap.auto_layout(model)
+    projector = "image_to_text_projection.x_attn"
+    text = layouts.query_layout("text_model.model.layers.0.self_attn", model)
+    assert isinstance(text, ap.labels.TokenLayout) and text.names == ("bos", "text", "image")
+    result = probed(model, inputs, layouts)
+    texts = [n for n in result.layer_names if n.startswith("text_model.")]
+    assert texts and set(result.layer_names) == {*texts, projector}
     weights = hf_zoo.eager_weights(model, inputs)
-    check(result, weights, {n: (labels, labels) for n in result.layer_names})
+    # the projector's latents (group 0 of its keys) attend to cat([image features, latents])
+    latents = torch.zeros(2, n, dtype=torch.long)  # (B, n)
+    features = weights[projector].shape[-1] - n
+    keys = torch.cat([torch.ones(2, features, dtype=torch.long), latents], dim=1)  # (B, F + n)
+    assert result[projector].key_groups == ("latent", "image")
+    labels_by_layer = {n: (labels, labels) for n in texts} | {projector: (latents, keys)}
+    check(result, weights, labels_by_layer)
     assert_restored(model, backend)
 
 

@@ -387,10 +387,33 @@ def test_merged_keys_have_pinned_errors() -> None:
         ap.labels.MergedKeys(ap.labels.MergedKeys({"image": 4}))
     # keys fewer than the layer's own tokens: not merged keys
     short = ap.labels.LayerLayouts({"attn": {"text": 3}}, keys=ap.labels.MergedKeys({"x": 1}))
-    fewer = _msg("this call attends to 2 keys, fewer than its own 3 tokens that MergedKeys")
+    fewer = _msg("this call attends to 2 keys, fewer than its own 3 tokens that MergedKeys counts")
     with (
         torch.no_grad(),
         ap.probe(model, modalities=short, layers=["attn"]),
         pytest.raises(ModalityLayoutError, match=fewer),
     ):
         model.attn(torch.randn(1, 3, D), torch.randn(1, 2, D), torch.randn(1, 2, D))
+
+
+def test_merged_keys_with_the_own_tokens_last() -> None:
+    """Kosmos-2's projector: learned latents attend to ``cat([image features, latents])``."""
+    torch.manual_seed(4)
+    attn = nn.MultiheadAttention(D, 2, batch_first=True).eval()
+    latents, image = torch.randn(2, 3, D), torch.randn(2, 5, D)
+    keys = torch.cat([image, latents], dim=1)  # (B, 5 + 3, D)
+    layouts = ap.labels.LayerLayouts(
+        {"latent": 3}, keys=ap.labels.MergedKeys(ap.ModalityLayout.uniform("image"), own="last")
+    )
+    assert "[image] + own" in repr(layouts)
+    with torch.no_grad(), ap.probe(attn, modalities=layouts, layers=[""]) as p:
+        attn(latents, keys, keys, need_weights=False)
+    layer = p.result().layers[0]
+    assert layer.key_groups == ("latent", "image")
+    with torch.no_grad():
+        weights = attn(latents, keys, keys, average_attn_weights=False)[1]  # (B, H, 3, 8)
+    key_labels = torch.tensor([[1] * 5 + [0] * 3] * 2)  # image first, the latents last
+    expected = masses_from_weights(weights, key_labels, torch.zeros(2, 3, dtype=torch.long), 2, 1)
+    np.testing.assert_allclose(layer.mass.numpy(), expected, atol=1e-6, rtol=0)
+    with pytest.raises(ProbeConfigError, match=_msg("expected own='first' (the layer's own")):
+        ap.labels.MergedKeys({"image": 5}, own="middle")

@@ -56,9 +56,10 @@ def hf_layout(model: nn.Module, tower: str | None) -> InputLayout | LayerLayouts
 
 
 def _with_cross_keys(model: nn.Module, layout: InputLayout) -> InputLayout | LayerLayouts:
-    """``layout``, with the media tower's output as the keys of the cross-attention layers
+    """``layout``, with the image (or audio) features as the keys of the cross-attention layers
     among its layers (Idefics' gated cross-attention, Mllama's cross-attention layers: text
-    queries, keys from the image features — one ``image`` group however many there are)."""
+    queries, keys from the image features — one ``image`` group however many there are), and
+    with the learned queries of a projector that reads the features (`_latent_queries`)."""
     config: Any = model.config
     crossing = [
         path
@@ -72,10 +73,58 @@ def _with_cross_keys(model: nn.Module, layout: InputLayout) -> InputLayout | Lay
         for kind in ("image", "audio")
         if getattr(config, f"{'vision' if kind == 'image' else kind}_config", None) is not None
     ]
-    if not crossing or len(media) != 1:
+    if len(media) != 1:
         return layout
     features = ModalityLayout.uniform(media[0])
-    return LayerLayouts({layout.layers: layout}, keys=dict.fromkeys(crossing, features))
+    queries, keys = _latent_queries(model, features)
+    if not crossing and not queries:
+        return layout
+    keys.update(dict.fromkeys(crossing, features))
+    tower = _find(model, _VISION_TOWERS)
+    covers = layout.layers if layout.prefix is not None or tower is None else _Outside(tower)
+    return LayerLayouts({**queries, covers: layout}, keys=keys)
+
+
+class _Outside:
+    """Layer selector: every layer but those under ``path`` (a language model's layout on a
+    model whose language model has no submodule of its own, beside a vision tower: Idefics)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, name: str, module: nn.Module) -> bool:
+        return not (name == self.path or name.startswith(self.path + "."))
+
+    def __repr__(self) -> str:
+        return f"outside {self.path!r}"
+
+
+_LATENT_QUERIES = {"latent_query": "last", "query": None}
+"""Learned query parameters of projectors whose attention reads the media features (Kosmos-2's
+``latent_query``, whose keys are ``cat([features, latent_query])``: its own tokens last;
+Aria's ``query``, over the features only)."""
+
+
+def _latent_queries(
+    model: nn.Module, features: ModalityLayout
+) -> tuple[dict[object, object], dict[object, object]]:
+    """Query and key layouts of the attention modules under a module that holds learned
+    queries (`_LATENT_QUERIES`): one ``latent`` query group, the features as keys (followed by
+    the latents where the module appends them)."""
+    queries: dict[object, object] = {}
+    keys: dict[object, object] = {}
+    latent = ModalityLayout.uniform("latent")
+    for path, module in model.named_modules():
+        for name, own in _LATENT_QUERIES.items():
+            if not isinstance(getattr(module, name, None), nn.Parameter):
+                continue
+            for sub, child in module.named_modules():
+                if sub and adapter_for(child) is not None:
+                    pattern = f"{path}.{sub}" if path else sub
+                    queries[pattern] = latent
+                    keys[pattern] = features if own is None else MergedKeys(features, own=own)
+            break
+    return queries, keys
 
 
 def _hf_layout(model: nn.Module, tower: str | None) -> InputLayout | LayerLayouts | None:

@@ -60,6 +60,8 @@ class MergedKeys:
 
     Args:
         layout: the layout of the other sequence (a layout or ``name -> length``).
+        own: ``"last"`` where the other sequence's keys come first and the layer's own last
+            (Kosmos-2's latent queries over ``cat([image features, latents])``).
 
     Examples:
         >>> import torch, attnprobe as ap
@@ -75,26 +77,43 @@ class MergedKeys:
         ('text', 'image')
     """
 
-    def __init__(self, layout: object) -> None:
+    def __init__(self, layout: object, *, own: str = "first") -> None:
         if isinstance(layout, MergedKeys):
             raise ProbeConfigError(
                 "MergedKeys: expected the layout of the other sequence, received a MergedKeys; "
                 "pass the layout it wraps."
             )
+        if own not in ("first", "last"):
+            raise ProbeConfigError(
+                f"MergedKeys: expected own='first' (the layer's own tokens, then the other "
+                f"sequence's) or own='last' (the other sequence's, then its own), received "
+                f"{own!r}."
+            )
         self.layout: Layout = as_layout(layout, "MergedKeys(layout)")
-        """The layout of the keys after the layer's own."""
+        """The layout of the other sequence's keys."""
+        self.own = own
+        """Where the layer's own tokens are among the keys: ``"first"`` or ``"last"``."""
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The other sequence's groups (the layer's own come first in a call)."""
+        """The other sequence's groups (the layer's own come first among the key groups)."""
         return self.layout.names
 
     def __repr__(self) -> str:
-        return f"MergedKeys({self.layout!r})"
+        own = "" if self.own == "first" else ", own='last'"
+        return f"MergedKeys({self.layout!r}{own})"
 
 
 Entry = Union[ModalityLayout, InputLayout, MergedKeys]  # noqa: UP007 (a runtime alias)
 """A layer's layout entry: a layout, or (keys only) `MergedKeys`."""
+
+
+def _show(entry: Entry) -> str:
+    """``[a, b]``, ``own + [a, b]`` or ``[a, b] + own`` (merged keys)."""
+    groups = f"[{', '.join(entry.names)}]"
+    if not isinstance(entry, MergedKeys):
+        return groups
+    return f"own + {groups}" if entry.own == "first" else f"{groups} + own"
 
 
 def _describe(value: object) -> str:
@@ -282,10 +301,11 @@ class LayerLayouts:
         entry = self._key_entry(name, module)
         return entry.layout if isinstance(entry, MergedKeys) else entry
 
-    def merged_keys(self, name: str, module: nn.Module) -> bool:
-        """Whether the cross-attention calls of layer ``name`` attend to its own tokens followed
-        by the key layout's (`MergedKeys`)."""
-        return isinstance(self._key_entry(name, module), MergedKeys)
+    def merged_keys(self, name: str, module: nn.Module) -> MergedKeys | None:
+        """The `MergedKeys` of layer ``name`` when its cross-attention calls attend to its own
+        tokens and the key layout's in one call, else None."""
+        entry = self._key_entry(name, module)
+        return entry if isinstance(entry, MergedKeys) else None
 
     def _key_entry(self, name: str, module: nn.Module) -> Entry | None:
         return next((lay for sel, lay in self.keys if _matches(sel, name, module)), None)
@@ -331,11 +351,7 @@ class LayerLayouts:
 
     def __repr__(self) -> str:
         def show(entries: tuple[tuple[Selector, Entry], ...]) -> str:
-            return ", ".join(
-                f"{_label(sel)}: {'own + ' if isinstance(lay, MergedKeys) else ''}"
-                f"[{', '.join(lay.names)}]"
-                for sel, lay in entries
-            )
+            return ", ".join(f"{_label(sel)}: {_show(lay)}" for sel, lay in entries)
 
         keys = f", keys={{{show(self.keys)}}}" if self.keys else ""
         return f"LayerLayouts(queries={{{show(self.queries)}}}{keys})"

@@ -209,7 +209,8 @@ class LabelSource:
         keys: the sequence of its keys in cross-attention calls (None: it has none).
         query_groups: the query groups to keep (None: all of the query sequence's).
         merged: the keys of a cross-attention call are the layer's own tokens followed by
-            ``keys``' (`attnprobe.labels.MergedKeys`).
+            ``keys``' (``"first"``), or ``keys``' followed by its own (``"last"``)
+            (`attnprobe.labels.MergedKeys`); None: the key sequence's only.
     """
 
     def __init__(
@@ -218,11 +219,11 @@ class LabelSource:
         keys: SequenceLabels | None = None,
         query_groups: Sequence[str] | None = None,
         *,
-        merged: bool = False,
+        merged: str | None = None,
     ) -> None:
         self.queries = queries
         self.keys = keys
-        self.merged = merged and keys is not None
+        self.merged = merged if keys is not None else None
         names = queries.names
         self.query_groups: tuple[str, ...] = (
             names if query_groups is None else tuple(q for q in names if q in set(query_groups))
@@ -250,14 +251,16 @@ class LabelSource:
         return self.keys.names
 
     def _merged_keys(self, own: Tensor, other: Tensor) -> Tensor:
-        """``[B, Lown + Lother]`` key labels of a merged call: the other sequence's labels
-        renumbered into `key_names` (a group name in both sequences is one group)."""
+        """``[B, Lown + Lother]`` key labels of a merged call, in the call's order: the other
+        sequence's labels renumbered into `key_names` (a group name in both sequences is one
+        group)."""
         assert self.keys is not None
         names, theirs = self.key_names(True), self.keys.names
         remap = torch.full((len(theirs) + 1,), IGNORE, dtype=torch.long)  # label + 1 -> group
         for i, name in enumerate(theirs):
             remap[i + 1] = names.index(name)
-        return torch.cat([own, remap[other + 1]], dim=1)  # (B, Lown + Lother)
+        parts = [own, remap[other + 1]] if self.merged == "first" else [remap[other + 1], own]
+        return torch.cat(parts, dim=1)  # (B, Lown + Lother)
 
     def is_cross(self, declared: bool | None) -> bool:
         """Whether a call is cross-attention: as the capture declared it, else (None) whether
@@ -299,12 +302,12 @@ class LabelSource:
             # the queries' sequence: the new tokens from the cache position, or all of them
             total = query_len if offset is None else offset + query_len
             labels = q_seq.current(batch, total, what="queries")  # (B, Lq_total)
-            if self.merged:  # keys: the layer's own tokens so far, then the other sequence's
+            if self.merged:  # keys: the layer's own tokens so far and the other sequence's
                 if length < total:
                     raise ModalityLayoutError(
                         f"this call attends to {length} keys, fewer than its own {total} tokens "
-                        "that MergedKeys puts first; give the layer a plain key layout if its "
-                        "keys are the other sequence's only."
+                        "that MergedKeys counts among them; give the layer a plain key layout "
+                        "if its keys are the other sequence's only."
                     )
                 other = k_seq.current(batch, length - total, what="keys")  # (B, Lk - Lq_total)
                 keys = self._merged_keys(labels, other)  # (B, Lk)
