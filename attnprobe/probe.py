@@ -590,10 +590,12 @@ class Probe:
     def result(self, *, strict: bool = True) -> ProbeResult:
         """The statistics captured since the last `reset`.
 
-        Layers the probe selected itself (``layers=None``) that never ran, or whose calls did
-        not fit their layouts, are left out and listed in `ProbeResult.skipped` (the latter
-        with an `AttnProbeWarning`); when no call of any layer fit, it raises
-        `ModalityLayoutError` saying why.
+        Layers the probe selected itself (``layers=None``) that never ran, whose calls did not
+        fit their layouts, or that ran without an attention call it could capture (banded
+        attention computed by hand) are left out and listed in `ProbeResult.skipped` (the
+        latter two with an `AttnProbeWarning`); when no call of any layer fit, it raises
+        `ModalityLayoutError`, and when no layer captured anything, `CaptureError`, saying
+        why.
 
         Args:
             strict: raise `CaptureError` when a layer selected by name produced no capture
@@ -603,6 +605,7 @@ class Probe:
         skipped = dict(self._skipped)
         misfits: set[str] = set()
         problems = []
+        uncaptured: dict[str, str] = {}  # selected by default, ran, nothing captured
         for (name, module, _), recorder in zip(self._selection, self._recorders, strict=True):
             if recorder.misfits:
                 misfits.add(recorder.name)
@@ -614,11 +617,18 @@ class Probe:
                     f"{reasons}"
                 )
             elif not any(site.calls for site in recorder.sites):
+                why = explain_missing_capture(name, module, recorder.forwards)
                 if self._automatic and recorder.forwards == 0:
                     skipped[recorder.name] = "never ran while the probe was attached"
+                elif self._automatic:  # left out, unless no layer captured anything
+                    uncaptured[recorder.name] = why.removeprefix(f"{name!r} ")
                 else:
-                    problems.append(explain_missing_capture(name, module, recorder.forwards))
+                    problems.append(why)
         captured = any(site.calls for r in self._recorders for site in r.sites)
+        if uncaptured and not captured:
+            problems += [f"{n!r} {why}" for n, why in uncaptured.items()]
+        elif uncaptured:
+            skipped.update(uncaptured)
         if not captured and all(r.forwards == 0 for r in self._recorders) and strict:
             raise CaptureError(
                 "no forward pass ran through the probed layers while the probe was "
@@ -644,7 +654,11 @@ class Probe:
             )
         # worth a warning: layers whose calls the layouts do not describe (not those outside the
         # layouts' patterns by design, nor modules that never ran)
-        misfit = {n: why for n, why in skipped.items() if n in self._warn_skipped or n in misfits}
+        misfit = {
+            n: why
+            for n, why in skipped.items()
+            if n in self._warn_skipped or n in misfits or n in uncaptured
+        }
         if misfit:
             warnings.warn(
                 "layers left out of the result (see ProbeResult.skipped): "

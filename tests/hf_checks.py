@@ -68,8 +68,8 @@ UNSUPPORTED: dict[str, str] = {
     # partly: the layers probed are exact, these attention layers have no automatic layout
     "diffusion_gemma": "its block-diffusion decoder (model.decoder), a second token stack, has "
     "no automatic layout",
-    "led": "the encoder's Longformer sliding-window attention (banded scores) is not captured; "
-    "the decoder is",
+    "led": "the encoder's Longformer sliding-window attention (banded scores) is not captured "
+    "(left out with a warning); the decoder is",
     "prophetnet": "the decoder's cross-attention queries are its main and n-gram predict "
     "streams one after the other ((1 + ngram) × L): no automatic layout",
     "udop": "the encoder appends the image patches not covered by text boxes to the text "

@@ -163,6 +163,36 @@ def test_a_softmax_that_is_not_dense_attention_is_not_captured_and_says_why() ->
     ) in str(error.value)
 
 
+def test_a_default_probe_leaves_out_a_module_it_cannot_capture_beside_others() -> None:
+    """Selected by default, a module that ran without a capturable call (LED's banded encoder
+    attention) is left out with a warning when other layers were captured."""
+
+    class BandedAttention(nn.Module):
+        num_heads = 2
+
+        def forward(self, x: Tensor) -> Tensor:
+            band = torch.einsum("bld,bld->bl", x, x)[..., None].expand(-1, -1, 3)  # (B, L, 3)
+            return x * torch.softmax(band, dim=-1)[..., :1]
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.banded, self.dense = BandedAttention(), BmmAttention()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.dense(self.banded(x))[0]
+
+    model = Encoder()
+    with ap.probe(model, modalities={"a": 2, "b": 4}) as p, torch.no_grad():
+        model(torch.randn(2, 6, 16))
+    with pytest.warns(ap.AttnProbeWarning, match="'banded' ran 1 time"):
+        result = p.result()
+    assert result.layer_names == ("dense",)
+    assert result.skipped["banded"].startswith(
+        "ran 1 time(s) but no attention call was captured: its forward computed no softmax"
+    )
+
+
 def test_no_mode_or_hook_survives_an_exception_inside_the_module() -> None:
     module = BmmAttention()
     module.fail = True
