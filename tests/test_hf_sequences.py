@@ -35,34 +35,10 @@ from transformers import (
 import attnprobe as ap
 from tests import hf_zoo
 from tests._reference import masses_from_weights
-from tests.test_hf import ATOL, assert_restored, assert_same_outputs, implementation
+from tests.test_hf import ATOL, assert_restored, assert_same_outputs, eager_weights
 
 SMALL = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2}
 SMALL |= {"decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}
-
-
-def attention_weights(model: nn.Module, **inputs: Any) -> dict[str, Tensor]:
-    """Eager post-softmax weights ``[B, H, Lq, Lk]`` of every HF attention module, by path."""
-    weights: dict[str, Tensor] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if hasattr(module, "config") and type(module).__name__.endswith("Attention"):
-            handles.append(
-                module.register_forward_hook(
-                    lambda m, a, out, n=name: (
-                        weights.__setitem__(n, out[-1].detach())
-                        if isinstance(out, tuple) and isinstance(out[-1], Tensor)
-                        else None
-                    )
-                )
-            )
-    try:
-        with implementation(model, "eager"), torch.no_grad():
-            model(**inputs, output_attentions=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return weights
 
 
 def check(
@@ -118,7 +94,7 @@ def test_bart_with_equal_lengths_labels_cross_attention_keys_by_the_encoder(back
         "decoder.layers.0.self_attn": (target, target),
         "decoder.layers.0.encoder_attn": (target, source),
     }
-    check(result, attention_weights(model, **inputs), labels)
+    check(result, eager_weights(model, result.layer_names, **inputs), labels)
     cross = result["decoder.layers.0.encoder_attn"]
     assert (cross.query_groups, cross.key_groups) == (("start", "text"), ("source",))
     assert result[enc].key_groups == ("source",)
@@ -167,7 +143,7 @@ def test_whisper_audio_frames_are_the_keys_of_cross_attention() -> None:
         "model.decoder.layers.0.self_attn": (target, target),
         "model.decoder.layers.0.encoder_attn": (target, audio),
     }
-    check(result, attention_weights(model, **inputs), labels)
+    check(result, eager_weights(model, result.layer_names, **inputs), labels)
     assert result["model.decoder.layers.0.encoder_attn"].key_groups == ("audio",)
 
 
@@ -212,7 +188,11 @@ def test_deit_distillation_token_and_bert_sep_are_groups_of_their_own() -> None:
     result = probed(deit, {"pixel_values": pixels}, layout)
     labels = torch.tensor([[0, 1, 2, 2, 2, 2]])
     name = result.layer_names[0]
-    check(result, attention_weights(deit, pixel_values=pixels), {name: (labels, labels)})
+    check(
+        result,
+        eager_weights(deit, result.layer_names, pixel_values=pixels),
+        {name: (labels, labels)},
+    )
 
     bert = BertModel(
         BertConfig(
@@ -234,7 +214,7 @@ def test_deit_distillation_token_and_bert_sep_are_groups_of_their_own() -> None:
     name = result.layer_names[0]
     check(
         result,
-        attention_weights(bert, input_ids=ids, token_type_ids=types),
+        eager_weights(bert, result.layer_names, input_ids=ids, token_type_ids=types),
         {name: (labels, labels)},
     )
 

@@ -27,6 +27,21 @@ __all__ = [
 ]
 
 
+def modality_names(
+    owner: str, input_dims: Mapping[str, int], lengths: Mapping[str, int], minimum: int = 1
+) -> tuple[str, ...]:
+    """The modality names, in order, after checking that ``input_dims`` and ``lengths`` name
+    the same ``minimum`` or more modalities in the same order (``owner`` names the model in the
+    error)."""
+    if list(input_dims) != list(lengths) or len(input_dims) < minimum:
+        count = "" if minimum == 1 else f"{minimum} or more "
+        raise ValueError(
+            f"{owner}: input_dims and lengths must name the same {count}modalities in the "
+            f"same order, received {list(input_dims)} and {list(lengths)}."
+        )
+    return tuple(input_dims)
+
+
 @dataclass(frozen=True)
 class FusionOutput:
     """What a fusion model returns when it has unimodal probe heads."""
@@ -162,12 +177,7 @@ class _LateFusion(nn.Module):
         unimodal_heads: bool,
     ) -> None:
         super().__init__()
-        if list(input_dims) != list(lengths) or not input_dims:
-            raise ValueError(
-                f"{type(self).__name__}: input_dims and lengths must name the same modalities "
-                f"in the same order, received {list(input_dims)} and {list(lengths)}."
-            )
-        self.modalities = tuple(input_dims)
+        self.modalities = modality_names(type(self).__name__, input_dims, lengths)
         self.lengths = dict(lengths)
         self.encoders = nn.ModuleDict(
             {

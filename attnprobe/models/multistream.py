@@ -23,20 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from attnprobe.labels import LayerLayouts
+from attnprobe.models.fusion import modality_names
 
 __all__ = ["BottleneckTransformer", "CrossModalLayer", "CrossModalTransformer"]
-
-
-def _modalities(
-    owner: str, input_dims: Mapping[str, int], lengths: Mapping[str, int], minimum: int
-) -> tuple[str, ...]:
-    """The modality names, in order, after checking ``input_dims`` and ``lengths`` agree."""
-    if list(input_dims) != list(lengths) or len(input_dims) < minimum:
-        raise ValueError(
-            f"{owner}: input_dims and lengths must name the same {minimum} or more modalities "
-            f"in the same order, received {list(input_dims)} and {list(lengths)}."
-        )
-    return tuple(input_dims)
 
 
 def _encoder_layer(dim: int, heads: int, dropout: float) -> nn.TransformerEncoderLayer:
@@ -144,7 +133,7 @@ class CrossModalTransformer(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.modalities = _modalities(type(self).__name__, input_dims, lengths, 2)
+        self.modalities = modality_names(type(self).__name__, input_dims, lengths, 2)
         self.lengths = dict(lengths)
         self.pairs = tuple((s, t) for t in self.modalities for s in self.modalities if s != t)
         """``(source, target)`` of every cross-modal stack, grouped by target."""
@@ -262,7 +251,7 @@ class BottleneckTransformer(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.modalities = _modalities(name, input_dims, lengths, 1)
+        self.modalities = modality_names(name, input_dims, lengths)
         if {"cls", "bottleneck"} & set(self.modalities):
             raise ValueError(
                 f"{name}: 'cls' and 'bottleneck' name token groups of every stream; rename the "
