@@ -48,6 +48,7 @@ __all__ = [
     "ATOL",
     "BACKENDS",
     "CAP",
+    "CAVEATS",
     "FIELDS",
     "UNSUPPORTED",
     "Failed",
@@ -70,15 +71,18 @@ UNSUPPORTED: dict[str, str] = {
     "no automatic layout",
     "led": "the encoder's Longformer sliding-window attention (banded scores) is not captured "
     "(left out with a warning); the decoder is",
-    "prophetnet": "the decoder's cross-attention queries are its main and n-gram predict "
-    "streams one after the other ((1 + ngram) × L): no automatic layout",
-    "udop": "the encoder appends the image patches not covered by text boxes to the text "
-    "tokens: no automatic layout",
 }
 """Architectures (``model_type``) that build tiny but that attnprobe knowingly does not
 support, or supports in part (status ``partial``: some attention layers left out), and why:
 ``tests/test_hf_sweep.py`` expects them to fail (and fails once one passes: remove it from here
 then), and the generated table lists them as (partly) not supported."""
+
+CAVEATS: dict[str, str] = {
+    "prophetnet": "the n-gram self-attention is read on its main stream (its predict streams' "
+    "softmaxes are reported with a warning, not captured)",
+}
+"""What the table says beside *supported* for architectures whose exact result leaves part of
+an attention layer's computation out (and the probe says so)."""
 
 SEED = 0
 """Seed of every forward (some models draw noise or masks inside ``forward``)."""

@@ -28,6 +28,7 @@ from transformers import (
     SiglipVisionModel,
     T5Config,
     T5ForConditionalGeneration,
+    T5Model,
     WhisperConfig,
     WhisperForConditionalGeneration,
 )
@@ -277,6 +278,39 @@ def test_an_hf_module_without_cross_arguments_is_self_attention_even_with_a_key_
         assert layer.key_groups == layout.names, layer
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_t5_position_bias_follows_the_kept_query_rows(backend: str) -> None:
+    """queries="start" keeps one query row of the decoder: T5's relative position bias
+    [1, H, Lq, Lk], which the backend adds to the scores, must be cut to that row too."""
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=64, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = T5Model(config).eval()
+    model.set_attn_implementation(backend)
+    ids = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+    mask = (ids != 0).long()
+    decoder_ids = torch.tensor([[0, 11, 12], [0, 13, 14]])
+    inputs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids}
+    layouts = ap.auto_layout(model)
+    with torch.no_grad():
+        reference = model(**inputs)
+    with torch.no_grad(), ap.probe(model, modalities=layouts, queries="start") as p:
+        again = model(**inputs)
+    assert_same_outputs(reference, again)
+    result = p.result()
+    source = torch.where(mask.bool(), 0, -1)  # (B, Le)
+    start = torch.tensor([[0, -1, -1]] * 2)  # (B, Ld): only the start token's row is kept
+    target = torch.tensor([[0, 1, 1]] * 2)
+    labels = {
+        "decoder.block.0.layer.0.SelfAttention": (start, target),
+        "decoder.block.0.layer.1.EncDecAttention": (start, source),
+    }
+    check(result, hf_zoo.eager_weights(model, inputs), labels)  # T5 returns its bias second
+    assert_restored(model, backend)
+
+
 # -- vision-language models from the zoo: image positions as the model itself places them ------
 @functools.cache
 def zoo(model_type: str) -> hf_zoo.Built:
@@ -488,3 +522,78 @@ def test_florence2_encoder_image_tokens_are_read_from_the_models_own_ids() -> No
         for n in result.layer_names
     }
     check(result, hf_zoo.eager_weights(model, inputs), labels)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_udop_encoder_appends_the_image_patches_no_token_box_covers(backend: str) -> None:
+    """UDOP's encoder sequence is its tokens, then the patches of its 4 × 4 grid that no
+    token's box centre falls in (then zero padding to 16, masked): boxes placed by hand. The
+    padding patches are ignored in both samples, so the probe keeps a subset of query rows and
+    T5's relative position bias must follow them (it is folded into the mask)."""
+    built = zoo("udop")
+    model, inputs = built.model, dict(built.inputs)
+    model.set_attn_implementation(backend)
+    config = model.config
+    grid = config.image_size // config.patch_size
+    assert grid == 4 and inputs["pixel_values"].shape[-1] == 64
+    mask = inputs["attention_mask"]
+    length = mask.shape[1]
+
+    def box(patch: int) -> list[float]:  # a box centred in patch (row-major) of the grid
+        x, y = (patch % grid + 0.5) / grid, (patch // grid + 0.5) / grid
+        return [x - 0.05, y - 0.05, x + 0.05, y + 0.05]
+
+    covered = [[0, 5, 10, 5, 0, 0, 10, 0], [15] * length]  # per token; sample 0: 3 patches
+    inputs["bbox"] = torch.tensor([[box(p) for p in row] for row in covered])
+    uncovered = [16 - 3, 16 - 1]
+    image = torch.tensor([[1] * n + [-1] * (16 - n) for n in uncovered])  # (B, 16)
+    source = torch.cat([torch.where(mask == 0, -1, 0), image], dim=1)  # (B, L + 16)
+    assert getattr(config, "decoder_start_token_id", None) is None
+    target = torch.zeros_like(inputs["decoder_input_ids"])  # (B, Ld): text (no start token)
+    layouts = ap.auto_layout(model)
+    result = probed(model, inputs, layouts)
+    assert not result.skipped
+    labels = {
+        n: (source, source)
+        if n.startswith("encoder.")
+        else (target, source if "EncDecAttention" in n else target)
+        for n in result.layer_names
+    }
+    check(result, hf_zoo.eager_weights(model, inputs), labels)
+    assert result["encoder.block.0.layer.0.SelfAttention"].key_groups == ("source", "image")
+    cross = result["decoder.block.0.layer.1.EncDecAttention"]
+    assert cross.key_groups == ("source", "image") and cross.query_groups == ("text",)
+    assert_restored(model, backend)
+
+
+def test_prophetnet_cross_attention_queries_are_the_main_and_predict_streams() -> None:
+    """ProphetNet's decoder runs its target tokens (main stream) and `ngram` predict streams
+    of as many positions as one sequence: the cross-attention's queries are all of them (the
+    target's groups, then "predict"); the n-gram self-attention is read on its main stream, and
+    the probe says that its predict-stream softmaxes ([B, ngram, H, L, 2L]) are not in the
+    result."""
+    built = zoo("prophetnet")
+    model, inputs = built.model, built.inputs
+    ngram = model.config.ngram
+    assert ngram >= 1
+    decoder_ids = inputs["decoder_input_ids"]
+    source = torch.where(inputs["attention_mask"] == 0, -1, 0)  # (B, Le)
+    start = model.config.decoder_start_token_id
+    target = torch.ones_like(decoder_ids)  # (B, Ld): start 0 (a first start token), text 1
+    target[:, 0] = (decoder_ids[:, 0] != start).long()
+    streams = torch.cat([target] + [torch.full_like(target, 2)] * ngram, dim=1)  # predict 2
+    with pytest.warns(ap.errors.AttnProbeWarning, match="predict streams"):
+        result = probed(model, inputs, ap.auto_layout(model))
+    assert not result.skipped
+    labels = {
+        n: (source, source)
+        if ".encoder." in n
+        else (target, target)
+        if n.endswith("self_attn")
+        else (streams, source)
+        for n in result.layer_names
+    }
+    check(result, hf_zoo.eager_weights(model, inputs), labels)
+    cross = result["prophetnet.decoder.layers.0.cross_attn"]
+    assert cross.query_groups == ("start", "text", "predict")
+    assert result["prophetnet.decoder.layers.0.self_attn"].key_groups == ("start", "text")

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import inspect
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 from attnprobe.capture._base import Adapter, AttentionInputs, Recorder, Tap, join_tap
 from attnprobe.capture._hf import _cross_from_call, _is_hf_attention
 from attnprobe.capture._sdpa import _calls_sdpa, _code_names, _install_mode
+from attnprobe.errors import AttnProbeWarning
 
 __all__ = ["HandAttentionAdapter"]
 
@@ -125,6 +127,8 @@ class _OnHandAttention(TorchFunctionMode):
         self.found = found
         self.products: list[tuple[Tensor, Tensor, torch.Size]] = []
         self.captures = 0
+        self.unread: list[tuple[int, ...]] = []
+        """Shapes of softmaxed products that are not ``[B, H, Lq, Lk]`` attention."""
 
     def __torch_function__(
         self,
@@ -160,6 +164,7 @@ class _OnHandAttention(TorchFunctionMode):
             query = query.reshape(batch, heads, *query.shape[1:])  # (B, H, Lq, D)
             key = key.reshape(batch, heads, *key.shape[1:])  # (B, H, Lk, D)
         elif scores.dim() != 4 or scores.shape[1] != heads:
+            self.unread.append(tuple(scores.shape))
             return
         self.captures += 1
         self.found(query, key, weights)
@@ -225,8 +230,23 @@ class HandAttentionAdapter(Adapter):
             def begin(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 tap.begin(cross=True if static else _cross_from_call(mod, args, kwargs))
 
+            warned: list[bool] = []
+
+            def done(mod: nn.Module, mode: _OnHandAttention) -> None:
+                if mode.unread and mode.captures and not warned:
+                    warned.append(True)
+                    warnings.warn(
+                        f"{type(mod).__name__}: {len(mode.unread)} of the "
+                        f"{len(mode.unread) + mode.captures} softmaxes over query–key scores "
+                        f"in each forward have scores of shape {list(mode.unread[0])}, not "
+                        f"[B, H, Lq, Lk] or [B*H, Lq, Lk] (e.g. ProphetNet's predict streams, "
+                        "[B, ngram, H, Lq, Lk]); the result holds the others only.",
+                        AttnProbeWarning,
+                        stacklevel=2,
+                    )
+
             # the cross flag is read first (an outer pre-hook), then the mode is entered
-            _install_mode(module, lambda: _OnHandAttention(heads, found), tap.stack)
+            _install_mode(module, lambda: _OnHandAttention(heads, found), tap.stack, done=done)
             handle = module.register_forward_pre_hook(begin, prepend=True, with_kwargs=True)
             tap.stack.callback(handle.remove)
 

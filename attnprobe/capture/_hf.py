@@ -175,6 +175,13 @@ def _capture_inputs(
             query_len > 1 and attention_mask is None and bool(getattr(module, "is_causal", False))
         )
     passthrough = {k: v for k, v in kwargs.items() if k not in ("dropout", "output_attentions")}
+    bias = passthrough.get("position_bias")
+    if isinstance(bias, Tensor) and original_name in ("sdpa", "eager"):
+        folded = _fold_position_bias(original_name, bias, attention_mask, is_causal, query, key)
+        if folded is not None:
+            # one additive mask [B | 1, H, Lq, Lk]: its rows follow the kept query rows
+            attention_mask, is_causal = folded, False
+            del passthrough["position_bias"]
 
     def kernel(
         q: Tensor,
@@ -207,6 +214,33 @@ def _capture_inputs(
         enable_gqa=query.shape[1] != key.shape[1],
     )
     return inputs, kernel
+
+
+def _fold_position_bias(
+    backend: str, bias: Tensor, mask: Any, is_causal: bool, query: Tensor, key: Tensor
+) -> Tensor | None:
+    """T5-style relative position bias ``[B | 1, H, Lq, Lk]`` (``position_bias``) and the mask
+    as the one additive mask the backend would add to the scores, so that selecting query rows
+    selects the bias rows too; None where the backend does something else first (SDPA's crop of
+    an empty static cache).
+
+    SDPA: ``create_position_bias_mask`` of ``transformers.integrations.sdpa_attention``, the
+    backend's own function (bias where the boolean mask attends, ``finfo.min`` elsewhere; bias +
+    mask for an additive mask; the causal triangle folded in without a mask). Eager
+    (``scores + bias + mask``, T5's ``eager_attention_forward``): ``bias + mask``, equal for the
+    0 / ``finfo.min`` masks HF makes.
+    """
+    if backend == "eager":
+        if mask is None:
+            return bias
+        return bias + mask if isinstance(mask, Tensor) and mask.is_floating_point() else None
+    if is_causal and mask is None and key.shape[2] > query.shape[2]:
+        return None
+    try:
+        from transformers.integrations.sdpa_attention import create_position_bias_mask
+    except ImportError:  # an older transformers: the backend adds the bias by its own rules
+        return None
+    return create_position_bias_mask(bias, mask, is_causal, query, key)  # type: ignore[no-any-return]
 
 
 def _register(name: str, original_name: str) -> None:

@@ -14,12 +14,14 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from attnprobe.capture._base import adapter_for
 from attnprobe.capture._pooling import pooling_layouts
-from attnprobe.errors import ProbeConfigError
+from attnprobe.errors import ModalityLayoutError, ProbeConfigError
 from attnprobe.labels import (
+    IGNORE,
     FrameLayout,
     InputLayout,
     LayerLayouts,
@@ -348,6 +350,8 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     elif main_input == "input_ids":
         # the encoder's tokens are "source", apart from the decoder's "text"
         source = TokenLayout(text="source", source=encoder_path)
+        if all(_takes(encoder, a) for a in ("bbox", "pixel_values")):
+            source = _UncoveredPatches.of(encoder, source) or source  # UDOP
     else:
         # audio frames or image patches: one group, however many the encoder makes of them
         # (patch rows: without their padding rows)
@@ -363,6 +367,11 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     encoder_layers = f"{encoder_path}.*"
     decoder_layers = f"{decoder_path}.*"
     queries: dict[object, object] = {decoder_layers: target}
+    streams = _PredictStreams.of(model.get_submodule(decoder_path), target)
+    if streams is not None:
+        # ProphetNet: the n-gram self-attention's main stream is the target tokens; every
+        # other layer of the decoder sees the main stream and the predict streams
+        queries = {f"{decoder_layers}.self_attn": target, decoder_layers: streams}
     keys: dict[object, object] = {}
     if any(adapter_for(m) is not None for m in encoder.modules()):  # not a CNN encoder
         queries = {encoder_layers: source, **queries}
@@ -375,6 +384,93 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     # T5Gemma2's decoder attends to its own tokens and the encoder's in one call
     keys[decoder_layers] = MergedKeys(source) if merged else source
     return LayerLayouts(queries, keys=keys)
+
+
+class _PredictStreams(InputLayout):
+    """A ProphetNet decoder's sequence: the main stream (the target tokens) then ``ngram``
+    predict streams of as many positions, one after the other, as the decoder concatenates
+    them (``torch.cat([hidden_states] + ngram_hidden_states, 1)`` in
+    ``transformers.models.prophetnet``): the target's groups, then ``predict`` (padding
+    positions ignored in every stream).
+    """
+
+    def __init__(self, target: TokenLayout, ngram: int) -> None:
+        self.target = target
+        self.ngram = ngram
+        self.names = (*target.names, "predict")
+        self.source = target.source
+
+    @classmethod
+    def of(cls, decoder: nn.Module, target: TokenLayout) -> _PredictStreams | None:
+        ngram = getattr(decoder, "ngram", None)
+        if isinstance(ngram, int) and not isinstance(ngram, bool) and ngram > 0:
+            return cls(target, ngram)
+        return None
+
+    def past_length(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        return self.target.past_length(args, kwargs)
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        main = self.target.labels(args, kwargs)  # (B, L)
+        predict = torch.where(main == IGNORE, IGNORE, len(self.target.names))  # (B, L)
+        return torch.cat([main] + [predict] * self.ngram, dim=1)  # (B, (1 + ngram) · L)
+
+
+class _UncoveredPatches(InputLayout):
+    """UDOP's encoder sequence: its source tokens, then the image patches that no token's box
+    covers, as ``combine_image_text_embeddings`` (``transformers.models.udop``) appends them.
+
+    A token covers the patch its box centre falls in (``floor((x0 + x1) / 2 · n)`` clipped to
+    ``[0, n − 1]`` on an ``n × n`` patch grid, likewise ``y``; every token, padding included);
+    the ``n² − |covered|`` uncovered patches follow the tokens in patch order, then zero padding
+    up to ``n²`` (which the model masks): ``image``, then ignored. Without ``pixel_values`` the
+    encoder appends nothing.
+    """
+
+    def __init__(self, tokens: TokenLayout, grid: int, positions: dict[str, int]) -> None:
+        self.tokens = tokens
+        self.grid = grid
+        self.positions = positions
+        self.names = (*tokens.names, "image")
+        self.source = tokens.source
+        self.prefix = tokens.source
+
+    @classmethod
+    def of(cls, encoder: nn.Module, tokens: TokenLayout) -> _UncoveredPatches | None:
+        config = getattr(encoder, "config", None)
+        image, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+        if not (isinstance(image, int) and isinstance(patch, int) and patch > 0):
+            return None
+        arguments = ("pixel_values", "image_embeddings", "bbox")
+        return cls(tokens, image // patch, {a: _position(encoder, a) for a in arguments})
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        text = self.tokens.labels(args, kwargs)  # (B, L)
+        pixels, embeddings, boxes = (
+            kwargs[a] if a in kwargs else args[i] if i < len(args) else None
+            for a, i in self.positions.items()
+        )
+        if pixels is None and embeddings is None:
+            return text
+        if not isinstance(boxes, Tensor) or tuple(boxes.shape) != (*text.shape, 4):
+            raise ModalityLayoutError(
+                f"auto_layout (UDOP): expected bbox of shape [B, L, 4] = "
+                f"[{text.shape[0]}, {text.shape[1]}, 4] with the images, received "
+                f"{type(boxes).__name__}"
+                + (f" of shape {list(boxes.shape)}" if isinstance(boxes, Tensor) else "")
+                + "; pass one box per token, as the model does."
+            )
+        n = self.grid
+        boxes = boxes.detach().cpu()
+        x = torch.floor((boxes[:, :, 0] + boxes[:, :, 2]) / 2.0 * n).long().clip(0, n - 1)
+        y = torch.floor((boxes[:, :, 1] + boxes[:, :, 3]) / 2.0 * n).long().clip(0, n - 1)
+        covered = torch.zeros(text.shape[0], n * n, dtype=torch.bool)  # (B, n²)
+        covered.scatter_(1, x + y * n, True)
+        uncovered = n * n - covered.sum(dim=1, keepdim=True)  # (B, 1)
+        appended = torch.where(
+            torch.arange(n * n) < uncovered, len(self.tokens.names), IGNORE
+        )  # (B, n²): uncovered patches first, then the zero padding
+        return torch.cat([text, appended], dim=1)  # (B, L + n²)
 
 
 def _tower_layouts(model: nn.Module, config: Any) -> LayerLayouts | None:

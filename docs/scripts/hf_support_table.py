@@ -99,7 +99,8 @@ def status_of(row: hf_checks.Row) -> tuple[str, str]:
         probed = f"{row.layers} layer{'s' * (row.layers != 1)} probed"
         if row.outside:
             probed += f" (+ {row.outside} of its media side)"
-        return SUPPORTED, probed
+        caveat = hf_checks.CAVEATS.get(row.model_type)
+        return SUPPORTED, probed if caveat is None else f"{probed}; {caveat}"
     why = hf_checks.UNSUPPORTED.get(row.model_type)
     status = PARTLY if row.status == "partial" and not row.leftovers else NOT_SUPPORTED
     return status, why if why is not None else f"{row.status}: {row.detail}"
