@@ -1208,6 +1208,11 @@ def _id_extras(
         cross = torch.zeros(*ids.shape, 1, tiles, dtype=torch.long)  # (B, L, images, tiles)
         cross[..., 0, 0] = mask  # the one real tile, from every non-padding token
         out["cross_attention_mask"] = cross
+    canvas = getattr(model.config, "canvas_length", None)
+    if "decoder_attention_mask" in params and isinstance(canvas, int):
+        # a block-diffusion decoder (DiffusionGemma) reads the prompt's cached keys, padding
+        # included unless told: its mask covers the prompt, then the canvas
+        out["decoder_attention_mask"] = torch.cat([mask, mask.new_ones(len(mask), canvas)], 1)
     if "bbox" in params:  # UDOP: a layout box per token, (x0, y0, x1, y1) in [0, 1]
         corner = torch.rand(*ids.shape, 2) * 0.5  # (B, L, 2)
         out["bbox"] = torch.cat([corner, corner + 0.25], -1)  # (B, L, 4)

@@ -597,3 +597,41 @@ def test_prophetnet_cross_attention_queries_are_the_main_and_predict_streams() -
     cross = result["prophetnet.decoder.layers.0.cross_attn"]
     assert cross.query_groups == ("start", "text", "predict")
     assert result["prophetnet.decoder.layers.0.self_attn"].key_groups == ("start", "text")
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_diffusion_gemma_canvas_attends_to_the_prompt_cache_then_itself(backend: str) -> None:
+    """DiffusionGemma's block-diffusion decoder reads the encoder's KV cache without adding to
+    it: each call's keys are the prompt's tokens (bos, text, padding ignored) then the canvas
+    (`MergedKeys`, own tokens last), although the module receives no cross-attention input."""
+    built = zoo("diffusion_gemma")
+    model = built.model
+    model.set_attn_implementation(backend)
+    ids, mask = built.inputs["input_ids"], built.inputs["attention_mask"]
+    canvas = model.config.canvas_length
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(model.config.text_config.vocab_size, (2, canvas), generator=generator)
+    inputs = dict(built.inputs, decoder_input_ids=noise)  # else drawn inside forward
+    assert inputs["decoder_attention_mask"].shape == (2, ids.shape[1] + canvas)
+    bos = model.config.text_config.bos_token_id
+    prompt = torch.full_like(ids, 2)  # (B, Le): text 2
+    first = mask.long().argmax(1)  # (B,) the first non-padding position
+    prompt[torch.arange(2), first] = torch.where(ids[torch.arange(2), first] == bos, 1, 2)
+    prompt[mask == 0] = -1
+    queries = torch.zeros(2, canvas, dtype=torch.long)  # (B, Lc): canvas 0
+    keys = torch.cat([prompt, queries], dim=1)  # (B, Le + Lc)
+    result = probed(model, inputs, ap.auto_layout(model))
+    assert result.skipped and all(  # no images here: the tower has a layout of its own
+        ".vision_tower." in n and why == "matches none of the modalities patterns"
+        for n, why in result.skipped.items()
+    )
+    encoder = torch.where(prompt < 0, -1, prompt - 1)  # (B, Le): bos 0, text 1
+    labels = {
+        n: (encoder, encoder) if ".encoder." in n else (queries, keys) for n in result.layer_names
+    }
+    assert any(".decoder." in n for n in labels)
+    check(result, hf_zoo.eager_weights(model, inputs), labels)
+    decoder = result["model.decoder.layers.0.self_attn"]
+    assert decoder.query_groups == ("canvas",)
+    assert decoder.key_groups == ("canvas", "bos", "text", "image")
+    assert_restored(model, backend)

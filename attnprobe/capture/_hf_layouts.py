@@ -53,8 +53,44 @@ def hf_layout(model: nn.Module, tower: str | None) -> InputLayout | LayerLayouts
     `attnprobe.auto_layout`."""
     layout = _hf_layout(model, tower)
     if isinstance(layout, InputLayout) and tower != "vision":
-        return _with_cross_keys(model, layout)
+        return _with_canvas(model, layout) or _with_cross_keys(model, layout)
     return layout
+
+
+class _Canvas(TokenLayout):
+    """The tokens of a decoder that reads another sequence's KV cache without adding to it (a
+    block-diffusion decoder's canvas over its encoder's cache): none of the cached tokens are
+    its own, so its labels never follow the cache."""
+
+    def past_length(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        return 0
+
+
+def _with_canvas(model: nn.Module, layout: InputLayout) -> LayerLayouts | None:
+    """``layout`` with the layers of a block-diffusion decoder (DiffusionGemma): a decoder
+    outside ``layout``'s layers, called with ``decoder_input_ids`` and the encoder's ``cache``
+    (no ``encoder_hidden_states``), whose attention reads the cached keys then its own
+    (``append_to_cache``): queries ``canvas``, keys ``layout``'s tokens then the canvas
+    (`MergedKeys`, own tokens last). None for any other model."""
+    decoder = _part(model, "get_decoder")
+    path = _path_of(model, decoder)
+    if decoder is None or path is None or layout.layers(path, decoder):
+        return None
+    if not (_takes(decoder, "decoder_input_ids") and _takes(decoder, "cache")):
+        return None
+    if _takes(decoder, "encoder_hidden_states"):
+        return None
+    canvas = _Canvas(
+        text="canvas",
+        source=path,
+        prefix=path,
+        ids_argument=("decoder_input_ids", _position(decoder, "decoder_input_ids")),
+        mask_argument="decoder_attention_mask",
+    )
+    return LayerLayouts(
+        {canvas.layers: canvas, layout.layers: layout},
+        keys={canvas.layers: MergedKeys(layout, own="last")},
+    )
 
 
 def _with_cross_keys(model: nn.Module, layout: InputLayout) -> InputLayout | LayerLayouts:

@@ -263,8 +263,12 @@ class LabelSource:
         return torch.cat(parts, dim=1)  # (B, Lown + Lother)
 
     def is_cross(self, declared: bool | None) -> bool:
-        """Whether a call is cross-attention: as the capture declared it, else (None) whether
+        """Whether a call is cross-attention: always for merged keys (every call reads the
+        other sequence's keys beside its own, whatever the module receives: a block-diffusion
+        decoder gets them as a KV cache); else as the capture declared it, else (None) whether
         this layer has a key sequence."""
+        if self.merged:
+            return True
         return self.keys is not None if declared is None else declared
 
     def for_call(
