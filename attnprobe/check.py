@@ -219,6 +219,9 @@ def self_check(
         w = weights[base]  # (B, H, Lq, Lk)
         keys = torch.cat(list(layer.states["applied_keys"]))  # (B, Lk)
         queries = torch.cat(list(layer.states["applied_queries"]))  # (B, Lq)
+        kept = (queries >= 0).any(0)  # (Lq,) the rows the probe keeps (maps hold only these)
+        if w.shape[-2] == int(kept.sum()) != queries.shape[-1]:
+            queries = queries[:, kept]  # (B, R)
         if keys.shape[-1] != w.shape[-1] or queries.shape[-1] != w.shape[-2]:
             raise ProbeConfigError(
                 f"self_check: layer {base!r}: the reference weights have shape "

@@ -591,8 +591,8 @@ class Probe:
         """The statistics captured since the last `reset`.
 
         Layers the probe selected itself (``layers=None``) that never ran, whose calls did not
-        fit their layouts, or that ran without an attention call it could capture (banded
-        attention computed by hand) are left out and listed in `ProbeResult.skipped` (the
+        fit their layouts, or that ran without an attention call it could capture (attention
+        computed in a way no adapter reads) are left out and listed in `ProbeResult.skipped` (the
         latter two with an `AttnProbeWarning`); when no call of any layer fit, it raises
         `ModalityLayoutError`, and when no layer captured anything, `CaptureError`, saying
         why.

@@ -67,8 +67,6 @@ ATOL = 1e-5
 
 UNSUPPORTED: dict[str, str] = {
     # partly: the layers probed are exact, these attention layers have no automatic layout
-    "led": "the encoder's Longformer sliding-window attention (banded scores) is not captured "
-    "(left out with a warning); the decoder is",
 }
 """Architectures (``model_type``) that build tiny but that attnprobe knowingly does not
 support, or supports in part (status ``partial``: some attention layers left out), and why:

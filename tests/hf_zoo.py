@@ -129,6 +129,50 @@ def find_entry(model_type: str, task: str | None = None) -> Entry:
 
 
 # -- results -------------------------------------------------------------------------------------
+def is_banded_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is Longformer-style sliding-window attention (Longformer, LED's
+    encoder), whose own weights come banded: `longformer_weights` is the reference."""
+    return isinstance(getattr(module, "one_sided_attn_window_size", None), int) and hasattr(
+        module, "query_global"
+    )
+
+
+def longformer_weights(
+    module: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    is_index_masked: Tensor | None = None,
+    is_index_global_attn: Tensor | None = None,
+    *_: Any,
+    **__: Any,
+) -> Tensor:
+    """Dense post-softmax weights ``[B, H, L, L]`` of a Longformer attention call, written from
+    the definition (Beltagy et al. 2020, arXiv 2004.05150, §3.1) on the module's projections:
+    a local query attends to the keys within ``w`` positions that are neither padding nor
+    global, and to every global key; a global query attends, with the global projections, to
+    every key that is not padding; padding rows are zero."""
+    batch, length, _ = hidden_states.shape
+    heads, size = int(module.num_heads), int(module.head_dim)
+    window = int(module.one_sided_attn_window_size)
+    pad = is_index_masked if is_index_masked is not None else torch.zeros(batch, length).bool()
+    glob = is_index_global_attn if is_index_global_attn is not None else torch.zeros_like(pad)
+
+    def project(name: str) -> Tensor:
+        out = getattr(module, name)(hidden_states).view(batch, length, heads, size)
+        return out.transpose(1, 2).double()  # (B, H, L, D)
+
+    with torch.no_grad():
+        local = project("query") @ project("key").transpose(-1, -2) / size**0.5  # (B, H, L, L)
+        wide = project("query_global") @ project("key_global").transpose(-1, -2) / size**0.5
+    position = torch.arange(length)
+    near = (position[:, None] - position[None, :]).abs() <= window  # (L, L)
+    seen = (near & ~glob[:, None, :] & ~pad[:, None, :]) | glob[:, None, :]  # (B, L, L)
+    local = torch.softmax(local.masked_fill(~seen[:, None], -torch.inf), -1)
+    wide = torch.softmax(wide.masked_fill(pad[:, None, None, :], -torch.inf), -1)
+    weights = torch.where(glob[:, None, :, None], wide, local)  # (B, H, L, L)
+    return weights.masked_fill(pad[:, None, :, None], 0.0).float()
+
+
 @dataclasses.dataclass
 class Built:
     """A tiny random model, in eval mode, and inputs that run it: ``model(**inputs)``."""
@@ -1831,6 +1875,8 @@ def eager_calls(model: nn.Module, inputs: Mapping[str, Any], seed: int = 0) -> l
             mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
             kernels[id(mod)] = []
+            if is_banded_attention(mod):
+                kernels[id(mod)] = [longformer_weights(mod, *args, **kwargs)]
             crossing[id(mod)] = any(kwargs.get(k) is not None for k in _CROSS_KWARGS)
             if isinstance(mod, nn.MultiheadAttention):  # a pooling head: its weights per head
                 crossing[id(mod)] = args[0] is not args[1] if len(args) > 1 else False

@@ -24,6 +24,10 @@ from transformers import (
     BertModel,
     DeiTConfig,
     DeiTModel,
+    LEDConfig,
+    LEDModel,
+    LongformerConfig,
+    LongformerModel,
     SiglipVisionConfig,
     SiglipVisionModel,
     T5Config,
@@ -635,3 +639,83 @@ def test_diffusion_gemma_canvas_attends_to_the_prompt_cache_then_itself(backend:
     assert decoder.query_groups == ("canvas",)
     assert decoder.key_groups == ("canvas", "bos", "text", "image")
     assert_restored(model, backend)
+
+
+def test_led_banded_encoder_attention_with_global_tokens_and_window_padding() -> None:
+    """LED's encoder: sliding-window attention (w = 2) over the sequence padded to a multiple
+    of the window (7 -> 8 positions, the 8th ignored), global tokens (two in sample 0, one in
+    sample 1: unequal global slots), right padding in sample 1. Reference: dense weights from
+    the definition (`hf_zoo.longformer_weights`), not from the module's banded scores."""
+    torch.manual_seed(0)
+    config = LEDConfig(vocab_size=64, max_encoder_position_embeddings=32,
+                       max_decoder_position_embeddings=32, attention_window=4, **SMALL)  # fmt: skip
+    model = LEDModel(config).eval()  # attention by hand: no implementation to choose
+    ids = torch.tensor([[0, 5, 6, 7, 8, 9, 2], [0, 10, 11, 2, 1, 1, 1]])
+    mask = (ids != 1).long()
+    global_mask = torch.zeros_like(ids)
+    global_mask[:, 0] = 1
+    global_mask[0, 3] = 1
+    decoder_ids = torch.tensor([[2, 0, 11, 12], [2, 0, 15, 16]])
+    inputs = {"input_ids": ids, "attention_mask": mask, "global_attention_mask": global_mask,
+              "decoder_input_ids": decoder_ids}  # fmt: skip
+    result = probed(model, inputs, ap.auto_layout(model))
+    assert not result.skipped
+    source = torch.where(mask.bool(), 0, -1)  # (B, 7)
+    padded = torch.cat([source, torch.full((2, 1), -1)], dim=1)  # (B, 8): the window padding
+    target = torch.tensor([[0, 1, 1, 1]] * 2)
+    labels = {
+        "encoder.layers.0.self_attn.longformer_self_attn": (padded, padded),
+        "decoder.layers.0.self_attn": (target, target),
+        "decoder.layers.0.encoder_attn": (target, source),
+    }
+    weights = hf_zoo.eager_weights(model, inputs)
+    assert weights["encoder.layers.0.self_attn.longformer_self_attn"].shape == (2, 2, 8, 8)
+    check(result, weights, labels)
+    assert_restored(model, model.config._attn_implementation)
+    # self_check compares with the maps of the kept query rows (the 8th is ignored everywhere)
+    assert ap.self_check(model, inputs, ap.auto_layout(model)).passed
+
+
+def test_longformer_dense_weights_from_its_band_by_hand() -> None:
+    """The band → dense layout on a 4-token example with one global token, by hand."""
+    from attnprobe.capture._banded import dense_weights
+
+    w = 1  # band slots: key i - 1, i, i + 1
+    local = torch.zeros(1, 4, 1, 1 + 3)  # (B, L, H, G + 2w + 1): one global slot
+    local[0, 1, 0] = torch.tensor([0.1, 0.2, 0.3, 0.4])  # global slot -> position 0
+    local[0, 2, 0] = torch.tensor([0.5, 0.0, 0.5, 0.0])
+    is_global = torch.tensor([[True, False, False, False]])
+    rows = torch.tensor([[[0.25, 0.25, 0.25, 0.25]]])  # (B·H, G, L): the global query's row
+    dense = dense_weights(local, rows, is_global, torch.zeros(1, 4, dtype=torch.bool), w)[0, 0]
+    expected = torch.tensor(
+        [
+            [0.25, 0.25, 0.25, 0.25],  # position 0 is global: its own row
+            [0.1 + 0.2, 0.3, 0.4, 0.0],  # global key 0, band keys 0, 1, 2
+            [0.5, 0.0, 0.5, 0.0],  # global key 0, band keys 1, 2, 3
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    torch.testing.assert_close(dense, expected)
+
+
+def test_longformer_auto_layout_follows_the_window_padding() -> None:
+    """LongformerModel pads 7 tokens to 8 (a multiple of attention_window = 4) before its
+    attention: auto_layout's labels carry the 8th position as ignored, the global CLS attends
+    everywhere."""
+    torch.manual_seed(0)
+    config = LongformerConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, attention_window=4, max_position_embeddings=40, pad_token_id=1,
+    )  # fmt: skip
+    model = LongformerModel(config).eval()
+    ids = torch.tensor([[0, 5, 6, 7, 8, 9, 2], [0, 10, 11, 2, 1, 1, 1]])
+    mask = (ids != 1).long()
+    global_mask = torch.zeros_like(ids)
+    global_mask[:, 0] = 1
+    inputs = {"input_ids": ids, "attention_mask": mask, "global_attention_mask": global_mask}
+    result = probed(model, inputs, ap.auto_layout(model))
+    # cls 0, then the first segment 1; padding and the window padding ignored
+    labels = torch.tensor([[0, 1, 1, 1, 1, 1, 1, -1], [0, 1, 1, 1, -1, -1, -1, -1]])
+    name = "encoder.layer.0.attention.self"
+    assert result.layer_names == (name,)
+    check(result, hf_zoo.eager_weights(model, inputs), {name: (labels, labels)})

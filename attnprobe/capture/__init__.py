@@ -4,12 +4,14 @@ knows a model family.
 Nothing outside this package knows a model family. Built-in adapters, tried after any
 registered with `register_adapter`: ``torch.nn.MultiheadAttention``, HuggingFace attention
 modules that dispatch through ``AttentionInterface``, timm ``Attention``, any module whose
-forward calls ``F.scaled_dot_product_attention``, then attention modules that compute their
-weights by hand (a softmax of a query–key product). Layer selection and the
-unwrapping of DDP/FSDP wrappers (`select_layers`, `unwrap_model`), the layouts of known models
-(`auto_layout`) and the explicit reference of `attnprobe.self_check` live here too.
+forward calls ``F.scaled_dot_product_attention``, Longformer-style sliding-window attention,
+then attention modules that compute their weights by hand (a softmax of a query–key product).
+Layer selection and the unwrapping of DDP/FSDP wrappers (`select_layers`, `unwrap_model`), the
+layouts of known models (`auto_layout`) and the explicit reference of `attnprobe.self_check`
+live here too.
 """
 
+from attnprobe.capture._banded import BandedAttentionAdapter
 from attnprobe.capture._base import (
     _REGISTRY,
     Adapter,
@@ -38,6 +40,7 @@ _REGISTRY.extend(
         HuggingFaceAdapter(),
         TimmAttentionAdapter(),
         SdpaAdapter(),
+        BandedAttentionAdapter(),
         HandAttentionAdapter(),
     ]
 )
@@ -45,6 +48,7 @@ _REGISTRY.extend(
 __all__ = [
     "Adapter",
     "AttentionInputs",
+    "BandedAttentionAdapter",
     "HandAttentionAdapter",
     "HuggingFaceAdapter",
     "LayerSelector",

@@ -12,9 +12,10 @@ product's operands) give the query and key statistics. The model's computation i
 the mode only looks at what the module computes.
 
 Scores ``[B, H, Lq, Lk]`` are read as they are; ``[B·H, Lq, Lk]`` (the ``bmm`` layout) are
-split with the module's head count. Anything else (Longformer's banded scores) is not dense
-attention over the keys and is not captured; the module is then reported as run without a
-capture, with the reason.
+split with the module's head count. Anything else is not dense attention over one key
+sequence and is not read: a module with no other softmax is reported as run without a
+capture, with the reason, and one with others (ProphetNet's predict streams) with a warning.
+Longformer's banded attention has an adapter of its own (`attnprobe.capture._banded`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _computes_by_hand(forward: Callable[..., Any]) -> bool:
     if code is None:
         return False
     names = _code_names(code)
-    # a product in a helper's name too (Longformer's `_sliding_chunks_query_key_matmul`): such
-    # a module is matched, runs, and is reported as not captured rather than silently missed
+    # a product in a helper's name too (e.g. a `_chunked_query_key_matmul`): such a module is
+    # matched and, if it makes no dense scores, reported as not captured rather than missed
     products = any(p in n for n in names for p in ("bmm", "matmul", "einsum"))
     products = products or _uses_matmul_operator(code)
     softmax = any(name.lower() == "softmax" for name in names)  # also nn.Softmax(dim)(x)
@@ -210,9 +211,8 @@ class HandAttentionAdapter(Adapter):
         return (
             "attnprobe reads attention computed by hand from a softmax over the last dimension "
             "of scores [B, H, Lq, Lk] or [B*H, Lq, Lk] made by a product of queries and keys "
-            "(bmm, matmul, @ or einsum); banded or chunked attention (Longformer's) is not of "
-            "that kind. Register an adapter for it (attnprobe.register_adapter) that extracts "
-            "q and k"
+            "(bmm, matmul, @ or einsum); banded or chunked attention is not of that kind. "
+            "Register an adapter for it (attnprobe.register_adapter) that extracts q and k"
         )
 
     def attach(self, module: nn.Module, recorder: Recorder, stack: contextlib.ExitStack) -> None:

@@ -236,7 +236,9 @@ def _hf_layout(model: nn.Module, tower: str | None) -> InputLayout | LayerLayout
     if rows is not None and tower != "text":
         return rows  # a Pix2Struct-style vision model on its own
     if tower == "text" or (tower is None and not hasattr(config, "patch_size")):
-        return _text_layout(config, None)
+        text_layout = _text_layout(config, None)
+        padded = _padded_to_window(config, text_layout)
+        return padded if isinstance(padded, InputLayout) else text_layout
     return pooling_layouts(model, _vision_layout(model, vision_config or config, None))
 
 
@@ -402,6 +404,8 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     )
     encoder_layers = f"{encoder_path}.*"
     decoder_layers = f"{decoder_path}.*"
+    # LED pads the encoder's sequence to its attention window (the decoder reads it unpadded)
+    encoder_tokens = _padded_to_window(config, source)
     queries: dict[object, object] = {decoder_layers: target}
     streams = _PredictStreams.of(model.get_submodule(decoder_path), target)
     if streams is not None:
@@ -410,7 +414,7 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
         queries = {f"{decoder_layers}.self_attn": target, decoder_layers: streams}
     keys: dict[object, object] = {}
     if any(adapter_for(m) is not None for m in encoder.modules()):  # not a CNN encoder
-        queries = {encoder_layers: source, **queries}
+        queries = {encoder_layers: encoder_tokens, **queries}
     vision = _tower_layouts(model, config) if image_token is not None else None
     if vision is not None:  # first: the tower may sit inside the encoder (T5Gemma2)
         queries = {**dict(vision.queries), **queries}
@@ -420,6 +424,47 @@ def _encoder_decoder_layouts(model: nn.Module, config: Any) -> LayerLayouts | No
     # T5Gemma2's decoder attends to its own tokens and the encoder's in one call
     keys[decoder_layers] = MergedKeys(source) if merged else source
     return LayerLayouts(queries, keys=keys)
+
+
+def _padded_to_window(config: Any, layout: InputLayout | ModalityLayout) -> Any:
+    """``layout`` as Longformer-style models (Longformer, LED's encoder) pad the sequence
+    before their attention: right-padded with ignored positions to a multiple of
+    ``config.attention_window`` (the largest, if one per layer), as their
+    ``_pad_to_window_size`` does; ``layout`` itself for other models."""
+    window = getattr(config, "attention_window", None)
+    if isinstance(window, (list, tuple)) and window:
+        window = max(window)
+    if not isinstance(window, int) or window < 1 or not isinstance(layout, InputLayout):
+        return layout
+    return _WindowPadded(layout, window)
+
+
+class _WindowPadded(InputLayout):
+    """The labels of ``tokens``, right-padded with ignored positions to a multiple of
+    ``window`` (see `_padded_to_window`)."""
+
+    def __init__(self, tokens: InputLayout, window: int) -> None:
+        self.tokens = tokens
+        self.window = window
+        self.names = tokens.names
+        self.source = tokens.source
+        self.prefix = tokens.prefix
+
+    def layers(self, name: str, module: nn.Module) -> bool:
+        return self.tokens.layers(name, module)
+
+    def past_length(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        return self.tokens.past_length(args, kwargs)
+
+    def labels(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+        labels = self.tokens.labels(args, kwargs)
+        if labels is None:
+            return None
+        padding = -labels.shape[1] % self.window
+        return torch.nn.functional.pad(labels, (0, padding), value=IGNORE)  # (B, L + padding)
+
+    def __repr__(self) -> str:
+        return f"{self.tokens!r} padded to a multiple of {self.window}"
 
 
 class _PredictStreams(InputLayout):
