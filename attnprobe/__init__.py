@@ -43,12 +43,13 @@ _MOVED = {
 
 
 def __getattr__(name: str) -> object:
-    """``attnprobe.plot`` and ``attnprobe.training`` load on first use, so that
-    ``import attnprobe`` does not import matplotlib, seaborn or tqdm; the names that moved off
-    the top level (`_MOVED`) still resolve, with a ``DeprecationWarning`` naming their home."""
+    """``attnprobe.plot``, ``attnprobe.training`` and ``attnprobe.callbacks`` load on first
+    use, so that ``import attnprobe`` does not import matplotlib, seaborn or tqdm; the names
+    that moved off the top level (`_MOVED`) still resolve, with a ``DeprecationWarning`` naming
+    their home."""
     import importlib
 
-    if name in ("plot", "training"):
+    if name in ("plot", "training", "callbacks"):
         return importlib.import_module(f"attnprobe.{name}")
     if name in _MOVED:
         import warnings

@@ -14,6 +14,8 @@ that one formula gives one number everywhere.
   (``docs/concepts/statistics.md``, ``docs/concepts/rollingq.md``).
 - `centroid_gap` and `cosine_gap`: ``1 − cos(μ_a, μ_b)`` of the mean keys
   (``docs/concepts/key-gap.md``).
+- `attention_columns`: the per-epoch columns of a training run (shares, cosines, AIR, key gap)
+  from the functions above.
 - `group_indices` (`query_index`, `key_indices`): where the named groups sit in a layer's
   statistics, with an error naming the groups the layer has.
 
@@ -37,6 +39,7 @@ from attnprobe.results import LayerResult
 
 __all__ = [
     "air",
+    "attention_columns",
     "centroid_gap",
     "cosine_gap",
     "cosines",
@@ -354,3 +357,37 @@ def centroid_gap(layer: LayerResult, a: str, b: str, *, zero: float = math.nan) 
     means = layer.key_mean.double().cpu().numpy()  # (Hk, Gk, D)
     gaps = [cosine_gap(means[kv, ia], means[kv, ib], zero=zero) for kv in range(len(means))]
     return torch.tensor(gaps, dtype=torch.float64)  # (Hk,)
+
+
+def attention_columns(
+    layer: LayerResult, query: str, modalities: Sequence[str]
+) -> dict[str, float]:
+    """The attention columns of one training epoch, as `attnprobe.training.Trainer` and
+    `attnprobe.callbacks.AttentionDiagnostics` log them: ``share_<m>`` (`shares` of the
+    ``query`` group over ``modalities``, mean over heads), ``cos_<m>`` (`cosines`, mean over
+    heads), and for each pair ``a < b`` of ``modalities`` ``air`` (``cos_a − cos_b``) and
+    ``key_gap`` (`centroid_gap`, mean over key heads, 1 where a mean key is zero), suffixed
+    ``_<a>_<b>`` when there are more than two modalities.
+
+    Examples:
+        >>> import torch, attnprobe as ap
+        >>> from attnprobe.models import LateFusionTransformer
+        >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
+        >>> with ap.probe(model, modalities=model.fusion_layout(), layers="fusion") as p:
+        ...     _ = model(torch.randn(2, 4, 6), torch.randn(2, 3, 8))
+        >>> sorted(attention_columns(p.result().layers[0], "cls", ["audio", "video"]))
+        ['air', 'cos_audio', 'cos_video', 'key_gap', 'share_audio', 'share_video']
+    """
+    modalities = list(modalities)
+    share = shares(layer, query, modalities).mean(0)  # (H, M) -> (M,)
+    row = {f"share_{m}": float(share[i]) for i, m in enumerate(modalities)}
+    cos = cosines(layer, query, modalities).mean(0)  # (H, M) -> (M,)
+    for i, m in enumerate(modalities):
+        row[f"cos_{m}"] = float(cos[i])
+    for i, a in enumerate(modalities):
+        for j in range(i + 1, len(modalities)):
+            b = modalities[j]
+            suffix = "" if len(modalities) == 2 else f"_{a}_{b}"
+            row[f"key_gap{suffix}"] = float(centroid_gap(layer, a, b, zero=1.0).mean())
+            row[f"air{suffix}"] = float(cos[i] - cos[j])
+    return row

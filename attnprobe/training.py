@@ -42,11 +42,11 @@ from attnprobe._calls import call_model
 from attnprobe._distributed import all_reduce_sum, rank_and_world
 from attnprobe._io import load_tagged
 from attnprobe.analysis.history import History
+from attnprobe.callbacks import rollingq_columns
 from attnprobe.corruption import corrupt
 from attnprobe.errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
-from attnprobe.functional import angle_between
 from attnprobe.labels import ModalityLayout
-from attnprobe.metrics import centroid_gap, cosines, shares
+from attnprobe.metrics import attention_columns, shares
 from attnprobe.probe import probe
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.rollingq import RollingQ, anchor_statistics
@@ -397,21 +397,8 @@ class Trainer:
         return {m: float(share[i]) for i, m in enumerate(self.modalities)}
 
     def _attention_columns(self, stats: LayerResult) -> dict[str, float]:
-        """Share per modality, AIR (``cos_a − cos_b`` of the CLS query, mean over heads;
-        `attnprobe.metrics.cosines`) and the centroid key gap ``1 − cos(μ_a, μ_b)`` (mean over
-        key heads; `attnprobe.metrics.centroid_gap`, 1 where a mean key is zero)."""
-        row = {f"share_{m}": v for m, v in self._shares(stats).items()}
-        cos = cosines(stats, self.query, self.modalities).mean(0)  # (H, M) -> (M,)
-        for i, m in enumerate(self.modalities):
-            row[f"cos_{m}"] = float(cos[i])
-        for i, a in enumerate(self.modalities):
-            for j in range(i + 1, len(self.modalities)):
-                b = self.modalities[j]
-                gap = centroid_gap(stats, a, b, zero=1.0).mean()  # (Hk,) -> ()
-                suffix = "" if len(self.modalities) == 2 else f"_{a}_{b}"
-                row[f"key_gap{suffix}"] = float(gap)
-                row[f"air{suffix}"] = float(cos[i] - cos[j])
-        return row
+        """Share per modality, AIR and key gap (`attnprobe.metrics.attention_columns`)."""
+        return attention_columns(stats, self.query, self.modalities)
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
         """Accuracy and CLS shares on the evaluation set, clean and with each input modality
@@ -502,28 +489,21 @@ class Trainer:
         assert self.rollingq is not None and self._air_stats is not None
         assert self.layout is not None and self.layer is not None
         rq, cfg = self.rollingq, self.config
-        anchor = None
-        difference = math.nan
-        if cfg.anchor == "frozen" and rq.due(self._air_stats):
+
+        def frozen() -> LayerResult:
+            assert self.layout is not None and self.layer is not None
             order = torch.arange(len(self.train_data))
-            anchor = anchor_statistics(
+            return anchor_statistics(
                 self.core,
                 (inputs for inputs, _ in self._batches(self.train_data, order)),
                 modalities=self.layout,
                 layer=self.layer,
                 query=self.query,
             )
-            frozen = rq.plan(self._air_stats, anchor=anchor)
-            running = rq.plan(self._air_stats)
-            # where the end-of-epoch mean query lands under each rotation
-            q = frozen.query_mean.unsqueeze(-1)  # (H', D, 1)
-            by_frozen = (frozen.rotation @ q).squeeze(-1)
-            by_running = (running.rotation @ q).squeeze(-1)
-            difference = float(angle_between(by_frozen, by_running).mean())
-        step = rq.step(self._air_stats, anchor=anchor, epoch=epoch)
-        row: dict[str, Any] = step.to_dict()
-        row["rollingq_running_vs_frozen_deg"] = difference
-        return row
+
+        return rollingq_columns(
+            rq, self._air_stats, epoch, frozen if cfg.anchor == "frozen" else None
+        )
 
     # -- data --------------------------------------------------------------------------------
     def _batches(self, data: Any, order: Tensor, *, with_indices: bool = False) -> Iterator[Any]:

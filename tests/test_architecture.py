@@ -197,6 +197,7 @@ HIGH_LAYERS = (
     "attnprobe.results",
     "attnprobe.analysis",
     "attnprobe.rollingq",
+    "attnprobe.callbacks",
     "attnprobe.training",
     "attnprobe.plot",
     "attnprobe.app",

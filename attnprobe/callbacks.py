@@ -1,0 +1,363 @@
+"""attnprobe's diagnostics and RollingQ in any training loop, without a framework.
+
+One small protocol, `Callback`: ``on_fit_start(model)``, ``on_epoch_start(epoch)``,
+``on_batch_end(batch, loss)``, ``on_epoch_end(epoch) -> columns`` and ``on_fit_end()``, with
+``state_dict`` / ``load_state_dict`` for checkpoints. `Callbacks` calls several in order and
+merges the columns each returns at the end of an epoch into one row; used as a context manager
+it detaches every probe when the loop ends, also after an exception. Built-in callbacks:
+
+- `AttentionDiagnostics`: a probe on one attention layer during every training epoch; at the
+  epoch's end the query group's share per modality, the AIR and the key gap
+  (`attnprobe.metrics.attention_columns`) and the epoch's `attnprobe.History`.
+- `RollingQCallback`: the RollingQ check at every epoch's end (Ni et al., ICML 2025,
+  arXiv 2506.11465, Algorithm 1) on the statistics `AttentionDiagnostics` collected, with the
+  anchor from those running statistics or from a frozen pass over the data.
+
+A plain loop (``docs/guides/training.md``, "With the callbacks")::
+
+    diagnostics = AttentionDiagnostics("fusion", model.fusion_layout())
+    with Callbacks(diagnostics, RollingQCallback(rollingq, diagnostics)).fit(model) as run:
+        for epoch in range(epochs):
+            run.epoch_start(epoch)
+            for inputs, target in loader:
+                loss = train_step(inputs, target)
+                run.batch_end(loss)
+            row = run.epoch_end(epoch)
+
+The rotation and its counter are buffers of the model (`attnprobe.RollingQ`), so any
+checkpoint of the model's ``state_dict`` restores them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from attnprobe.analysis.history import History
+from attnprobe.errors import ProbeConfigError
+from attnprobe.functional import angle_between
+from attnprobe.labels import ModalityLayout
+from attnprobe.metrics import attention_columns
+from attnprobe.probe import Probe, probe
+from attnprobe.results import LayerResult, ProbeResult
+from attnprobe.rollingq import RollingQ, anchor_statistics
+
+__all__ = [
+    "AttentionDiagnostics",
+    "Callback",
+    "Callbacks",
+    "RollingQCallback",
+    "rollingq_columns",
+]
+
+
+class Callback:
+    """Base class of attnprobe's training callbacks: override the events you need.
+
+    The loop calls, in order: `on_fit_start` once, then per epoch `on_epoch_start`,
+    `on_batch_end` after every optimiser step and `on_epoch_end` (which returns the columns
+    this callback adds to the epoch's metrics row), then `on_fit_end` once — also when the loop
+    stops with an exception, to release what the callback holds.
+    """
+
+    def on_fit_start(self, model: nn.Module) -> None:
+        """Training of ``model`` starts (or resumes)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Epoch ``epoch`` (from 0) starts."""
+
+    def on_batch_end(self, batch: int, loss: Tensor | None) -> None:
+        """Training batch ``batch`` of the epoch ended; ``loss`` is its detached loss, if any."""
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        """Epoch ``epoch`` ended: the columns this callback adds to its metrics row."""
+        return {}
+
+    def on_fit_end(self) -> None:
+        """Training ended, normally or not."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this callback (tensors and plain Python values only, so
+        that ``torch.load(weights_only=True)`` reads it)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+class Callbacks:
+    """Several callbacks, called in the order given; `epoch_end` merges their columns.
+
+    Args:
+        callbacks: the callbacks (`AttentionDiagnostics` before the `RollingQCallback` that
+            reads it).
+
+    Examples:
+        >>> import torch, attnprobe as ap
+        >>> from attnprobe.callbacks import AttentionDiagnostics, Callbacks
+        >>> from attnprobe.models import LateFusionTransformer
+        >>> model = LateFusionTransformer({"audio": 6, "video": 8}, {"audio": 4, "video": 3}, 5)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> diagnostics = AttentionDiagnostics("fusion", model.fusion_layout())
+        >>> with Callbacks(diagnostics).fit(model) as run:
+        ...     run.epoch_start(0)
+        ...     for _ in range(3):
+        ...         loss = model(torch.randn(4, 4, 6), torch.randn(4, 3, 8)).logsumexp(-1).mean()
+        ...         optimizer.zero_grad(); loss.backward(); optimizer.step()
+        ...         run.batch_end(loss)
+        ...     row = run.epoch_end(0)
+        >>> sorted(row)
+        ['air', 'cos_audio', 'cos_video', 'epoch', 'key_gap', 'share_audio', 'share_video']
+    """
+
+    def __init__(self, *callbacks: Callback) -> None:
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise ProbeConfigError(
+                    f"Callbacks: expected attnprobe.callbacks.Callback instances, received "
+                    f"{type(callback).__name__}; subclass Callback for your own."
+                )
+        self.callbacks = tuple(callbacks)
+        self._batch = 0
+
+    def fit(self, model: nn.Module) -> Callbacks:
+        """`on_fit_start` of every callback; use the result as a context manager, whose exit
+        calls `fit_end` (normally or after an exception)."""
+        for callback in self.callbacks:
+            callback.on_fit_start(model)
+        return self
+
+    def __enter__(self) -> Callbacks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fit_end()
+
+    def epoch_start(self, epoch: int) -> None:
+        self._batch = 0
+        for callback in self.callbacks:
+            callback.on_epoch_start(epoch)
+
+    def batch_end(self, loss: Tensor | None = None) -> None:
+        detached = loss.detach() if isinstance(loss, Tensor) else None
+        for callback in self.callbacks:
+            callback.on_batch_end(self._batch, detached)
+        self._batch += 1
+
+    def epoch_end(self, epoch: int) -> dict[str, Any]:
+        """The epoch's row: ``epoch``, then every callback's columns, in order."""
+        row: dict[str, Any] = {"epoch": epoch}
+        for callback in self.callbacks:
+            row.update(callback.on_epoch_end(epoch))
+        return row
+
+    def fit_end(self) -> None:
+        errors: list[BaseException] = []
+        for callback in self.callbacks:
+            try:
+                callback.on_fit_end()
+            except BaseException as error:  # release the others first
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): c.state_dict() for i, c in enumerate(self.callbacks)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for i, callback in enumerate(self.callbacks):
+            callback.load_state_dict(state.get(str(i), {}))
+
+
+class AttentionDiagnostics(Callback):
+    """Probe one attention layer during every training epoch and report its attention at the
+    epoch's end.
+
+    Args:
+        layer: path of the attention module (e.g. ``"fusion"``).
+        modalities: its token layout (e.g. ``model.fusion_layout()``).
+        query: the query group diagnosed (the fusion CLS token).
+        exclude: key groups left out of the shares and the AIR.
+        key_stats: also collect key statistics (AIR, key gap, RollingQ need them).
+
+    After `on_epoch_end`: `result` (the epoch's `ProbeResult`), `stats` (its layer) and
+    `history` (one entry per epoch).
+    """
+
+    def __init__(
+        self,
+        layer: str,
+        modalities: ModalityLayout | Mapping[str, int],
+        *,
+        query: str = "cls",
+        exclude: Sequence[str] = ("cls",),
+        key_stats: bool = True,
+    ) -> None:
+        self.layer = layer
+        self.layout = (
+            modalities if isinstance(modalities, ModalityLayout) else ModalityLayout(modalities)
+        )
+        self.query = query
+        self.exclude = tuple(exclude)
+        for name in (query, *self.exclude):
+            self.layout.index(name)  # raises ModalityLayoutError naming the groups
+        self.modalities = tuple(g for g in self.layout.names if g not in set(self.exclude))
+        self.key_stats = key_stats
+        self.model: nn.Module | None = None
+        self.history = History(exclude=self.exclude)
+        self.result: ProbeResult | None = None
+        self.stats: LayerResult | None = None
+        self._probe: Probe | None = None
+        self._epoch: int | None = None
+
+    def on_fit_start(self, model: nn.Module) -> None:
+        self.model = model
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.model is None:
+            raise ProbeConfigError(
+                "AttentionDiagnostics: on_epoch_start before on_fit_start; call "
+                "Callbacks(...).fit(model) (or on_fit_start(model)) first."
+            )
+        self._close()
+        self.stats = None
+        self._epoch = epoch
+        self._probe = probe(
+            self.model,
+            modalities=self.layout,
+            layers=self.layer,
+            queries=self.query,
+            key_stats=self.key_stats,
+        ).__enter__()
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        if self._probe is None or self._epoch != epoch:
+            raise ProbeConfigError(
+                f"AttentionDiagnostics: on_epoch_end({epoch}) without on_epoch_start({epoch})."
+            )
+        p = self._probe
+        try:
+            p.sync()
+            result = p.result()
+        finally:
+            self._close()
+        self.result, self.stats = result, result.layers[0]
+        self.history.add(result, epoch=epoch)
+        if not self.key_stats:
+            return {}
+        return attention_columns(self.stats, self.query, self.modalities)
+
+    def on_fit_end(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        p, self._probe = self._probe, None
+        if p is not None:
+            p.__exit__(None, None, None)
+
+
+def rollingq_columns(
+    rollingq: RollingQ,
+    stats: LayerResult,
+    epoch: int,
+    frozen: Callable[[], LayerResult] | None = None,
+) -> dict[str, Any]:
+    """The RollingQ check at an epoch's end (`RollingQ.step`) and its columns.
+
+    With ``frozen`` (the anchor statistics of a frozen pass, computed only when a rotation is
+    due), also ``rollingq_running_vs_frozen_deg``: the angle, mean over heads, between where the
+    frozen anchor and the running one (``stats``) would rotate the epoch's mean query; NaN
+    otherwise.
+    """
+    anchor = None
+    difference = math.nan
+    if frozen is not None and rollingq.due(stats):
+        anchor = frozen()
+        by_frozen = rollingq.plan(stats, anchor=anchor)
+        by_running = rollingq.plan(stats)
+        q = by_frozen.query_mean.unsqueeze(-1)  # (H', D, 1)
+        difference = float(
+            angle_between(
+                (by_frozen.rotation @ q).squeeze(-1), (by_running.rotation @ q).squeeze(-1)
+            ).mean()
+        )
+    row: dict[str, Any] = rollingq.step(stats, anchor=anchor, epoch=epoch).to_dict()
+    row["rollingq_running_vs_frozen_deg"] = difference
+    return row
+
+
+class RollingQCallback(Callback):
+    """The RollingQ check at every epoch's end, on what `AttentionDiagnostics` collected.
+
+    Args:
+        rollingq: the corrector, attached to the diagnosed layer (`RollingQ.attach`).
+        diagnostics: the `AttentionDiagnostics` of that layer (listed before this callback).
+        anchor: ``"running"``: the epoch's running statistics are the anchor (no extra pass);
+            ``"frozen"``: a pass over ``anchor_data`` with the model frozen (the reference).
+        anchor_data: for ``anchor="frozen"``, what to feed the model: an iterable of batches
+            (re-iterated at every check) or a function returning one.
+        inputs: ``inputs(batch) -> model inputs`` when the batches also hold targets.
+    """
+
+    def __init__(
+        self,
+        rollingq: RollingQ,
+        diagnostics: AttentionDiagnostics,
+        *,
+        anchor: Literal["running", "frozen"] = "running",
+        anchor_data: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+        inputs: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if anchor not in ("running", "frozen"):
+            raise ProbeConfigError(
+                f"RollingQCallback: expected anchor 'running' or 'frozen', received {anchor!r}."
+            )
+        if anchor == "frozen" and anchor_data is None:
+            raise ProbeConfigError(
+                "RollingQCallback: anchor='frozen' needs anchor_data=<the batches of the frozen "
+                "pass> (an iterable, or a function returning one); or use anchor='running'."
+            )
+        if not diagnostics.key_stats:
+            raise ProbeConfigError(
+                "RollingQCallback: the AttentionDiagnostics has key_stats=False; RollingQ needs "
+                "the query and key statistics."
+            )
+        self.rollingq = rollingq
+        self.diagnostics = diagnostics
+        self.anchor = anchor
+        self.anchor_data = anchor_data
+        self.inputs = inputs
+
+    def on_fit_start(self, model: nn.Module) -> None:
+        if self.rollingq not in list(model.modules()):
+            raise ProbeConfigError(
+                "RollingQCallback: the RollingQ corrector is not part of the model; attach it "
+                f"first: rollingq.attach(model, {self.diagnostics.layer!r})."
+            )
+        self.model = model
+
+    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
+        stats = self.diagnostics.stats
+        if stats is None:
+            raise ProbeConfigError(
+                "RollingQCallback: no statistics from the AttentionDiagnostics this epoch; list "
+                "the diagnostics before this callback."
+            )
+        frozen = self._frozen if self.anchor == "frozen" else None
+        return rollingq_columns(self.rollingq, stats, epoch, frozen)
+
+    def _frozen(self) -> LayerResult:
+        data = self.anchor_data
+        batches: Iterable[Any] = data() if callable(data) else data  # type: ignore[assignment]
+        d = self.diagnostics
+        return anchor_statistics(
+            self.model,
+            batches,
+            modalities=d.layout,
+            layer=d.layer,
+            query=d.query,
+            inputs=self.inputs,
+        )
