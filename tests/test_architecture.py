@@ -198,6 +198,7 @@ HIGH_LAYERS = (
     "attnprobe.analysis",
     "attnprobe.rollingq",
     "attnprobe.callbacks",
+    "attnprobe.integrations",
     "attnprobe.training",
     "attnprobe.plot",
     "attnprobe.app",

@@ -15,7 +15,7 @@ from attnprobe.app.cli import main
 def test_import_is_light() -> None:
     code = (
         "import sys, attnprobe; "
-        "heavy = ('matplotlib', 'seaborn', 'scipy', 'transformers', 'timm'); "
+        "heavy = ('matplotlib', 'seaborn', 'scipy', 'transformers', 'timm', 'lightning'); "
         "heavy = [m for m in heavy if m in sys.modules]; "
         "print(heavy)"
     )

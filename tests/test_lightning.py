@@ -1,0 +1,148 @@
+"""attnprobe's callbacks in a real ``lightning.Trainer`` on the CPU: the same data order,
+schedule and seeds give the bundled `Trainer`'s attention columns and rotations."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnprobe.integrations.lightning import AttnProbeCallback, RollingQCallback
+from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix, _order
+from tests.test_callbacks import BATCH, COLUMNS, EPOCHS, SEED, data, model_and_corrector
+
+
+class EpochOrder(torch.utils.data.Sampler[int]):
+    """The Trainer's data order: a permutation seeded by (seed, epoch); Lightning calls
+    ``set_epoch`` before every epoch."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        return iter(_order(self.n, SEED, self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Recipe(L.LightningModule):
+    """The Trainer's recipe as a LightningModule: SGD with momentum, the warm-up + cosine
+    schedule per step, dropout reseeded at every epoch start, unimodal heads' loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model, self.rollingq = model_and_corrector()
+        self.items = data()
+        self.config = TrainConfig(epochs=EPOCHS, batch_size=BATCH)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader[Any]:
+        return torch.utils.data.DataLoader(
+            self.items,  # type: ignore[arg-type]
+            batch_size=BATCH,
+            sampler=EpochOrder(len(self.items)),
+            collate_fn=_collate,
+            generator=torch.Generator(),  # its base seed must not draw from the global RNG
+        )
+
+    def forward(self, *inputs: torch.Tensor) -> Any:  # the frozen anchor pass calls it
+        return self.model(*inputs)
+
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(_mix(SEED, self.current_epoch, 0))
+
+    def training_step(self, batch: Any, index: int) -> torch.Tensor:
+        inputs, target = batch
+        out = self(*inputs)
+        loss = F.cross_entropy(out.logits, target)
+        for extra in out.unimodal_logits.values():
+            loss = loss + F.cross_entropy(extra, target)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        c = self.config
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+        )
+        steps = EPOCHS * math.ceil(len(self.items) / BATCH)
+        warmup = c.warmup_epochs * steps / EPOCHS
+
+        def schedule(step: int) -> float:
+            return _learning_rate(c.lr, step, warmup, steps) / c.lr
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        every_step = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": every_step}
+
+
+def lightning_trainer(callbacks: list[Any], **options: Any) -> Any:
+    settings: dict[str, Any] = {
+        "max_epochs": EPOCHS,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    return L.Trainer(callbacks=callbacks, **{**settings, **options})
+
+
+def fit(module: Recipe, anchor: str, **options: Any) -> tuple[AttnProbeCallback, RollingQCallback]:
+    items = module.items
+    frozen = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+    probe = AttnProbeCallback("model.fusion", module.model.fusion_layout())
+    rolling = RollingQCallback(
+        module.rollingq,
+        probe,
+        anchor=anchor,  # type: ignore[arg-type]
+        anchor_data=lambda: (_collate(chunk)[0] for chunk in frozen),
+    )
+    lightning_trainer([probe, rolling], **options).fit(module)
+    return probe, rolling
+
+
+@pytest.mark.parametrize("anchor", ["running", "frozen"])
+def test_lightning_matches_the_trainer(anchor: str) -> None:
+    model, rq = model_and_corrector()
+    expected = Trainer(
+        model,
+        data(),
+        modalities=model.fusion_layout(),
+        rollingq=rq,
+        config=TrainConfig(epochs=EPOCHS, batch_size=BATCH, progress=False, anchor=anchor),  # type: ignore[arg-type]
+    ).fit()
+    module = Recipe()
+    probe, rolling = fit(module, anchor)
+    assert len(probe.rows) == len(rolling.rows) == EPOCHS
+    assert int(module.rollingq.num_rotations) >= 1
+    for epoch in range(EPOCHS):
+        row = {**probe.rows[epoch], **rolling.rows[epoch]}
+        for column in COLUMNS:
+            assert row[column] == pytest.approx(expected[column].iloc[epoch], abs=1e-6), (
+                epoch,
+                column,
+            )
+
+
+def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = Recipe()
+    fit(module, "running", logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=1)
+    import pandas as pd
+
+    frame = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
+    for column in ("attnprobe/share_audio", "attnprobe/air", "attnprobe/rollingq_rotated"):
+        assert column in frame.columns
+        assert frame[column].notna().sum() == EPOCHS
+    fusion = module.model.get_submodule("fusion")
+    assert not any("probe" in repr(h).lower() for h in fusion._forward_hooks.values())
