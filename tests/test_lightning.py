@@ -3,7 +3,11 @@ schedule and seeds give the bundled `Trainer`'s attention columns and rotations.
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
@@ -96,7 +100,7 @@ def lightning_trainer(callbacks: list[Any], **options: Any) -> Any:
     return L.Trainer(callbacks=callbacks, **{**settings, **options})
 
 
-def fit(module: Recipe, anchor: str, **options: Any) -> tuple[AttnProbeCallback, RollingQCallback]:
+def callbacks_for(module: Recipe, anchor: str) -> tuple[AttnProbeCallback, RollingQCallback]:
     items = module.items
     frozen = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
     probe = AttnProbeCallback("model.fusion", module.model.fusion_layout())
@@ -106,6 +110,11 @@ def fit(module: Recipe, anchor: str, **options: Any) -> tuple[AttnProbeCallback,
         anchor=anchor,  # type: ignore[arg-type]
         anchor_data=lambda: (_collate(chunk)[0] for chunk in frozen),
     )
+    return probe, rolling
+
+
+def fit(module: Recipe, anchor: str, **options: Any) -> tuple[AttnProbeCallback, RollingQCallback]:
+    probe, rolling = callbacks_for(module, anchor)
     lightning_trainer([probe, rolling], **options).fit(module)
     return probe, rolling
 
@@ -146,3 +155,32 @@ def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:
         assert frame[column].notna().sum() == EPOCHS
     fusion = module.model.get_submodule("fusion")
     assert not any("probe" in repr(h).lower() for h in fusion._forward_hooks.values())
+
+
+def run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).resolve().parent / "_lightning_run.py"
+    return subprocess.run(
+        [sys.executable, str(script), str(out), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_killed_lightning_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL in the middle of epoch 1; resumed from Lightning's last checkpoint (end of
+    epoch 0), the run ends with the uninterrupted run's rows and rotation."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run(whole).returncode == 0
+    crash = run(killed, "--kill-epoch", "1", "--kill-batch", "2")
+    assert crash.returncode == -9, crash.stderr[-2000:]
+    assert (killed / "last.ckpt").exists() and not (killed / "rows.json").exists()
+    resumed = run(killed)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = json.loads((whole / "rows.json").read_text())
+    actual = json.loads((killed / "rows.json").read_text())
+    assert [r["epoch"] for r in actual] == list(range(EPOCHS))
+    for want, got in zip(expected, actual, strict=True):
+        for column in COLUMNS:
+            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)
+    a = torch.load(whole / "rotation.pt", weights_only=True)
+    b = torch.load(killed / "rotation.pt", weights_only=True)
+    assert int(b["count"]) == int(a["count"]) >= 1
+    torch.testing.assert_close(b["rotation"], a["rotation"], atol=1e-6, rtol=0)
