@@ -15,7 +15,8 @@ from attnprobe.app.cli import main
 def test_import_is_light() -> None:
     code = (
         "import sys, attnprobe; "
-        "heavy = ('matplotlib', 'seaborn', 'scipy', 'transformers', 'timm', 'lightning'); "
+        "heavy = ('matplotlib', 'seaborn', 'scipy', 'transformers', 'timm', 'lightning', "
+        "'accelerate'); "
         "heavy = [m for m in heavy if m in sys.modules]; "
         "print(heavy)"
     )

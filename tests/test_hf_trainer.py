@@ -1,0 +1,120 @@
+"""attnprobe's callbacks in a real HuggingFace ``transformers.Trainer`` on the CPU: the same data
+order, schedule and seeds give the bundled `Trainer`'s attention columns and rotations, and the
+columns reach the Trainer's log history."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from attnprobe.integrations.transformers import AttnProbeCallback, RollingQCallback
+from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix
+from tests.test_callbacks import BATCH, COLUMNS, EPOCHS, SEED, data, model_and_corrector
+from tests.test_lightning import EpochOrder
+
+
+class EpochLoader(torch.utils.data.DataLoader[Any]):
+    """A DataLoader whose ``set_epoch`` (called by the HF Trainer) reaches its sampler."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+
+class Reseed(transformers.TrainerCallback):
+    """Dropout reseeded at every epoch start, as the bundled Trainer does."""
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        torch.manual_seed(_mix(SEED, round(state.epoch or 0.0), 0))
+
+
+class Recipe(transformers.Trainer):
+    """The bundled Trainer's batches and losses inside the HF Trainer."""
+
+    def __init__(self, model: torch.nn.Module, items: list[Any], **kwargs: Any) -> None:
+        self.items = items
+        super().__init__(model=model, **kwargs)
+
+    def get_train_dataloader(self) -> Any:
+        return EpochLoader(
+            self.items,  # type: ignore[arg-type]
+            batch_size=BATCH,
+            sampler=EpochOrder(len(self.items)),
+            collate_fn=lambda chunk: dict(zip(("inputs", "target"), _collate(chunk), strict=True)),
+            generator=torch.Generator(),
+        )
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **_: Any) -> Any:
+        out = model(*inputs["inputs"])
+        target = inputs["target"]
+        loss = F.cross_entropy(out.logits, target)
+        for extra in out.unimodal_logits.values():
+            loss = loss + F.cross_entropy(extra, target)
+        return (loss, out) if return_outputs else loss
+
+
+def hf_run(tmp_path: Any, anchor: str) -> tuple[AttnProbeCallback, RollingQCallback, Any]:
+    model, rq = model_and_corrector()
+    items = data()
+    config = TrainConfig(epochs=EPOCHS, batch_size=BATCH)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    steps = EPOCHS * math.ceil(len(items) / BATCH)
+    warmup = config.warmup_epochs * steps / EPOCHS
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _learning_rate(config.lr, step, warmup, steps) / config.lr
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=EPOCHS,
+        per_device_train_batch_size=BATCH,
+        max_grad_norm=0.0,  # the bundled Trainer does not clip
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        seed=SEED,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    trainer = Recipe(model, items, args=args, optimizers=(optimizer, scheduler))
+    trainer.add_callback(Reseed())
+    frozen = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+    probe = AttnProbeCallback("fusion", model.fusion_layout()).attach(trainer)
+    rolling = RollingQCallback(
+        rq,
+        probe,
+        anchor=anchor,  # type: ignore[arg-type]
+        anchor_data=lambda: (_collate(chunk)[0] for chunk in frozen),
+    ).attach(trainer)
+    trainer.train()
+    return probe, rolling, trainer
+
+
+@pytest.mark.parametrize("anchor", ["running", "frozen"])
+def test_the_hf_trainer_matches_the_bundled_trainer(tmp_path: Any, anchor: str) -> None:
+    model, rq = model_and_corrector()
+    expected = Trainer(
+        model,
+        data(),
+        modalities=model.fusion_layout(),
+        rollingq=rq,
+        config=TrainConfig(epochs=EPOCHS, batch_size=BATCH, progress=False, anchor=anchor),  # type: ignore[arg-type]
+    ).fit()
+    probe, rolling, trainer = hf_run(tmp_path, anchor)
+    assert len(probe.rows) == len(rolling.rows) == EPOCHS
+    for epoch in range(EPOCHS):
+        row = {**probe.rows[epoch], **rolling.rows[epoch]}
+        for column in COLUMNS:
+            assert row[column] == pytest.approx(expected[column].iloc[epoch], abs=1e-6), (
+                epoch,
+                column,
+            )
+    logged = [e for e in trainer.state.log_history if "attnprobe/air" in e]
+    assert [e["attnprobe/air"] for e in logged] == pytest.approx(expected["air"].tolist(), abs=1e-6)
+    assert sum("attnprobe/rollingq_rotated" in e for e in trainer.state.log_history) == EPOCHS
