@@ -57,7 +57,9 @@ class Recipe(transformers.Trainer):
         return (loss, out) if return_outputs else loss
 
 
-def hf_run(tmp_path: Any, anchor: str) -> tuple[AttnProbeCallback, RollingQCallback, Any]:
+def hf_run(
+    tmp_path: Any, anchor: str, report_to: list[str] | None = None
+) -> tuple[AttnProbeCallback, RollingQCallback, Any]:
     model, rq = model_and_corrector()
     items = data()
     config = TrainConfig(epochs=EPOCHS, batch_size=BATCH)
@@ -74,7 +76,7 @@ def hf_run(tmp_path: Any, anchor: str) -> tuple[AttnProbeCallback, RollingQCallb
         num_train_epochs=EPOCHS,
         per_device_train_batch_size=BATCH,
         max_grad_norm=0.0,  # the bundled Trainer does not clip
-        report_to=[],
+        report_to=report_to or [],
         save_strategy="no",
         logging_strategy="no",
         use_cpu=True,
@@ -118,3 +120,18 @@ def test_the_hf_trainer_matches_the_bundled_trainer(tmp_path: Any, anchor: str) 
     logged = [e for e in trainer.state.log_history if "attnprobe/air" in e]
     assert [e["attnprobe/air"] for e in logged] == pytest.approx(expected["air"].tolist(), abs=1e-6)
     assert sum("attnprobe/rollingq_rotated" in e for e in trainer.state.log_history) == EPOCHS
+
+
+def test_the_columns_reach_a_report_to_backend(tmp_path: Any) -> None:
+    """report_to=["tensorboard"]: HF's TensorBoardCallback writes every epoch's attnprobe
+    columns (under train/, as it names training logs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    probe, _, _ = hf_run(tmp_path, "running", report_to=["tensorboard"])
+    folders = {path.parent for path in tmp_path.rglob("events.out.tfevents.*")}
+    assert len(folders) == 1
+    events = EventAccumulator(str(folders.pop()))
+    events.Reload()
+    air = [e.value for e in events.Scalars("train/attnprobe/air")]
+    assert air == pytest.approx([row["air"] for row in probe.rows], abs=1e-6)
+    assert len(events.Scalars("train/attnprobe/rollingq_num_rotations")) == EPOCHS
