@@ -50,6 +50,7 @@ __all__ = [
     "Callback",
     "Callbacks",
     "RollingQCallback",
+    "numeric_columns",
     "rollingq_columns",
 ]
 
@@ -257,6 +258,22 @@ class AttentionDiagnostics(Callback):
         p, self._probe = self._probe, None
         if p is not None:
             p.__exit__(None, None, None)
+
+
+def numeric_columns(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric columns of a metrics row as floats (booleans as 0/1, NaN left out), names
+    prefixed: what the framework integrations hand to their loggers.
+
+    Examples:
+        >>> numeric_columns({"air": 0.5, "rotated": True, "gap": float("nan"), "note": "x"}, "a/")
+        {'a/air': 0.5, 'a/rotated': 1.0}
+    """
+    return {
+        f"{prefix}{key}": float(value)
+        for key, value in row.items()
+        if isinstance(value, (bool, int, float))
+        and not (isinstance(value, float) and math.isnan(value))
+    }
 
 
 def rollingq_columns(

@@ -4,6 +4,7 @@ the bundled `Trainer`'s attention columns and rotations, epoch by epoch."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -36,6 +37,18 @@ def model_and_corrector() -> tuple[LateFusionTransformer, ap.RollingQ]:
     )
     rq = ap.RollingQ(16, modalities=("audio", "video"), beta=0.0).attach(model, "fusion")
     return model, rq
+
+
+def assert_same_columns(rows: list[dict[str, Any]], expected: Any) -> None:
+    """Each epoch's row has the bundled Trainer's `COLUMNS` (``expected``, its metrics frame)
+    to 1e-6."""
+    assert len(rows) == len(expected)
+    for epoch, row in enumerate(rows):
+        for column in COLUMNS:
+            assert row[column] == pytest.approx(expected[column].iloc[epoch], abs=1e-6), (
+                epoch,
+                column,
+            )
 
 
 def plain_loop(anchor: str) -> list[dict[str, float]]:
@@ -95,12 +108,8 @@ def test_a_plain_loop_with_callbacks_matches_the_trainer(anchor: str) -> None:
     expected = trainer.fit()
     got = plain_loop(anchor)
     assert int(expected["rollingq_num_rotations"].iloc[-1]) >= 1  # the check did rotate
+    assert_same_columns(got, expected)
     for epoch, row in enumerate(got):
-        for column in COLUMNS:
-            assert row[column] == pytest.approx(expected[column].iloc[epoch], abs=1e-6), (
-                epoch,
-                column,
-            )
         angle = expected["rollingq_angle_deg"].iloc[epoch]
         assert row["rollingq_angle_deg"] == pytest.approx(angle, abs=1e-6, nan_ok=True)
 

@@ -14,7 +14,14 @@ import transformers
 
 from attnprobe.integrations.transformers import AttnProbeCallback, RollingQCallback
 from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix
-from tests.test_callbacks import BATCH, COLUMNS, EPOCHS, SEED, data, model_and_corrector
+from tests.test_callbacks import (
+    BATCH,
+    EPOCHS,
+    SEED,
+    assert_same_columns,
+    data,
+    model_and_corrector,
+)
 from tests.test_lightning import EpochOrder
 
 
@@ -110,13 +117,8 @@ def test_the_hf_trainer_matches_the_bundled_trainer(tmp_path: Any, anchor: str) 
     ).fit()
     probe, rolling, trainer = hf_run(tmp_path, anchor)
     assert len(probe.rows) == len(rolling.rows) == EPOCHS
-    for epoch in range(EPOCHS):
-        row = {**probe.rows[epoch], **rolling.rows[epoch]}
-        for column in COLUMNS:
-            assert row[column] == pytest.approx(expected[column].iloc[epoch], abs=1e-6), (
-                epoch,
-                column,
-            )
+    rows = [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
+    assert_same_columns(rows, expected)
     logged = [e for e in trainer.state.log_history if "attnprobe/air" in e]
     assert [e["attnprobe/air"] for e in logged] == pytest.approx(expected["air"].tolist(), abs=1e-6)
     assert sum("attnprobe/rollingq_rotated" in e for e in trainer.state.log_history) == EPOCHS

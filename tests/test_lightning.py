@@ -17,7 +17,15 @@ import torch.nn.functional as F
 
 from attnprobe.integrations.lightning import AttnProbeCallback, RollingQCallback
 from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix, _order
-from tests.test_callbacks import BATCH, COLUMNS, EPOCHS, SEED, data, model_and_corrector
+from tests.test_callbacks import (
+    BATCH,
+    COLUMNS,
+    EPOCHS,
+    SEED,
+    assert_same_columns,
+    data,
+    model_and_corrector,
+)
 
 
 class EpochOrder(torch.utils.data.Sampler[int]):
@@ -133,13 +141,8 @@ def test_lightning_matches_the_trainer(anchor: str) -> None:
     probe, rolling = fit(module, anchor)
     assert len(probe.rows) == len(rolling.rows) == EPOCHS
     assert int(module.rollingq.num_rotations) >= 1
-    for epoch in range(EPOCHS):
-        row = {**probe.rows[epoch], **rolling.rows[epoch]}
-        for column in COLUMNS:
-            assert row[column] == pytest.approx(expected[column].iloc[epoch], abs=1e-6), (
-                epoch,
-                column,
-            )
+    rows = [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
+    assert_same_columns(rows, expected)
 
 
 def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:

@@ -31,16 +31,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from attnprobe.capture._base import Adapter, AttentionInputs, Recorder, Tap, join_tap
+from attnprobe.capture._hand import _SOFTMAXES
 from attnprobe.capture._sdpa import _install_mode
 
 __all__ = ["BandedAttentionAdapter"]
 
-_SOFTMAXES = frozenset({torch.softmax, F.softmax, torch.Tensor.softmax})
 _PROJECTIONS = ("query", "key", "query_global", "key_global")
 
 

@@ -19,31 +19,19 @@ Examples:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
 
-from attnprobe.callbacks import AttentionDiagnostics
+from attnprobe.callbacks import AttentionDiagnostics, numeric_columns
 from attnprobe.callbacks import RollingQCallback as _RollingQCallback
 from attnprobe.errors import ProbeConfigError
 from attnprobe.labels import ModalityLayout
 from attnprobe.rollingq import RollingQ
 
 __all__ = ["AttnProbeCallback", "RollingQCallback"]
-
-
-def _loggable(row: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """The numeric columns of a row as floats (booleans as 0/1), keys prefixed."""
-    out: dict[str, float] = {}
-    for key, value in row.items():
-        if isinstance(value, (bool, int, float)) and not (
-            isinstance(value, float) and math.isnan(value)
-        ):
-            out[f"{prefix}{key}"] = float(value)
-    return out
 
 
 class AttnProbeCallback(L.Callback):
@@ -88,7 +76,7 @@ class AttnProbeCallback(L.Callback):
         epoch = trainer.current_epoch
         columns = self.diagnostics.on_epoch_end(epoch)
         self.rows.append({"epoch": epoch, **columns})
-        pl_module.log_dict(_loggable(columns, self.prefix), on_step=False, on_epoch=True)
+        pl_module.log_dict(numeric_columns(columns, self.prefix), on_step=False, on_epoch=True)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -148,7 +136,7 @@ class RollingQCallback(L.Callback):
         with torch.no_grad():
             row = self.core.on_epoch_end(epoch)
         self.rows.append({"epoch": epoch, **row})
-        pl_module.log_dict(_loggable(row, self.probe.prefix), on_step=False, on_epoch=True)
+        pl_module.log_dict(numeric_columns(row, self.probe.prefix), on_step=False, on_epoch=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [dict(r) for r in self.rows]}

@@ -19,30 +19,19 @@ Examples:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from transformers import TrainerCallback
 
-from attnprobe.callbacks import AttentionDiagnostics
+from attnprobe.callbacks import AttentionDiagnostics, numeric_columns
 from attnprobe.callbacks import RollingQCallback as _RollingQCallback
 from attnprobe.errors import ProbeConfigError
 from attnprobe.labels import ModalityLayout
 from attnprobe.rollingq import RollingQ
 
 __all__ = ["AttnProbeCallback", "RollingQCallback"]
-
-
-def _loggable(row: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """The numeric columns of a row as floats (booleans as 0/1, NaN left out), keys prefixed."""
-    return {
-        f"{prefix}{key}": float(value)
-        for key, value in row.items()
-        if isinstance(value, (bool, int, float))
-        and not (isinstance(value, float) and math.isnan(value))
-    }
 
 
 class _Logging(TrainerCallback):  # type: ignore[misc]
@@ -61,7 +50,7 @@ class _Logging(TrainerCallback):  # type: ignore[misc]
 
     def _log(self, state: Any, epoch: int, columns: Mapping[str, Any]) -> None:
         self.rows.append({"epoch": epoch, **columns})
-        values = _loggable(columns, self.prefix)
+        values = numeric_columns(columns, self.prefix)
         if self.trainer is not None:
             self.trainer.log(values)
         else:
