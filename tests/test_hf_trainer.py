@@ -4,7 +4,11 @@ columns reach the Trainer's log history."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,7 @@ from attnprobe.integrations.transformers import AttnProbeCallback, RollingQCallb
 from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix
 from tests.test_callbacks import (
     BATCH,
+    COLUMNS,
     EPOCHS,
     SEED,
     assert_same_columns,
@@ -33,10 +38,14 @@ class EpochLoader(torch.utils.data.DataLoader[Any]):
 
 
 class Reseed(transformers.TrainerCallback):
-    """Dropout reseeded at every epoch start, as the bundled Trainer does."""
+    """Dropout reseeded at every epoch's first step, as the bundled Trainer does at every epoch
+    start (``on_epoch_begin`` would be too early: on resuming, the Trainer restores the RNG
+    state of the checkpoint after it)."""
 
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        torch.manual_seed(_mix(SEED, round(state.epoch or 0.0), 0))
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        per_epoch = state.max_steps // EPOCHS
+        if state.global_step % per_epoch == 0:
+            torch.manual_seed(_mix(SEED, state.global_step // per_epoch, 0))
 
 
 class Recipe(transformers.Trainer):
@@ -64,9 +73,11 @@ class Recipe(transformers.Trainer):
         return (loss, out) if return_outputs else loss
 
 
-def hf_run(
-    tmp_path: Any, anchor: str, report_to: list[str] | None = None
-) -> tuple[AttnProbeCallback, RollingQCallback, Any]:
+def hf_trainer(
+    out: Any, anchor: str, report_to: list[str] | None = None, save_strategy: str = "no"
+) -> tuple[Recipe, AttnProbeCallback, RollingQCallback, Any]:
+    """The bundled Trainer's recipe in a ``transformers.Trainer`` writing to ``out``, with
+    attnprobe's callbacks attached; returns the trainer, the callbacks and the corrector."""
     model, rq = model_and_corrector()
     items = data()
     config = TrainConfig(epochs=EPOCHS, batch_size=BATCH)
@@ -79,12 +90,12 @@ def hf_run(
         optimizer, lambda step: _learning_rate(config.lr, step, warmup, steps) / config.lr
     )
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
+        output_dir=str(out),
         num_train_epochs=EPOCHS,
         per_device_train_batch_size=BATCH,
         max_grad_norm=0.0,  # the bundled Trainer does not clip
         report_to=report_to or [],
-        save_strategy="no",
+        save_strategy=save_strategy,
         logging_strategy="no",
         use_cpu=True,
         seed=SEED,
@@ -101,6 +112,13 @@ def hf_run(
         anchor=anchor,  # type: ignore[arg-type]
         anchor_data=lambda: (_collate(chunk)[0] for chunk in frozen),
     ).attach(trainer)
+    return trainer, probe, rolling, rq
+
+
+def hf_run(
+    tmp_path: Any, anchor: str, report_to: list[str] | None = None
+) -> tuple[AttnProbeCallback, RollingQCallback, Any]:
+    trainer, probe, rolling, _ = hf_trainer(tmp_path, anchor, report_to)
     trainer.train()
     return probe, rolling, trainer
 
@@ -137,3 +155,41 @@ def test_the_columns_reach_a_report_to_backend(tmp_path: Any) -> None:
     air = [e.value for e in events.Scalars("train/attnprobe/air")]
     assert air == pytest.approx([row["air"] for row in probe.rows], abs=1e-6)
     assert len(events.Scalars("train/attnprobe/rollingq_num_rotations")) == EPOCHS
+
+
+def run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).resolve().parent / "_hf_run.py"
+    return subprocess.run(
+        [sys.executable, str(script), str(out), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_killed_hf_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL in the middle of epoch 1; ``resume_from_checkpoint`` (the end of epoch 0)
+    restores the model with its rotation and counter, and the callbacks' rows: the run ends
+    with the uninterrupted run's rows, log history entries and rotation."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run(whole).returncode == 0
+    crash = run(killed, "--kill-epoch", "1", "--kill-batch", "2")
+    assert crash.returncode == -9, crash.stderr[-2000:]
+    assert not (killed / "rows.json").exists()
+    saved = sorted(p.name for p in killed.glob("checkpoint-*"))
+    assert saved == ["checkpoint-6"], saved  # 48 samples / 8 per batch: the end of epoch 0
+    assert (killed / "checkpoint-6" / "attnprobe-fusion.json").exists()
+    resumed = run(killed)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = json.loads((whole / "rows.json").read_text())
+    actual = json.loads((killed / "rows.json").read_text())
+    assert [r["epoch"] for r in actual] == list(range(EPOCHS))
+    for want, got in zip(expected, actual, strict=True):
+        for column in COLUMNS:
+            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)
+    logged = json.loads((killed / "logged.json").read_text())
+    want_logged = json.loads((whole / "logged.json").read_text())
+    assert [e["step"] for e in logged] == [e["step"] for e in want_logged]
+    for want, got in zip(want_logged, logged, strict=True):
+        assert got == pytest.approx(want, abs=1e-6)
+    a = torch.load(whole / "rotation.pt", weights_only=True)
+    b = torch.load(killed / "rotation.pt", weights_only=True)
+    assert int(b["count"]) == int(a["count"]) >= 1
+    torch.testing.assert_close(b["rotation"], a["rotation"], atol=1e-6, rtol=0)

@@ -9,7 +9,9 @@ model, not the trainer, and the reporting callbacks run before user callbacks, s
 passed in ``callbacks=[...]`` only adds its columns to ``state.log_history``.)
 
 The rotation and its counter are buffers of the model (`attnprobe.RollingQ`): the model's
-checkpoints keep them, and ``resume_from_checkpoint`` restores them.
+checkpoints keep them, and ``resume_from_checkpoint`` restores them. The callbacks' own rows
+go into each checkpoint folder beside ``trainer_state.json`` (``attnprobe-<layer>.json``,
+``attnprobe-rollingq-<layer>.json``) and come back when training resumes from that folder.
 
 Examples:
     >>> from attnprobe.integrations.transformers import AttnProbeCallback
@@ -19,7 +21,11 @@ Examples:
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -27,7 +33,7 @@ from transformers import TrainerCallback
 
 from attnprobe.callbacks import AttentionDiagnostics, numeric_columns
 from attnprobe.callbacks import RollingQCallback as _RollingQCallback
-from attnprobe.errors import ProbeConfigError
+from attnprobe.errors import AttnProbeWarning, ProbeConfigError
 from attnprobe.labels import ModalityLayout
 from attnprobe.rollingq import RollingQ
 
@@ -37,9 +43,11 @@ __all__ = ["AttnProbeCallback", "RollingQCallback"]
 class _Logging(TrainerCallback):  # type: ignore[misc]
     prefix = "attnprobe/"
 
-    def __init__(self) -> None:
+    def __init__(self, file: str) -> None:
         self.trainer: Any = None
         self.rows: list[dict[str, Any]] = []
+        self.file = file
+        """Name of this callback's rows in a checkpoint folder."""
 
     def attach(self, trainer: Any) -> Any:
         """Register this callback with ``trainer`` (``trainer.add_callback``) and log through
@@ -55,6 +63,43 @@ class _Logging(TrainerCallback):  # type: ignore[misc]
             self.trainer.log(values)
         else:
             state.log_history.append({**values, "epoch": state.epoch, "step": state.global_step})
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write the rows so far into the checkpoint folder the Trainer just wrote."""
+        folder = _checkpoint(args, state)
+        if args.should_save and folder.is_dir():
+            _atomic_text(folder / self.file, json.dumps(self.rows))
+
+    def _restore(self, args: Any, state: Any) -> None:
+        """Resumed from a checkpoint (``state.global_step > 0`` at the start of training):
+        read the rows of the epochs before it."""
+        if not state.global_step:
+            self.rows = []
+            return
+        path = _checkpoint(args, state) / self.file
+        if not path.exists():
+            warnings.warn(
+                f"{type(self).__name__}: training resumes at step {state.global_step} but "
+                f"{path} does not exist, so the rows of the earlier epochs are not restored "
+                "(their columns are still in trainer.state.log_history); resume from a "
+                "checkpoint folder under args.output_dir written with this callback attached.",
+                AttnProbeWarning,
+                stacklevel=3,
+            )
+            self.rows = []
+            return
+        self.rows = [dict(row) for row in json.loads(path.read_text())]
+
+
+def _checkpoint(args: Any, state: Any) -> Path:
+    """The checkpoint folder of the current step, as ``transformers.Trainer`` names it."""
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _epoch(state: Any) -> int:
@@ -85,7 +130,7 @@ class AttnProbeCallback(_Logging):
         query: str = "cls",
         exclude: Sequence[str] = ("cls",),
     ) -> None:
-        super().__init__()
+        super().__init__(f"attnprobe-{layer}.json")
         self.diagnostics = AttentionDiagnostics(layer, modalities, query=query, exclude=exclude)
         self._current: int | None = None
 
@@ -93,6 +138,7 @@ class AttnProbeCallback(_Logging):
         model = kwargs.get("model")
         if model is None:
             raise ProbeConfigError("AttnProbeCallback: the Trainer passed no model to callbacks.")
+        self._restore(args, state)
         self.diagnostics.on_fit_start(model)
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -130,18 +176,19 @@ class RollingQCallback(_Logging):
         anchor_data: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
         inputs: Callable[[Any], Any] | None = None,
     ) -> None:
-        super().__init__()
         if not isinstance(probe, AttnProbeCallback):
             raise ProbeConfigError(
                 f"RollingQCallback: expected the AttnProbeCallback of the corrected layer as "
                 f"probe, received {type(probe).__name__}."
             )
+        super().__init__(f"attnprobe-rollingq-{probe.diagnostics.layer}.json")
         self.probe = probe
         self.core = _RollingQCallback(
             rollingq, probe.diagnostics, anchor=anchor, anchor_data=anchor_data, inputs=inputs
         )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restore(args, state)
         self.core.on_fit_start(kwargs["model"])
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
