@@ -101,9 +101,9 @@ def main() -> None:
 
         trainer.add_callback("on_batch_end", kill)
         if args.kill_in_save > 0:
-            import attnprobe.training as training_module
+            import attnprobe.callbacks._files as files_module
 
-            original = training_module._atomic_write
+            original = files_module._atomic_write
             writes = [0]
 
             def dying(path: Path, data: bytes) -> None:
@@ -113,7 +113,7 @@ def main() -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
                 original(path, data)
 
-            training_module._atomic_write = dying  # type: ignore[assignment]
+            files_module._atomic_write = dying  # type: ignore[assignment]
         trainer.fit()
         if rq is not None:
             rank = dist.get_rank() if world > 1 else 0

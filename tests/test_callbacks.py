@@ -4,6 +4,7 @@ the bundled `Trainer`'s attention columns and rotations, epoch by epoch."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import attnprobe as ap
-from attnprobe.callbacks import AttentionDiagnostics, Callback, Callbacks, RollingQCallback
+from attnprobe.callbacks import (
+    AttentionDiagnostics,
+    Callback,
+    Callbacks,
+    RollingQCallback,
+    RunFiles,
+)
 from attnprobe.models import LateFusionTransformer
 from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix, _order
 
@@ -51,9 +58,10 @@ def assert_same_columns(rows: list[dict[str, Any]], expected: Any) -> None:
             )
 
 
-def plain_loop(anchor: str) -> list[dict[str, float]]:
+def plain_loop(anchor: str, out_dir: Path | None = None) -> list[dict[str, float]]:
     """The Trainer's recipe written out as a user would, with the callbacks (same data order,
-    learning-rate schedule, dropout seeds, loss)."""
+    learning-rate schedule, dropout seeds, loss); with ``out_dir``, `RunFiles` writes the run
+    there."""
     items = data()
     model, rq = model_and_corrector()
     config = TrainConfig(epochs=EPOCHS, batch_size=BATCH)
@@ -70,7 +78,8 @@ def plain_loop(anchor: str) -> list[dict[str, float]]:
         anchor_data=lambda: (_collate(chunk)[0] for chunk in frozen),
     )
     rows, step = [], 0
-    with Callbacks(diagnostics, rolling).fit(model) as run:
+    files = [] if out_dir is None else [RunFiles(out_dir, diagnostics=diagnostics)]
+    with Callbacks(diagnostics, rolling, *files).fit(model) as run:
         for epoch in range(EPOCHS):
             torch.manual_seed(_mix(SEED, epoch, 0))
             model.train()
@@ -91,7 +100,7 @@ def plain_loop(anchor: str) -> list[dict[str, float]]:
                 optimizer.step()
                 step += 1
                 run.batch_end(loss)
-            rows.append(run.epoch_end(epoch))
+            rows.append(run.epoch_end(epoch, train_loss=loss.item()))
     return rows
 
 
@@ -112,6 +121,21 @@ def test_a_plain_loop_with_callbacks_matches_the_trainer(anchor: str) -> None:
     for epoch, row in enumerate(got):
         angle = expected["rollingq_angle_deg"].iloc[epoch]
         assert row["rollingq_angle_deg"] == pytest.approx(angle, abs=1e-6, nan_ok=True)
+
+
+def test_attnprobe_report_reads_the_run_files_of_a_plain_loop(tmp_path: Path) -> None:
+    """`RunFiles` in one's own loop writes what ``attnprobe report`` reads: its summary holds
+    the loop's last row, and the attention figures are drawn."""
+    from attnprobe.app.report import report
+
+    rows = plain_loop("running", tmp_path / "mine-seed0")
+    assert (tmp_path / "mine-seed0" / "attention.csv").exists()
+    result = report(tmp_path)
+    final = result.runs.iloc[0]
+    assert (final["method"], final["epochs"]) == ("mine", EPOCHS)
+    for column in ("air", "share_audio", "key_gap", "train_loss", "rollingq_num_rotations"):
+        assert final[column] == pytest.approx(rows[-1][column], abs=1e-12), column
+    assert {p.name for p in result.figures} >= {"share_over_training.png", "air_key_gap.png"}
 
 
 def test_callbacks_release_the_probe_when_the_loop_raises() -> None:
@@ -156,8 +180,8 @@ def test_a_callback_of_ones_own_gets_every_event() -> None:
         def on_batch_end(self, batch: int, loss: torch.Tensor | None) -> None:
             events.append(f"batch_end {batch} {loss is not None and not loss.requires_grad}")
 
-        def on_epoch_end(self, epoch: int) -> dict[str, float]:
-            events.append(f"epoch_end {epoch}")
+        def on_epoch_end(self, epoch: int, row: Any) -> dict[str, float]:
+            events.append(f"epoch_end {epoch} {sorted(row)}")
             return {"seen": 1.0}
 
         def on_fit_end(self) -> None:
@@ -168,12 +192,12 @@ def test_a_callback_of_ones_own_gets_every_event() -> None:
         run.epoch_start(0)
         run.batch_end(torch.ones((), requires_grad=True) * 2)
         run.batch_end()
-        assert run.epoch_end(0) == {"epoch": 0, "seen": 1.0}
+        assert run.epoch_end(0, loss=0.5) == {"epoch": 0, "loss": 0.5, "seen": 1.0}
     assert events == [
         "fit_start",
         "epoch_start 0",
         "batch_end 0 True",
         "batch_end 1 False",
-        "epoch_end 0",
+        "epoch_end 0 ['epoch', 'loss']",
         "fit_end",
     ]

@@ -193,3 +193,11 @@ def test_a_killed_hf_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     b = torch.load(killed / "rotation.pt", weights_only=True)
     assert int(b["count"]) == int(a["count"]) >= 1
     torch.testing.assert_close(b["rotation"], a["rotation"], atol=1e-6, rtol=0)
+
+    from attnprobe.app.report import report
+
+    result = report(killed)  # the output_dir: its last checkpoint's trainer_state.json
+    final = result.runs.iloc[0]
+    assert final["epochs"] == EPOCHS
+    for column in COLUMNS:
+        assert final[column] == pytest.approx(expected[-1][column], abs=1e-6), column

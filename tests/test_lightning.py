@@ -149,7 +149,9 @@ def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
     module = Recipe()
-    fit(module, "running", logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=1)
+    probe, rolling = fit(
+        module, "running", logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=1
+    )
     import pandas as pd
 
     frame = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
@@ -158,6 +160,16 @@ def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:
         assert frame[column].notna().sum() == EPOCHS
     fusion = module.model.get_submodule("fusion")
     assert not any("probe" in repr(h).lower() for h in fusion._forward_hooks.values())
+
+    from attnprobe.app.report import report
+
+    result = report(tmp_path)  # finds run/version_0, reads its CSVLogger file
+    final = result.runs.iloc[0]
+    assert (final["run"], final["epochs"]) == ("run/version_0", EPOCHS)
+    last = {**probe.rows[-1], **rolling.rows[-1]}
+    for column in ("air", "share_audio", "key_gap", "rollingq_num_rotations"):
+        assert final[column] == pytest.approx(last[column], abs=1e-6), column  # float32 CSV
+    assert "share_over_training.png" in {p.name for p in result.figures}
 
 
 def run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -165,11 +165,11 @@ def _copy_run(runs_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_bad_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(["report", str(tmp_path / "missing")], capsys, "does not exist", "metrics.csv")
+    _fails(["report", str(tmp_path / "missing")], capsys, "does not exist", "RunFiles out_dir")
     (tmp_path / "file.txt").write_text("x")
     _fails(["report", str(tmp_path / "file.txt")], capsys, "is not a folder")
     (tmp_path / "empty").mkdir()
-    _fails(["report", str(tmp_path / "empty")], capsys, "holds no run", "metrics.csv")
+    _fails(["report", str(tmp_path / "empty")], capsys, "holds no run", "metrics.csv", "trainer_state.json")
 
 
 @pytest.mark.parametrize(

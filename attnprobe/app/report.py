@@ -6,8 +6,11 @@ Two kinds of folder are understood:
 - an **example folder**, written by ``attnprobe example rollingq``
   (`attnprobe.app.example.run`): this report plus the example's own numbers, paired tests and
   figures (`attnprobe.app.example.report`);
-- **training runs**: the ``out_dir`` of one `attnprobe.training.Trainer` (it holds
-  ``metrics.csv``), or a folder whose sub-folders (one or two levels down) are such runs. Each
+- **training runs**: the ``out_dir`` of one `attnprobe.training.Trainer` or of the
+  `attnprobe.callbacks.RunFiles` callback in one's own loop (``metrics.csv``), a Lightning
+  ``CSVLogger`` folder or a HuggingFace Trainer ``output_dir`` with attnprobe's columns
+  (`attnprobe.app.runs` says what each holds), or a folder whose sub-folders (one or two levels
+  down) are such runs. Each
   run is named by its path below ``RUN_DIR``; a name ending in ``-seed<k>`` or ``_seed<k>``
   groups the runs of one method over seeds (``vanilla-seed0``, ``vanilla-seed1``, …), which
   the tables and figures then show as mean ± std.
@@ -38,7 +41,7 @@ import pandas as pd
 
 from attnprobe import AttnProbeError
 from attnprobe.app.figures import Extra, draw
-from attnprobe.app.runs import METRICS, Run, find_training_runs, read_metrics, run_name, summarise
+from attnprobe.app.runs import Run, find_training_runs, read_run, run_name, summarise
 
 __all__ = ["RunReport", "markdown_table", "mean_std", "report", "write_report"]
 
@@ -85,8 +88,10 @@ def report(
     """Rebuild the tables and figures of a run folder from its files.
 
     Args:
-        run_dir: an example folder (``attnprobe example rollingq``), the ``out_dir`` of a
-            `attnprobe.training.Trainer`, or a folder of such ``out_dir``s.
+        run_dir: an example folder (``attnprobe example rollingq``), a training run (the
+            ``out_dir`` of a `attnprobe.training.Trainer` or `attnprobe.callbacks.RunFiles`, a
+            Lightning ``CSVLogger`` folder, a HuggingFace Trainer ``output_dir``), or a folder
+            of such runs.
         out: where the tables and ``figures/`` go (default: ``run_dir``).
         progress: a progress bar over the figures (on a terminal).
 
@@ -122,7 +127,8 @@ def report(
         what = "is not a folder" if run_dir.exists() else "does not exist"
         raise AttnProbeError(
             f"{run_dir} {what}; expected a run folder: one written by `attnprobe example "
-            "rollingq`, a Trainer out_dir (with metrics.csv), or a folder of Trainer out_dirs."
+            "rollingq`, a training run (a Trainer or RunFiles out_dir, a Lightning CSVLogger "
+            "folder, a HuggingFace Trainer output_dir), or a folder of training runs."
         )
     target = run_dir if out is None else Path(out)
     if example.is_example_folder(run_dir):
@@ -249,7 +255,7 @@ def _count(n: int, noun: str) -> str:
 def _final_row(run_dir: Path, run: Run) -> dict[str, object]:
     """A training run's final numbers: the last value of every diagnostic column."""
     method, seed, folder = run
-    metrics = read_metrics(folder / METRICS)
+    metrics = read_run(folder)
     last = metrics.ffill().iloc[-1]
     row: dict[str, object] = {"method": method, "seed": seed, "run": run_name(run_dir, folder)}
     row["epochs"] = int(last["epoch"]) + 1

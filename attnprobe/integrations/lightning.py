@@ -10,6 +10,11 @@ The rotation and its counter are buffers of the model (`attnprobe.RollingQ`), so
 checkpoints save and restore them; the attention history of the epochs so far is the
 callback's state in the checkpoint.
 
+Under DDP every rank logs the same values: the probe's statistics are summed over ranks
+(`attnprobe.Probe.sync`) and the rotation is broadcast from rank 0 before the columns are
+computed. They are logged with ``sync_dist=True``: Lightning's mean over ranks of equal values
+returns them unchanged, and it does not warn that epoch-level values are not synced.
+
 Examples:
     >>> import lightning.pytorch as L
     >>> from attnprobe.integrations.lightning import AttnProbeCallback
@@ -74,9 +79,11 @@ class AttnProbeCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        columns = self.diagnostics.on_epoch_end(epoch)
+        columns = self.diagnostics.on_epoch_end(epoch, {})
         self.rows.append({"epoch": epoch, **columns})
-        pl_module.log_dict(numeric_columns(columns, self.prefix), on_step=False, on_epoch=True)
+        pl_module.log_dict(
+            numeric_columns(columns, self.prefix), on_step=False, on_epoch=True, sync_dist=True
+        )
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -134,9 +141,11 @@ class RollingQCallback(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         with torch.no_grad():
-            row = self.core.on_epoch_end(epoch)
+            row = self.core.on_epoch_end(epoch, {})
         self.rows.append({"epoch": epoch, **row})
-        pl_module.log_dict(numeric_columns(row, self.probe.prefix), on_step=False, on_epoch=True)
+        pl_module.log_dict(
+            numeric_columns(row, self.probe.prefix), on_step=False, on_epoch=True, sync_dist=True
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [dict(r) for r in self.rows]}

@@ -148,7 +148,7 @@ class AttnProbeCallback(_Logging):
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         assert self._current is not None
         epoch = self._current
-        self._log(state, epoch, self.diagnostics.on_epoch_end(epoch))
+        self._log(state, epoch, self.diagnostics.on_epoch_end(epoch, {}))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.diagnostics.on_fit_end()
@@ -195,4 +195,4 @@ class RollingQCallback(_Logging):
         epoch = self.probe._current
         assert epoch is not None
         with torch.no_grad():
-            self._log(state, epoch, self.core.on_epoch_end(epoch))
+            self._log(state, epoch, self.core.on_epoch_end(epoch, {}))

@@ -1,32 +1,5 @@
-"""attnprobe's diagnostics and RollingQ in any training loop, without a framework.
-
-One small protocol, `Callback`: ``on_fit_start(model)``, ``on_epoch_start(epoch)``,
-``on_batch_end(batch, loss)``, ``on_epoch_end(epoch) -> columns`` and ``on_fit_end()``, with
-``state_dict`` / ``load_state_dict`` for checkpoints. `Callbacks` calls several in order and
-merges the columns each returns at the end of an epoch into one row; used as a context manager
-it detaches every probe when the loop ends, also after an exception. Built-in callbacks:
-
-- `AttentionDiagnostics`: a probe on one attention layer during every training epoch; at the
-  epoch's end the query group's share per modality, the AIR and the key gap
-  (`attnprobe.metrics.attention_columns`) and the epoch's `attnprobe.History`.
-- `RollingQCallback`: the RollingQ check at every epoch's end (Ni et al., ICML 2025,
-  arXiv 2506.11465, Algorithm 1) on the statistics `AttentionDiagnostics` collected, with the
-  anchor from those running statistics or from a frozen pass over the data.
-
-A plain loop (``docs/guides/training.md``, "With the callbacks")::
-
-    diagnostics = AttentionDiagnostics("fusion", model.fusion_layout())
-    with Callbacks(diagnostics, RollingQCallback(rollingq, diagnostics)).fit(model) as run:
-        for epoch in range(epochs):
-            run.epoch_start(epoch)
-            for inputs, target in loader:
-                loss = train_step(inputs, target)
-                run.batch_end(loss)
-            row = run.epoch_end(epoch)
-
-The rotation and its counter are buffers of the model (`attnprobe.RollingQ`), so any
-checkpoint of the model's ``state_dict`` restores them.
-"""
+"""The callback protocol, its runner, and the diagnostics and RollingQ callbacks (see the
+package's docstring)."""
 
 from __future__ import annotations
 
@@ -59,9 +32,9 @@ class Callback:
     """Base class of attnprobe's training callbacks: override the events you need.
 
     The loop calls, in order: `on_fit_start` once, then per epoch `on_epoch_start`,
-    `on_batch_end` after every optimiser step and `on_epoch_end` (which returns the columns
-    this callback adds to the epoch's metrics row), then `on_fit_end` once — also when the loop
-    stops with an exception, to release what the callback holds.
+    `on_batch_end` after every optimiser step and `on_epoch_end` (which receives the epoch's
+    metrics row so far and returns the columns this callback adds to it), then `on_fit_end`
+    once — also when the loop stops with an exception, to release what the callback holds.
     """
 
     def on_fit_start(self, model: nn.Module) -> None:
@@ -73,8 +46,9 @@ class Callback:
     def on_batch_end(self, batch: int, loss: Tensor | None) -> None:
         """Training batch ``batch`` of the epoch ended; ``loss`` is its detached loss, if any."""
 
-    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        """Epoch ``epoch`` ended: the columns this callback adds to its metrics row."""
+    def on_epoch_end(self, epoch: int, row: Mapping[str, Any]) -> dict[str, Any]:
+        """Epoch ``epoch`` ended: the columns this callback adds to its metrics ``row`` (which
+        holds the loop's own columns and those of the callbacks called before this one)."""
         return {}
 
     def on_fit_end(self) -> None:
@@ -148,11 +122,12 @@ class Callbacks:
             callback.on_batch_end(self._batch, detached)
         self._batch += 1
 
-    def epoch_end(self, epoch: int) -> dict[str, Any]:
-        """The epoch's row: ``epoch``, then every callback's columns, in order."""
-        row: dict[str, Any] = {"epoch": epoch}
+    def epoch_end(self, epoch: int, **columns: Any) -> dict[str, Any]:
+        """The epoch's row: ``epoch``, the loop's own ``columns`` (e.g. the training loss), then
+        every callback's columns, in order."""
+        row: dict[str, Any] = {"epoch": epoch, **columns}
         for callback in self.callbacks:
-            row.update(callback.on_epoch_end(epoch))
+            row.update(callback.on_epoch_end(epoch, row))
         return row
 
     def fit_end(self) -> None:
@@ -184,8 +159,9 @@ class AttentionDiagnostics(Callback):
         exclude: key groups left out of the shares and the AIR.
         key_stats: also collect key statistics (AIR, key gap, RollingQ need them).
 
-    After `on_epoch_end`: `result` (the epoch's `ProbeResult`), `stats` (its layer) and
-    `history` (one entry per epoch).
+    After `on_epoch_end`: `result` (the epoch's `ProbeResult`), `stats` (its layer),
+    `air_stats` (what the RollingQ check reads: `stats`, or the batches after `split`) and
+    `history` (one entry per epoch, with the optimiser step it ended at).
     """
 
     def __init__(
@@ -211,8 +187,12 @@ class AttentionDiagnostics(Callback):
         self.history = History(exclude=self.exclude)
         self.result: ProbeResult | None = None
         self.stats: LayerResult | None = None
+        self.air_stats: LayerResult | None = None
+        self.step = 0
+        """Optimiser steps (`on_batch_end` calls) since training started."""
         self._probe: Probe | None = None
         self._epoch: int | None = None
+        self._earlier: ProbeResult | None = None
 
     def on_fit_start(self, model: nn.Module) -> None:
         self.model = model
@@ -224,7 +204,7 @@ class AttentionDiagnostics(Callback):
                 "Callbacks(...).fit(model) (or on_fit_start(model)) first."
             )
         self._close()
-        self.stats = None
+        self.stats = self.air_stats = self._earlier = None
         self._epoch = epoch
         self._probe = probe(
             self.model,
@@ -234,25 +214,49 @@ class AttentionDiagnostics(Callback):
             key_stats=self.key_stats,
         ).__enter__()
 
-    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        if self._probe is None or self._epoch != epoch:
-            raise ProbeConfigError(
-                f"AttentionDiagnostics: on_epoch_end({epoch}) without on_epoch_start({epoch})."
-            )
-        p = self._probe
+    def on_batch_end(self, batch: int, loss: Tensor | None) -> None:
+        self.step += 1
+
+    def split(self) -> None:
+        """From here to the epoch's end, keep the statistics apart as `air_stats` (the
+        reference code's RollingQ AIR, read on the last training batch only); `stats` still
+        covers the whole epoch."""
+        p = self._open("split")
+        p.sync()
+        self._earlier = p.result()
+        p.reset()
+
+    def on_epoch_end(self, epoch: int, row: Mapping[str, Any]) -> dict[str, Any]:
+        p = self._open(f"on_epoch_end({epoch})", epoch)
         try:
             p.sync()
-            result = p.result()
+            last = p.result()
         finally:
             self._close()
+        result = last if self._earlier is None else self._earlier.merge(last)
         self.result, self.stats = result, result.layers[0]
-        self.history.add(result, epoch=epoch)
+        self.air_stats = last.layers[0]
+        self.history.add(result, epoch=epoch, step=self.step)
         if not self.key_stats:
             return {}
         return attention_columns(self.stats, self.query, self.modalities)
 
     def on_fit_end(self) -> None:
         self._close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state.get("step", 0))
+
+    def _open(self, what: str, epoch: int | None = None) -> Probe:
+        if self._probe is None or (epoch is not None and self._epoch != epoch):
+            raise ProbeConfigError(
+                f"AttentionDiagnostics: {what} outside the epoch; call on_epoch_start "
+                f"({'Callbacks.epoch_start' if epoch is None else f'epoch {epoch}'}) first."
+            )
+        return self._probe
 
     def _close(self) -> None:
         p, self._probe = self._probe, None
@@ -356,8 +360,8 @@ class RollingQCallback(Callback):
             )
         self.model = model
 
-    def on_epoch_end(self, epoch: int) -> dict[str, Any]:
-        stats = self.diagnostics.stats
+    def on_epoch_end(self, epoch: int, row: Mapping[str, Any]) -> dict[str, Any]:
+        stats = self.diagnostics.air_stats
         if stats is None:
             raise ProbeConfigError(
                 "RollingQCallback: no statistics from the AttentionDiagnostics this epoch; list "
