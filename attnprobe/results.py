@@ -472,14 +472,43 @@ class ProbeResult:
             skipped={**self.skipped, **other.skipped},
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The result as tensors, strings and numbers only (what `save` writes; a training
+        checkpoint can hold it and ``torch.load(weights_only=True)`` read it back);
+        `from_state_dict` rebuilds it."""
+        layers = [layer._to_saved() for layer in self.layers]
+        return {"format": _RESULT_FORMAT, "layers": layers, "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> ProbeResult:
+        """The result `state_dict` returned.
+
+        Examples:
+            >>> import torch, attnprobe as ap
+            >>> from attnprobe.models import FusionAttention
+            >>> layer = FusionAttention(dim=8).eval()
+            >>> with ap.probe(layer, modalities={"cls": 1, "a": 2, "b": 3}) as p:
+            ...     _ = layer(torch.randn(4, 5, 8))
+            >>> before = p.result().layers[0]
+            >>> back = ap.ProbeResult.from_state_dict(p.result().state_dict()).layers[0]
+            >>> back.key_groups, bool(torch.equal(back.mass, before.mass))
+            (('cls', 'a', 'b'), True)
+        """
+        if state.get("format") != _RESULT_FORMAT:
+            raise AttnProbeError(
+                f"not a probe result's state (format {state.get('format')!r}, expected "
+                f"{_RESULT_FORMAT!r}); pass what ProbeResult.state_dict() returned."
+            )
+        return cls(
+            tuple(LayerResult._from_saved(saved) for saved in state["layers"]),
+            skipped=dict(state.get("skipped", {})),
+        )
+
     def save(self, path: str | Path) -> Path:
         """Write the result to ``path`` (a ``torch.save`` file of tensors, strings and numbers
         only, so `load` reads it with ``weights_only=True``); returns the path."""
         path = Path(path)
-        layers = [layer._to_saved() for layer in self.layers]
-        torch.save(
-            {"format": _RESULT_FORMAT, "layers": layers, "skipped": dict(self.skipped)}, path
-        )
+        torch.save(self.state_dict(), path)
         return path
 
     @classmethod
@@ -506,10 +535,7 @@ class ProbeResult:
         )
         if state["format"] == _LEGACY_FORMAT:
             return cls(tuple(LayerResult._from_legacy(fields) for fields in state["layers"]))
-        return cls(
-            tuple(LayerResult._from_saved(saved) for saved in state["layers"]),
-            skipped=dict(state.get("skipped", {})),
-        )
+        return cls.from_state_dict(state)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy masses of every layer; columns `MASS_COLUMNS`.

@@ -1,9 +1,9 @@
 """A small HF ``transformers.Trainer`` run for the resume test: ``python tests/_hf_run.py OUT
-[--kill-epoch E --kill-batch B]`` trains `tests.test_hf_trainer.Recipe` with attnprobe's
-callbacks and a checkpoint at every epoch's end in OUT, SIGKILLs itself after batch B of epoch
-E if asked, resumes from the last checkpoint in OUT when there is one, and writes the
-callbacks' rows (``rows.json``), the attnprobe entries of the log history (``logged.json``) and
-the final rotation (``rotation.pt``)."""
+[--kill-epoch E --kill-batch B] [--save-steps N]`` trains `tests.test_hf_trainer.Recipe` with
+attnprobe's callbacks and a checkpoint at every epoch's end (or every N steps) in OUT, SIGKILLs
+itself after batch B of epoch E if asked, resumes from the last checkpoint in OUT when there is
+one, and writes the callbacks' rows (``rows.json``), the attnprobe entries of the log history
+(``logged.json``) and the final rotation (``rotation.pt``)."""
 
 from __future__ import annotations
 
@@ -39,10 +39,14 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--kill-epoch", type=int, default=-1)
     parser.add_argument("--kill-batch", type=int, default=-1)
+    parser.add_argument("--save-steps", type=int, default=0, help="0: a checkpoint per epoch")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    trainer, probe, rolling, rq = hf_trainer(out, "running", save_strategy="epoch")
+    saving: dict[str, Any] = {"save_strategy": "epoch"}
+    if args.save_steps:
+        saving = {"save_strategy": "steps", "save_steps": args.save_steps}
+    trainer, probe, rolling, rq = hf_trainer(out, "running", **saving)
     if args.kill_epoch >= 0:
         steps = len(trainer.get_train_dataloader())
         trainer.add_callback(Kill(args.kill_epoch, args.kill_batch, steps))

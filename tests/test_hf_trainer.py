@@ -38,9 +38,17 @@ class EpochLoader(torch.utils.data.DataLoader[Any]):
 
 
 class Reseed(transformers.TrainerCallback):
-    """Dropout reseeded at every epoch's first step, as the bundled Trainer does at every epoch
-    start (``on_epoch_begin`` would be too early: on resuming, the Trainer restores the RNG
+    """The bundled Trainer's epoch start: the data order of the epoch (also when training
+    resumes within an epoch, where the Trainer's ``set_epoch`` does not reach the sampler
+    behind the batches it skips) and dropout reseeded at the epoch's first step
+    (``on_epoch_begin`` would be too early for that: on resuming, the Trainer restores the RNG
     state of the checkpoint after it)."""
+
+    def __init__(self, order: EpochOrder) -> None:
+        self.order = order
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.order.set_epoch(math.floor(state.epoch + 1e-6))
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         per_epoch = state.max_steps // EPOCHS
@@ -53,13 +61,14 @@ class Recipe(transformers.Trainer):
 
     def __init__(self, model: torch.nn.Module, items: list[Any], **kwargs: Any) -> None:
         self.items = items
+        self.order = EpochOrder(len(items))
         super().__init__(model=model, **kwargs)
 
     def get_train_dataloader(self) -> Any:
         return EpochLoader(
             self.items,  # type: ignore[arg-type]
             batch_size=BATCH,
-            sampler=EpochOrder(len(self.items)),
+            sampler=self.order,
             collate_fn=lambda chunk: dict(zip(("inputs", "target"), _collate(chunk), strict=True)),
             generator=torch.Generator(),
         )
@@ -74,7 +83,7 @@ class Recipe(transformers.Trainer):
 
 
 def hf_trainer(
-    out: Any, anchor: str, report_to: list[str] | None = None, save_strategy: str = "no"
+    out: Any, anchor: str, report_to: list[str] | None = None, **saving: Any
 ) -> tuple[Recipe, AttnProbeCallback, RollingQCallback, Any]:
     """The bundled Trainer's recipe in a ``transformers.Trainer`` writing to ``out``, with
     attnprobe's callbacks attached; returns the trainer, the callbacks and the corrector."""
@@ -95,7 +104,7 @@ def hf_trainer(
         per_device_train_batch_size=BATCH,
         max_grad_norm=0.0,  # the bundled Trainer does not clip
         report_to=report_to or [],
-        save_strategy=save_strategy,
+        **{"save_strategy": "no", **saving},
         logging_strategy="no",
         use_cpu=True,
         seed=SEED,
@@ -103,7 +112,7 @@ def hf_trainer(
         disable_tqdm=True,
     )
     trainer = Recipe(model, items, args=args, optimizers=(optimizer, scheduler))
-    trainer.add_callback(Reseed())
+    trainer.add_callback(Reseed(trainer.order))
     frozen = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
     probe = AttnProbeCallback("fusion", model.fusion_layout()).attach(trainer)
     rolling = RollingQCallback(
@@ -164,19 +173,30 @@ def run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_killed_hf_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    """SIGKILL in the middle of epoch 1; ``resume_from_checkpoint`` (the end of epoch 0)
-    restores the model with its rotation and counter, and the callbacks' rows: the run ends
-    with the uninterrupted run's rows, log history entries and rotation."""
+@pytest.mark.parametrize(
+    ("saving", "kill", "checkpoints"),
+    [
+        ((), ("1", "2"), ["checkpoint-6"]),
+        (("--save-steps", "5"), ("1", "5"), ["checkpoint-10", "checkpoint-5"]),
+    ],
+    ids=["epoch-end-checkpoint", "mid-epoch-checkpoint"],
+)
+def test_a_killed_hf_run_resumes_from_its_checkpoint(
+    tmp_path: Path, saving: tuple[str, ...], kill: tuple[str, str], checkpoints: list[str]
+) -> None:
+    """SIGKILL in the middle of epoch 1; ``resume_from_checkpoint`` (the end of epoch 0, or
+    step 10: four batches into epoch 1, past its middle) restores the model with its rotation
+    and counter, and the callbacks' state (rows; the statistics of the epoch so far): the run
+    ends with the uninterrupted run's rows, log history entries and rotation."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run(whole).returncode == 0
-    crash = run(killed, "--kill-epoch", "1", "--kill-batch", "2")
+    crash = run(killed, "--kill-epoch", kill[0], "--kill-batch", kill[1], *saving)
     assert crash.returncode == -9, crash.stderr[-2000:]
     assert not (killed / "rows.json").exists()
     saved = sorted(p.name for p in killed.glob("checkpoint-*"))
-    assert saved == ["checkpoint-6"], saved  # 48 samples / 8 per batch: the end of epoch 0
-    assert (killed / "checkpoint-6" / "attnprobe-fusion.json").exists()
-    resumed = run(killed)
+    assert saved == checkpoints, saved  # 48 samples / 8 per batch: 6 steps per epoch
+    assert (killed / checkpoints[-1] / "attnprobe-fusion.pt").exists()
+    resumed = run(killed, *saving)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     expected = json.loads((whole / "rows.json").read_text())
     actual = json.loads((killed / "rows.json").read_text())
@@ -196,7 +216,9 @@ def test_a_killed_hf_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
     from attnprobe.app.report import report
 
-    result = report(killed)  # the output_dir: its last checkpoint's trainer_state.json
+    # the output_dir: its last checkpoint's trainer_state.json (with --save-steps 5 the last
+    # one is at step 15, before the last epoch's end)
+    result = report(whole if saving else killed)
     final = result.runs.iloc[0]
     assert final["epochs"] == EPOCHS
     for column in COLUMNS:

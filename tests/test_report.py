@@ -169,7 +169,8 @@ def test_bad_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     (tmp_path / "file.txt").write_text("x")
     _fails(["report", str(tmp_path / "file.txt")], capsys, "is not a folder")
     (tmp_path / "empty").mkdir()
-    _fails(["report", str(tmp_path / "empty")], capsys, "holds no run", "metrics.csv", "trainer_state.json")
+    empty = str(tmp_path / "empty")
+    _fails(["report", empty], capsys, "holds no run", "metrics.csv", "trainer_state.json")
 
 
 @pytest.mark.parametrize(

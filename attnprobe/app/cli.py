@@ -189,10 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rebuild the figures and summary tables of a run folder from its files",
         description="Rebuild runs.csv, summary.csv, summary.md and figures/*.png from the files "
         "of a run folder: one written by `attnprobe example rollingq` (also paired.csv), the "
-        "out_dir of an attnprobe.training.Trainer or attnprobe.callbacks.RunFiles (metrics.csv), "
-        "a Lightning CSVLogger folder or a HuggingFace Trainer output_dir with attnprobe's "
-        "columns, or a folder whose subfolders are such runs. Subfolders named <method>-seed<k> are grouped by method and "
-        "shown as mean ± std over seeds.",
+        "out_dir of an attnprobe.training.Trainer or attnprobe.callbacks.RunFiles "
+        "(metrics.csv), a Lightning CSVLogger folder or a HuggingFace Trainer output_dir with "
+        "attnprobe's columns, or a folder whose subfolders are such runs. Subfolders named "
+        "<method>-seed<k> are grouped by method and shown as mean ± std over seeds.",
         epilog="Bad input (a missing folder, a corrupt metrics file) prints one line on stderr "
         "and exits with status 2.",
     )

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from attnprobe.analysis.history import History
-from attnprobe.errors import ProbeConfigError
+from attnprobe.errors import CaptureError, ProbeConfigError
 from attnprobe.functional import angle_between
 from attnprobe.labels import ModalityLayout
 from attnprobe.metrics import attention_columns
@@ -193,6 +193,7 @@ class AttentionDiagnostics(Callback):
         self._probe: Probe | None = None
         self._epoch: int | None = None
         self._earlier: ProbeResult | None = None
+        self._carried: tuple[int, ProbeResult] | None = None  # (epoch, its batches before a resume)
 
     def on_fit_start(self, model: nn.Module) -> None:
         self.model = model
@@ -205,6 +206,8 @@ class AttentionDiagnostics(Callback):
             )
         self._close()
         self.stats = self.air_stats = self._earlier = None
+        if self._carried is not None and self._carried[0] != epoch:
+            self._carried = None
         self._epoch = epoch
         self._probe = probe(
             self.model,
@@ -222,8 +225,7 @@ class AttentionDiagnostics(Callback):
         reference code's RollingQ AIR, read on the last training batch only); `stats` still
         covers the whole epoch."""
         p = self._open("split")
-        p.sync()
-        self._earlier = p.result()
+        self._earlier = self._so_far(p)
         p.reset()
 
     def on_epoch_end(self, epoch: int, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,9 +235,14 @@ class AttentionDiagnostics(Callback):
             last = p.result()
         finally:
             self._close()
-        result = last if self._earlier is None else self._earlier.merge(last)
+        if self._earlier is not None:  # split: the RollingQ AIR reads the batches after it
+            result, self.air_stats = self._earlier.merge(last), last.layers[0]
+        else:
+            carried = self._carried[1] if self._carried is not None else None
+            result = last if carried is None else carried.merge(last)
+            self.air_stats = result.layers[0]
+        self._carried = None
         self.result, self.stats = result, result.layers[0]
-        self.air_stats = last.layers[0]
         self.history.add(result, epoch=epoch, step=self.step)
         if not self.key_stats:
             return {}
@@ -245,10 +252,35 @@ class AttentionDiagnostics(Callback):
         self._close()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
+        """The step count, and within an epoch the statistics of its batches so far (summed
+        over ranks: under ``torch.distributed`` every rank must call it, as Lightning and the HF
+        Trainer do when they checkpoint), so that a run resumed from a checkpoint written in
+        the middle of an epoch ends that epoch with the statistics of all its batches."""
+        state: dict[str, Any] = {"step": self.step}
+        if self._probe is not None and self._epoch is not None:
+            so_far = self._so_far(self._probe)
+            if so_far is not None:
+                state["epoch"], state["partial"] = self._epoch, so_far.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state.get("step", 0))
+        self._carried = None
+        if "partial" in state:
+            partial = ProbeResult.from_state_dict(state["partial"])
+            self._carried = (int(state["epoch"]), partial)
+
+    def _so_far(self, p: Probe) -> ProbeResult | None:
+        """This epoch's statistics so far (summed over ranks): those carried over a resume or
+        kept by `split`, and the probe's since; None before the first batch."""
+        p.sync()
+        before = self._earlier
+        if before is None and self._carried is not None:
+            before = self._carried[1]
+        now = _captured(p)
+        if before is None or now is None:
+            return now if before is None else before
+        return before.merge(now)
 
     def _open(self, what: str, epoch: int | None = None) -> Probe:
         if self._probe is None or (epoch is not None and self._epoch != epoch):
@@ -262,6 +294,14 @@ class AttentionDiagnostics(Callback):
         p, self._probe = self._probe, None
         if p is not None:
             p.__exit__(None, None, None)
+
+
+def _captured(p: Probe) -> ProbeResult | None:
+    """The probe's result, or None before its layer has seen a batch."""
+    try:
+        return p.result()
+    except CaptureError:
+        return None
 
 
 def numeric_columns(row: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -7,8 +7,8 @@ receives them; `RollingQCallback` runs the RollingQ check after it at every epoc
 its columns. Both wrap the framework-free callbacks of `attnprobe.callbacks`.
 
 The rotation and its counter are buffers of the model (`attnprobe.RollingQ`), so Lightning's
-checkpoints save and restore them; the attention history of the epochs so far is the
-callback's state in the checkpoint.
+checkpoints save and restore them; the rows of the epochs so far, and within an epoch the
+statistics of its batches so far, are the callback's state in the checkpoint.
 
 Under DDP every rank logs the same values: the probe's statistics are summed over ranks
 (`attnprobe.Probe.sync`) and the rotation is broadcast from rank 0 before the columns are
@@ -94,10 +94,13 @@ class AttnProbeCallback(L.Callback):
         self.diagnostics.on_fit_end()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": [dict(r) for r in self.rows]}
+        """The rows so far and the diagnostics' state (within an epoch, its statistics so far,
+        summed over ranks: Lightning calls this on every rank when it checkpoints)."""
+        return {"rows": [dict(r) for r in self.rows], "diagnostics": self.diagnostics.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = [dict(r) for r in state_dict.get("rows", [])]
+        self.diagnostics.load_state_dict(state_dict.get("diagnostics", {}))
 
 
 class RollingQCallback(L.Callback):

@@ -9,9 +9,11 @@ model, not the trainer, and the reporting callbacks run before user callbacks, s
 passed in ``callbacks=[...]`` only adds its columns to ``state.log_history``.)
 
 The rotation and its counter are buffers of the model (`attnprobe.RollingQ`): the model's
-checkpoints keep them, and ``resume_from_checkpoint`` restores them. The callbacks' own rows
-go into each checkpoint folder beside ``trainer_state.json`` (``attnprobe-<layer>.json``,
-``attnprobe-rollingq-<layer>.json``) and come back when training resumes from that folder.
+checkpoints keep them, and ``resume_from_checkpoint`` restores them. The callbacks' own state
+(their rows; within an epoch, its statistics so far) goes into each checkpoint folder beside
+``trainer_state.json`` (``attnprobe-<layer>.pt``, ``attnprobe-rollingq-<layer>.pt``, read with
+``torch.load(weights_only=True)``) and comes back when training resumes from that folder, also
+from a checkpoint written in the middle of an epoch.
 
 Examples:
     >>> from attnprobe.integrations.transformers import AttnProbeCallback
@@ -21,7 +23,8 @@ Examples:
 
 from __future__ import annotations
 
-import json
+import io
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -64,17 +67,30 @@ class _Logging(TrainerCallback):  # type: ignore[misc]
         else:
             state.log_history.append({**values, "epoch": state.epoch, "step": state.global_step})
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this callback (rows: plain Python values)."""
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rows = [dict(r) for r in state.get("rows", [])]
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Write the rows so far into the checkpoint folder the Trainer just wrote."""
+        """Write this callback's state into the checkpoint folder the Trainer just wrote (every
+        rank computes it: the statistics so far are summed over ranks; the main one writes)."""
+        saved = self.state_dict()
         folder = _checkpoint(args, state)
         if args.should_save and folder.is_dir():
-            _atomic_text(folder / self.file, json.dumps(self.rows))
+            buffer = io.BytesIO()
+            torch.save(saved, buffer)
+            tmp = folder / f".{self.file}.tmp"
+            tmp.write_bytes(buffer.getvalue())
+            os.replace(tmp, folder / self.file)
 
     def _restore(self, args: Any, state: Any) -> None:
         """Resumed from a checkpoint (``state.global_step > 0`` at the start of training):
-        read the rows of the epochs before it."""
+        read the state saved with it."""
         if not state.global_step:
-            self.rows = []
+            self.load_state_dict({})
             return
         path = _checkpoint(args, state) / self.file
         if not path.exists():
@@ -86,9 +102,9 @@ class _Logging(TrainerCallback):  # type: ignore[misc]
                 AttnProbeWarning,
                 stacklevel=3,
             )
-            self.rows = []
+            self.load_state_dict({})
             return
-        self.rows = [dict(row) for row in json.loads(path.read_text())]
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _checkpoint(args: Any, state: Any) -> Path:
@@ -96,15 +112,11 @@ def _checkpoint(args: Any, state: Any) -> Path:
     return Path(args.output_dir) / f"checkpoint-{state.global_step}"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _epoch(state: Any) -> int:
-    """The index of the epoch that starts (``state.epoch`` counts finished epochs then)."""
-    return round(float(state.epoch or 0.0))
+    """The index of the epoch that starts: ``state.epoch`` counts finished epochs then, with
+    the fraction of the current one done when training resumes from a checkpoint written
+    within it."""
+    return math.floor(float(state.epoch or 0.0) + 1e-6)
 
 
 class AttnProbeCallback(_Logging):
@@ -130,9 +142,16 @@ class AttnProbeCallback(_Logging):
         query: str = "cls",
         exclude: Sequence[str] = ("cls",),
     ) -> None:
-        super().__init__(f"attnprobe-{layer}.json")
+        super().__init__(f"attnprobe-{layer}.pt")
         self.diagnostics = AttentionDiagnostics(layer, modalities, query=query, exclude=exclude)
         self._current: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "diagnostics": self.diagnostics.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.diagnostics.load_state_dict(state.get("diagnostics", {}))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         model = kwargs.get("model")
@@ -181,7 +200,7 @@ class RollingQCallback(_Logging):
                 f"RollingQCallback: expected the AttnProbeCallback of the corrected layer as "
                 f"probe, received {type(probe).__name__}."
             )
-        super().__init__(f"attnprobe-rollingq-{probe.diagnostics.layer}.json")
+        super().__init__(f"attnprobe-rollingq-{probe.diagnostics.layer}.pt")
         self.probe = probe
         self.core = _RollingQCallback(
             rollingq, probe.diagnostics, anchor=anchor, anchor_data=anchor_data, inputs=inputs
