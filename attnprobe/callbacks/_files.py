@@ -46,7 +46,8 @@ class RunFiles(Callback):
         diagnostics: whose attention history goes to ``attention.csv``.
         state: what the checkpoint holds besides the rows, e.g.
             ``lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}``
-            (tensors and plain Python values only); None writes no checkpoint.
+            (tensors and plain Python values only; called on rank 0 only, at the epoch's end);
+            None writes no checkpoint.
         tensorboard: None = when ``tensorboard`` is installed, True = required, False = never.
 
     A loop that resumes calls `resume` before training: it returns the checkpoint's state (None
