@@ -244,8 +244,12 @@ class RollingQ(nn.Module):
             raise ProbeConfigError(
                 f"RollingQ: position {self.position} is outside the {length} query rows."
             )
-        rows = query[:, :, pos].unsqueeze(-1)  # (B, H, D, 1)
-        rotated = (self.rotation.to(query.dtype) @ rows).squeeze(-1)  # (B, H, D)
+        rows = query[:, :, pos]  # (B, H, D)
+        rotation = self.rotation.to(query.dtype)  # (H', D, D)
+        if rotation.shape[0] == 1:  # one matrix product: (B·H, D) @ (D, D)ᵀ, row by row R·q
+            rotated = rows @ rotation[0].transpose(0, 1)  # (B, H, D)
+        else:  # per head: R_h·q_h
+            rotated = torch.einsum("hde,bhe->bhd", rotation, rows)  # (B, H, D)
         return torch.cat(
             [query[:, :, :pos], rotated.unsqueeze(2), query[:, :, pos + 1 :]], dim=2
         )  # (B, H, Lq, D)

@@ -64,6 +64,14 @@ class Recipe(transformers.Trainer):
         self.order = EpochOrder(len(items))
         super().__init__(model=model, **kwargs)
 
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        return torch.utils.data.DataLoader(
+            self.items,  # type: ignore[arg-type]
+            batch_size=BATCH,
+            collate_fn=lambda chunk: dict(zip(("inputs", "target"), _collate(chunk), strict=True)),
+            generator=torch.Generator(),  # its base seed must not draw from the global RNG
+        )
+
     def get_train_dataloader(self) -> Any:
         return EpochLoader(
             self.items,  # type: ignore[arg-type]
@@ -79,7 +87,7 @@ class Recipe(transformers.Trainer):
         loss = F.cross_entropy(out.logits, target)
         for extra in out.unimodal_logits.values():
             loss = loss + F.cross_entropy(extra, target)
-        return (loss, out) if return_outputs else loss
+        return (loss, {"logits": out.logits}) if return_outputs else loss
 
 
 def hf_trainer(
@@ -111,7 +119,7 @@ def hf_trainer(
         remove_unused_columns=False,
         disable_tqdm=True,
     )
-    trainer = Recipe(model, items, args=args, optimizers=(optimizer, scheduler))
+    trainer = Recipe(model, items, args=args, optimizers=(optimizer, scheduler), eval_dataset=items)
     trainer.add_callback(Reseed(trainer.order))
     frozen = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
     probe = AttnProbeCallback("fusion", model.fusion_layout()).attach(trainer)
@@ -223,3 +231,27 @@ def test_a_killed_hf_run_resumes_from_its_checkpoint(
     assert final["epochs"] == EPOCHS
     for column in COLUMNS:
         assert final[column] == pytest.approx(expected[-1][column], abs=1e-6), column
+
+
+def test_evaluation_within_an_epoch_is_not_counted(tmp_path: Path) -> None:
+    """With an evaluation every 2 steps (3 per epoch), the callbacks' columns are those of the
+    run without evaluation: the probe pauses over the evaluation passes."""
+    probe, rolling, _ = hf_run(tmp_path / "plain", "running")
+    trainer, with_eval, rolling_eval, _ = hf_trainer(
+        tmp_path / "eval",
+        "running",
+        eval_strategy="steps",
+        eval_steps=2,
+        prediction_loss_only=True,
+        label_names=["target"],  # so that evaluation computes the loss with compute_loss
+    )
+    trainer.train()
+    evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert len(evaluated) == 3 * EPOCHS
+    for want, got in zip(
+        [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)],
+        [{**a, **b} for a, b in zip(with_eval.rows, rolling_eval.rows, strict=True)],
+        strict=True,
+    ):
+        for column in COLUMNS:
+            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)

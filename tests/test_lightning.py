@@ -172,6 +172,38 @@ def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:
     assert "share_over_training.png" in {p.name for p in result.figures}
 
 
+class Validated(Recipe):
+    """The recipe with a validation loop over the training items."""
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader[Any]:
+        return torch.utils.data.DataLoader(
+            self.items,  # type: ignore[arg-type]
+            batch_size=BATCH,
+            collate_fn=_collate,
+            generator=torch.Generator(),
+        )
+
+    def validation_step(self, batch: Any, index: int) -> None:
+        inputs, target = batch
+        self.log("val_loss", F.cross_entropy(self(*inputs).logits, target))
+
+
+def test_validation_within_an_epoch_is_not_counted() -> None:
+    """Validating twice per epoch leaves the callbacks' columns those of the run without
+    validation: the probe pauses over the validation passes."""
+    probe, rolling = fit(Recipe(), "running")
+    validated = Validated()
+    with_val, rolling_val = fit(validated, "running", val_check_interval=0.5)
+    assert validated.trainer.callback_metrics["val_loss"] > 0  # validation did run
+    for want, got in zip(
+        [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)],
+        [{**a, **b} for a, b in zip(with_val.rows, rolling_val.rows, strict=True)],
+        strict=True,
+    ):
+        for column in COLUMNS:
+            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)
+
+
 def run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     script = Path(__file__).resolve().parent / "_lightning_run.py"
     return subprocess.run(

@@ -13,12 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_notebooks_exist() -> None:
+def test_the_five_notebooks_exist() -> None:
     assert [p.name for p in NOTEBOOKS] == [
         "01_probe_a_model.ipynb",
         "02_key_distributions_and_air.ipynb",
         "03_rollingq_example.ipynb",
         "04_hf_vision_language.ipynb",
+        "05_lightning_rollingq.ipynb",
     ]
 
 

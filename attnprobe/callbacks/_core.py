@@ -162,6 +162,9 @@ class AttentionDiagnostics(Callback):
     After `on_epoch_end`: `result` (the epoch's `ProbeResult`), `stats` (its layer),
     `air_stats` (what the RollingQ check reads: `stats`, or the batches after `split`) and
     `history` (one entry per epoch, with the optimiser step it ended at).
+
+    The statistics are those of the training batches: evaluate within an epoch between
+    `pause` and `unpause` (the framework integrations do it around validation).
     """
 
     def __init__(
@@ -194,6 +197,7 @@ class AttentionDiagnostics(Callback):
         self._epoch: int | None = None
         self._earlier: ProbeResult | None = None
         self._carried: tuple[int, ProbeResult] | None = None  # (epoch, its batches before a resume)
+        self._paused = False
 
     def on_fit_start(self, model: nn.Module) -> None:
         self.model = model
@@ -206,6 +210,7 @@ class AttentionDiagnostics(Callback):
             )
         self._close()
         self.stats = self.air_stats = self._earlier = None
+        self._paused = False
         if self._carried is not None and self._carried[0] != epoch:
             self._carried = None
         self._epoch = epoch
@@ -219,6 +224,19 @@ class AttentionDiagnostics(Callback):
 
     def on_batch_end(self, batch: int, loss: Tensor | None) -> None:
         self.step += 1
+
+    def pause(self) -> None:
+        """Stop counting forward passes (e.g. for an evaluation within the epoch): the probe's
+        hooks come off, its statistics stay. A no-op outside an epoch or when paused."""
+        if self._probe is not None and not self._paused:
+            self._probe.close()
+            self._paused = True
+
+    def unpause(self) -> None:
+        """Count forward passes again after `pause` (a no-op otherwise)."""
+        if self._probe is not None and self._paused:
+            self._probe.attach()
+        self._paused = False
 
     def split(self) -> None:
         """From here to the epoch's end, keep the statistics apart as `air_stats` (the
@@ -292,6 +310,7 @@ class AttentionDiagnostics(Callback):
 
     def _close(self) -> None:
         p, self._probe = self._probe, None
+        self._paused = False
         if p is not None:
             p.__exit__(None, None, None)
 

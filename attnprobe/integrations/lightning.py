@@ -85,6 +85,12 @@ class AttnProbeCallback(L.Callback):
             numeric_columns(columns, self.prefix), on_step=False, on_epoch=True, sync_dist=True
         )
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.diagnostics.pause()  # validation within the epoch: not a training batch
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.diagnostics.unpause()
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:

@@ -164,6 +164,13 @@ class AttnProbeCallback(_Logging):
         self._current = _epoch(state)
         self.diagnostics.on_epoch_start(self._current)
 
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.diagnostics.unpause()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_evaluate:  # the Trainer evaluates next: not training batches
+            self.diagnostics.pause()
+
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         assert self._current is not None
         epoch = self._current
