@@ -193,6 +193,14 @@ class _Arm:
         )
         self.epoch = 0
 
+    def callbacks(self, dim: int, layer: str, probe_class: Any, rollingq_class: Any) -> list[Any]:
+        """A framework's ``[AttnProbeCallback, RollingQCallback]`` on this arm's fusion layer
+        (``layer``: its path in what the framework trains), the corrector attached."""
+        corrector = ap.RollingQ(dim, modalities=("audio", "video"))
+        corrector.attach(self.model, "fusion")
+        probe = probe_class(layer, self.model.fusion_layout())
+        return [probe, rollingq_class(corrector, probe)]
+
     def loader(self, data: list[Any], batch: int, collate: Callable[[Any], Any]) -> Any:
         """The plain loop's batches of this arm's epoch."""
         from attnprobe.training import _order
@@ -264,10 +272,9 @@ def lightning_epoch(args: argparse.Namespace, data: list[Any]) -> FrameworkRun:
             modules[key] = Module(arm)
             attnprobe[key] = []
             if callbacks:
-                corrector = ap.RollingQ(args.dim, modalities=("audio", "video"))
-                corrector.attach(arm.model, "fusion")
-                probe = AttnProbeCallback("model.fusion", arm.model.fusion_layout())
-                attnprobe[key] = [probe, RollingQCallback(corrector, probe)]
+                attnprobe[key] = arm.callbacks(
+                    args.dim, "model.fusion", AttnProbeCallback, RollingQCallback
+                )
         trainer = L.Trainer(
             max_epochs=1,
             accelerator="cpu",
@@ -334,10 +341,9 @@ def hf_epoch(args: argparse.Namespace, data: list[Any]) -> FrameworkRun:
         if key not in attnprobe:
             attnprobe[key] = []
             if callbacks:
-                corrector = ap.RollingQ(args.dim, modalities=("audio", "video"))
-                corrector.attach(arm.model, "fusion")
-                probe = AttnProbeCallback("fusion", arm.model.fusion_layout())
-                attnprobe[key] = [probe, RollingQCallback(corrector, probe)]
+                attnprobe[key] = arm.callbacks(
+                    args.dim, "fusion", AttnProbeCallback, RollingQCallback
+                )
         settings = transformers.TrainingArguments(
             output_dir=out.name,
             num_train_epochs=1,
