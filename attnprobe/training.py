@@ -31,11 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnprobe._batches import Data, shard_batches
-from attnprobe._batches import collate as _collate  # noqa: F401  (tests read it here)
-from attnprobe._batches import epoch_order as _order
-from attnprobe._batches import mix as _mix
-from attnprobe._batches import model_outputs as _outputs
+from attnprobe._batches import Data, epoch_order, mix, model_outputs, shard_batches
 from attnprobe._calls import call_model
 from attnprobe._distributed import all_reduce_sum, rank_and_world
 from attnprobe.analysis.history import History
@@ -52,7 +48,7 @@ from attnprobe.callbacks import (
     load_checkpoint,
 )
 from attnprobe.errors import AttnProbeError, AttnProbeWarning, ProbeConfigError
-from attnprobe.labels import ModalityLayout
+from attnprobe.labels import ModalityLayout, as_layout
 from attnprobe.results import ProbeResult
 from attnprobe.rollingq import RollingQ
 
@@ -187,13 +183,7 @@ class Trainer:
             )
         if layer is None and rollingq is not None:
             raise ProbeConfigError("Trainer: RollingQ needs an attention layer; pass layer=...")
-        self.layout = (
-            None
-            if modalities is None
-            else modalities
-            if isinstance(modalities, ModalityLayout)
-            else ModalityLayout(modalities)
-        )
+        self.layout = None if modalities is None else as_layout(modalities)
         self.core = (
             model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         )
@@ -328,7 +318,7 @@ class Trainer:
         with self.callbacks.fit(self.core) as run:
             while self.epoch < self.config.epochs:
                 epoch = self.epoch
-                torch.manual_seed(_mix(self.config.seed, epoch, self.rank))  # exact resume
+                torch.manual_seed(mix(self.config.seed, epoch, self.rank))  # exact resume
                 start = time.perf_counter()
                 run.epoch_start(epoch)
                 train = self._train_epoch(epoch, run)
@@ -350,7 +340,7 @@ class Trainer:
         batches = list(
             shard_batches(
                 self.train_data,
-                _order(len(self.train_data), cfg.seed, epoch),
+                epoch_order(len(self.train_data), cfg.seed, epoch),
                 cfg.batch_size,
                 self.device,
             )
@@ -366,7 +356,7 @@ class Trainer:
                 self.diagnostics.split()  # the RollingQ AIR then reads the last batch only
             for group in self.optimizer.param_groups:
                 group["lr"] = _learning_rate(cfg.lr, self.step, warmup, total_steps)
-            logits, unimodal = _outputs(call_model(self.model, inputs))
+            logits, unimodal = model_outputs(call_model(self.model, inputs))
             loss = F.cross_entropy(logits, target)
             for extra in unimodal.values():
                 loss = loss + cfg.unimodal_loss_weight * F.cross_entropy(extra, target)

@@ -135,7 +135,8 @@ def plain_epoch(
 ) -> None:
     """The loop a user would write: same order, collate, losses, schedule (``batch_end(loss)``
     after every step, for the callbacks)."""
-    from attnprobe.training import _learning_rate, _order
+    from attnprobe._batches import epoch_order as _order
+    from attnprobe.training import _learning_rate
 
     order = _order(len(data), 0, epoch)
     steps = math.ceil(len(data) / batch)
@@ -203,7 +204,7 @@ class _Arm:
 
     def loader(self, data: list[Any], batch: int, collate: Callable[[Any], Any]) -> Any:
         """The plain loop's batches of this arm's epoch."""
-        from attnprobe.training import _order
+        from attnprobe._batches import epoch_order as _order
 
         order = _order(len(data), 0, self.epoch).tolist()
         return torch.utils.data.DataLoader(

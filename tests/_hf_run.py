@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
+from tests.test_callbacks import merged
 from tests.test_hf_trainer import hf_trainer
 
 
@@ -52,7 +53,7 @@ def main() -> None:
         trainer.add_callback(Kill(args.kill_epoch, args.kill_batch, steps))
     last = get_last_checkpoint(str(out)) if out.exists() else None
     trainer.train(resume_from_checkpoint=last)
-    rows = [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
+    rows = merged(probe, rolling)
     (out / "rows.json").write_text(json.dumps(rows))
     logged = [e for e in trainer.state.log_history if any(k.startswith("attnprobe/") for k in e)]
     (out / "logged.json").write_text(json.dumps(logged))

@@ -25,15 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 
+from attnprobe._batches import collate as _collate
+from attnprobe._batches import epoch_order as _order
 from attnprobe.integrations.lightning import AttnProbeCallback, RollingQCallback
-from attnprobe.training import _collate, _order
-from tests.test_callbacks import BATCH, SEED
+from tests.test_callbacks import BATCH, SEED, merged
 from tests.test_fsdp import model_without_dropout
 from tests.test_lightning import Recipe, lightning_trainer
 
 
 class RankShard(torch.utils.data.Sampler[int]):
-    """This rank's part of the epoch's order (`attnprobe.training._order`): with per-rank
+    """This rank's part of the epoch's order (`attnprobe._batches.epoch_order`): with per-rank
     batch ``b``, global batch ``k`` is ``order[k·b·W : (k+1)·b·W]`` and rank ``r`` takes every
     ``W``-th index of it from ``r`` (as the bundled Trainer's ``_batches``), i.e. the rank's
     whole epoch is ``order[r::W]``."""
@@ -102,7 +103,7 @@ def fit(out: Path, devices: int, anchor: str) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(module)
-    rows = [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
+    rows = merged(probe, rolling)
     result = {
         "rank": trainer.global_rank,
         "world": trainer.world_size,

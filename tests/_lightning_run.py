@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tests.test_callbacks import merged
 from tests.test_lightning import Recipe, callbacks_for, lightning_trainer
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     last = out / "last.ckpt"
     trainer = lightning_trainer([probe, rolling, *extra], enable_checkpointing=True)
     trainer.fit(module, ckpt_path=str(last) if last.exists() else None)
-    rows = [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
+    rows = merged(probe, rolling)
     (out / "rows.json").write_text(json.dumps(rows))
     torch.save(
         {"rotation": module.rollingq.rotation, "count": module.rollingq.num_rotations},

@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import attnprobe as ap
+from attnprobe._batches import collate as _collate
+from attnprobe._batches import epoch_order as _order
+from attnprobe._batches import mix as _mix
 from attnprobe.callbacks import (
     AttentionDiagnostics,
     Callback,
@@ -20,7 +23,7 @@ from attnprobe.callbacks import (
     RunFiles,
 )
 from attnprobe.models import LateFusionTransformer
-from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix, _order
+from attnprobe.training import TrainConfig, Trainer, _learning_rate
 
 EPOCHS, BATCH, SEED = 3, 8, 0
 COLUMNS = ("share_audio", "share_video", "air", "key_gap", "rollingq_num_rotations")
@@ -56,6 +59,11 @@ def assert_same_columns(rows: list[dict[str, Any]], expected: Any) -> None:
                 epoch,
                 column,
             )
+
+
+def merged(probe: Any, rolling: Any) -> list[dict[str, Any]]:
+    """One row per epoch from a framework's two callbacks (their ``rows``)."""
+    return [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
 
 
 def plain_loop(anchor: str, out_dir: Path | None = None) -> list[dict[str, float]]:

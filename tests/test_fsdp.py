@@ -26,9 +26,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import attnprobe as ap
+from attnprobe._batches import collate as _collate
+from attnprobe._batches import epoch_order as _order
 from attnprobe.callbacks import AttentionDiagnostics, Callbacks, RollingQCallback
 from attnprobe.models import LateFusionTransformer
-from attnprobe.training import TrainConfig, _collate, _learning_rate, _order
+from attnprobe.training import TrainConfig, _learning_rate
 from tests.test_callbacks import BATCH, COLUMNS, EPOCHS, SEED, data
 
 ANCHORS = ("running", "frozen")

@@ -11,13 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
 
+from attnprobe._batches import collate as _collate
+from attnprobe._batches import mix as _mix
 from attnprobe.integrations.transformers import AttnProbeCallback, RollingQCallback
-from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix
+from attnprobe.training import TrainConfig, Trainer, _learning_rate
 from tests.test_callbacks import (
     BATCH,
     COLUMNS,
@@ -25,6 +28,7 @@ from tests.test_callbacks import (
     SEED,
     assert_same_columns,
     data,
+    merged,
     model_and_corrector,
 )
 from tests.test_lightning import EpochOrder
@@ -152,7 +156,7 @@ def test_the_hf_trainer_matches_the_bundled_trainer(tmp_path: Any, anchor: str) 
     ).fit()
     probe, rolling, trainer = hf_run(tmp_path, anchor)
     assert len(probe.rows) == len(rolling.rows) == EPOCHS
-    rows = [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
+    rows = merged(probe, rolling)
     assert_same_columns(rows, expected)
     logged = [e for e in trainer.state.log_history if "attnprobe/air" in e]
     assert [e["attnprobe/air"] for e in logged] == pytest.approx(expected["air"].tolist(), abs=1e-6)
@@ -209,9 +213,7 @@ def test_a_killed_hf_run_resumes_from_its_checkpoint(
     expected = json.loads((whole / "rows.json").read_text())
     actual = json.loads((killed / "rows.json").read_text())
     assert [r["epoch"] for r in actual] == list(range(EPOCHS))
-    for want, got in zip(expected, actual, strict=True):
-        for column in COLUMNS:
-            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)
+    assert_same_columns(actual, pd.DataFrame(expected))
     logged = json.loads((killed / "logged.json").read_text())
     want_logged = json.loads((whole / "logged.json").read_text())
     assert [e["step"] for e in logged] == [e["step"] for e in want_logged]
@@ -248,10 +250,4 @@ def test_evaluation_within_an_epoch_is_not_counted(tmp_path: Path) -> None:
     trainer.train()
     evaluated = [e for e in trainer.state.log_history if "eval_loss" in e]
     assert len(evaluated) == 3 * EPOCHS
-    for want, got in zip(
-        [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)],
-        [{**a, **b} for a, b in zip(with_eval.rows, rolling_eval.rows, strict=True)],
-        strict=True,
-    ):
-        for column in COLUMNS:
-            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)
+    assert_same_columns(merged(with_eval, rolling_eval), pd.DataFrame(merged(probe, rolling)))

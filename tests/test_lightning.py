@@ -11,19 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from attnprobe._batches import collate as _collate
+from attnprobe._batches import epoch_order as _order
+from attnprobe._batches import mix as _mix
 from attnprobe.integrations.lightning import AttnProbeCallback, RollingQCallback
-from attnprobe.training import TrainConfig, Trainer, _collate, _learning_rate, _mix, _order
+from attnprobe.training import TrainConfig, Trainer, _learning_rate
 from tests.test_callbacks import (
     BATCH,
-    COLUMNS,
     EPOCHS,
     SEED,
     assert_same_columns,
     data,
+    merged,
     model_and_corrector,
 )
 
@@ -141,7 +145,7 @@ def test_lightning_matches_the_trainer(anchor: str) -> None:
     probe, rolling = fit(module, anchor)
     assert len(probe.rows) == len(rolling.rows) == EPOCHS
     assert int(module.rollingq.num_rotations) >= 1
-    rows = [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)]
+    rows = merged(probe, rolling)
     assert_same_columns(rows, expected)
 
 
@@ -152,8 +156,6 @@ def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:
     probe, rolling = fit(
         module, "running", logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=1
     )
-    import pandas as pd
-
     frame = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
     for column in ("attnprobe/share_audio", "attnprobe/air", "attnprobe/rollingq_rotated"):
         assert column in frame.columns
@@ -166,7 +168,7 @@ def test_metrics_reach_lightnings_loggers(tmp_path: Any) -> None:
     result = report(tmp_path)  # finds run/version_0, reads its CSVLogger file
     final = result.runs.iloc[0]
     assert (final["run"], final["epochs"]) == ("run/version_0", EPOCHS)
-    last = {**probe.rows[-1], **rolling.rows[-1]}
+    last = merged(probe, rolling)[-1]
     for column in ("air", "share_audio", "key_gap", "rollingq_num_rotations"):
         assert final[column] == pytest.approx(last[column], abs=1e-6), column  # float32 CSV
     assert "share_over_training.png" in {p.name for p in result.figures}
@@ -195,13 +197,7 @@ def test_validation_within_an_epoch_is_not_counted() -> None:
     validated = Validated()
     with_val, rolling_val = fit(validated, "running", val_check_interval=0.5)
     assert validated.trainer.callback_metrics["val_loss"] > 0  # validation did run
-    for want, got in zip(
-        [{**a, **b} for a, b in zip(probe.rows, rolling.rows, strict=True)],
-        [{**a, **b} for a, b in zip(with_val.rows, rolling_val.rows, strict=True)],
-        strict=True,
-    ):
-        for column in COLUMNS:
-            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)
+    assert_same_columns(merged(with_val, rolling_val), pd.DataFrame(merged(probe, rolling)))
 
 
 def run(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -224,9 +220,7 @@ def test_a_killed_lightning_run_resumes_from_its_checkpoint(tmp_path: Path) -> N
     expected = json.loads((whole / "rows.json").read_text())
     actual = json.loads((killed / "rows.json").read_text())
     assert [r["epoch"] for r in actual] == list(range(EPOCHS))
-    for want, got in zip(expected, actual, strict=True):
-        for column in COLUMNS:
-            assert got[column] == pytest.approx(want[column], abs=1e-6), (got["epoch"], column)
+    assert_same_columns(actual, pd.DataFrame(expected))
     a = torch.load(whole / "rotation.pt", weights_only=True)
     b = torch.load(killed / "rotation.pt", weights_only=True)
     assert int(b["count"]) == int(a["count"]) >= 1

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import attnprobe as ap
+from attnprobe._batches import mix
 from attnprobe.models import ConcatFusion, LateFusionTransformer
 from attnprobe.training import (
     CHECKPOINT,
@@ -148,7 +149,7 @@ def test_evaluation_matches_a_hand_written_loop() -> None:
         # the corrupted evaluation: per-sample noise, the paper's protocol
         noisy = []
         for i in range(len(held_out)):
-            g = torch.Generator().manual_seed(ap.training._mix(0, i, 2))
+            g = torch.Generator().manual_seed(mix(0, i, 2))
             noisy.append(ap.corruption.corrupt(v[i : i + 1], 0.5, g))
         out = model(a, torch.cat(noisy))
         assert row["eval_accuracy_video_corrupted"] == pytest.approx(

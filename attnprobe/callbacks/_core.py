@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from attnprobe.analysis.history import History
 from attnprobe.errors import CaptureError, ProbeConfigError
 from attnprobe.functional import angle_between
-from attnprobe.labels import ModalityLayout
+from attnprobe.labels import ModalityLayout, as_layout
 from attnprobe.metrics import attention_columns
 from attnprobe.probe import Probe, probe
 from attnprobe.results import LayerResult, ProbeResult
@@ -177,9 +177,7 @@ class AttentionDiagnostics(Callback):
         key_stats: bool = True,
     ) -> None:
         self.layer = layer
-        self.layout = (
-            modalities if isinstance(modalities, ModalityLayout) else ModalityLayout(modalities)
-        )
+        self.layout = as_layout(modalities)
         self.query = query
         self.exclude = tuple(exclude)
         for name in (query, *self.exclude):

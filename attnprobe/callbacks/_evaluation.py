@@ -16,7 +16,7 @@ from attnprobe._distributed import all_reduce_sum
 from attnprobe.callbacks._core import Callback
 from attnprobe.corruption import corrupt
 from attnprobe.errors import ProbeConfigError
-from attnprobe.labels import ModalityLayout
+from attnprobe.labels import ModalityLayout, as_layout
 from attnprobe.metrics import shares
 from attnprobe.runner import run_model, run_probed
 
@@ -79,13 +79,7 @@ class CorruptionEvaluation(Callback):
             )
         self.data = data
         self.inputs = tuple(inputs)
-        self.layout = (
-            None
-            if modalities is None
-            else modalities
-            if isinstance(modalities, ModalityLayout)
-            else ModalityLayout(modalities)
-        )
+        self.layout = None if modalities is None else as_layout(modalities)
         self.layer, self.query = layer, query
         groups = self.layout.names if self.layout is not None else self.inputs
         self.modalities = tuple(g for g in groups if g not in set(exclude))

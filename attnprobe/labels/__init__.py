@@ -14,7 +14,13 @@ Concepts: ``docs/concepts/layouts.md``.
 
 from attnprobe.labels._inputs import FrameLayout, InputLayout, TokenLayout, VisionLayout
 from attnprobe.labels._layers import LayerLayouts, MergedKeys
-from attnprobe.labels._layout import IGNORE, ModalityLayout, check_label_tensor, check_names
+from attnprobe.labels._layout import (
+    IGNORE,
+    ModalityLayout,
+    as_layout,
+    check_label_tensor,
+    check_names,
+)
 from attnprobe.labels._source import CallLabels, LabelSource, SequenceLabels
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "SequenceLabels",
     "TokenLayout",
     "VisionLayout",
+    "as_layout",
     "check_label_tensor",
     "check_names",
 ]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from attnprobe.errors import ModalityLayoutError
 
-__all__ = ["IGNORE", "ModalityLayout", "check_label_tensor", "check_names"]
+__all__ = ["IGNORE", "ModalityLayout", "as_layout", "check_label_tensor", "check_names"]
 
 IGNORE = -1
 """Label of a position that belongs to no group (padding); its query rows are dropped."""
@@ -280,6 +280,16 @@ class ModalityLayout:
         return mine.shape == theirs.shape and bool(torch.equal(mine, theirs))
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def as_layout(modalities: ModalityLayout | Mapping[str, int]) -> ModalityLayout:
+    """``modalities`` as a `ModalityLayout` (a mapping ``name -> token count`` is built into one).
+
+    Examples:
+        >>> as_layout({"cls": 1, "audio": 3}) == as_layout(ModalityLayout({"cls": 1, "audio": 3}))
+        True
+    """
+    return modalities if isinstance(modalities, ModalityLayout) else ModalityLayout(modalities)
 
 
 def check_label_tensor(labels: object, num_groups: int, where: str) -> Tensor:
