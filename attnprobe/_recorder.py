@@ -130,23 +130,31 @@ class LayerRecorder:
                 **extra,
             )
             return out
+        groups = len(self._key_names(inputs))
+        value = inputs.value
+        width = functional.fused_width(inputs.query.shape[-1], value.shape[-1], groups)
+        indicator = labels.get(
+            ("fused_indicator", value.shape[1], value.shape[-1], value.dtype, width),
+            lambda: functional.fused_indicator(labels.keys, groups, value, width),
+        )  # (B, Hk, Lk, W - Dv)
         out, mass = functional.fused_attention(
             inputs.query,
             inputs.key,
-            inputs.value,
+            value,
             labels.keys,
-            len(self._key_names(inputs)),
+            groups,
             attn_mask=inputs.attn_mask,
             dropout_p=dropout_p,
             is_causal=inputs.is_causal,
             scale=inputs.scale,
             enable_gqa=inputs.enable_gqa,
             kernel=kernel,
+            indicator=indicator,
         )  # (B, H, Lq, Dv), (B, H, Lq, G)
         if self._recompute:  # the same output as the first forward, nothing recorded
             return out
         with torch.no_grad():
-            self._reduce(inputs, kernel, mass.detach(), labels)
+            self._reduce(inputs, kernel, mass, labels)  # read without gradient
         return out
 
     # -- accumulation ----------------------------------------------------------------------------
@@ -230,10 +238,7 @@ class LayerRecorder:
             fused_mass=mass,
             weights=inputs.weights,
         )
-        values: dict[str, object] = {}
-        for statistic in self.spec.statistics:
-            values.update(statistic.update(call))
-        site.add(values)
+        site.add_call(call)
 
     def reset(self) -> None:
         """Forget everything recorded."""

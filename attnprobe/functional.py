@@ -24,7 +24,10 @@ __all__ = [
     "MassSums",
     "angle_between",
     "attention_maps",
+    "causal_rows_mask",
     "fused_attention",
+    "fused_indicator",
+    "fused_width",
     "group_attention_mass",
     "group_entropy",
     "group_indicator",
@@ -136,7 +139,8 @@ def group_attention_mass(
             query width; on CPU this keeps SDPA on its fast kernel
             (``docs/concepts/attention-mass.md``; ``docs/benchmarks.md``).
         values: the indicator values from `indicator_values` for these labels, when the caller
-            keeps them between calls (they depend on the labels, dtype and width only).
+            keeps them between calls (they depend on the labels, dtype and width only);
+            ``[B, 1, Lk, W]``, or ``[B, Hk, Lk, W]`` already expanded over the key heads.
 
     Returns:
         ``[B, H, Lq, G]`` masses in the dtype of ``query``.
@@ -153,7 +157,9 @@ def group_attention_mass(
     if values is None:
         width = head_dim if pad_to_head_dim and num_groups <= head_dim else num_groups
         values = indicator_values(key_labels, num_groups, query.dtype, width)  # (B, 1, Lk, W)
-    value = values.expand(batch, kv_heads, key_len, values.shape[-1])  # (B, Hk, Lk, W)
+    value = values
+    if values.shape[1] != kv_heads:
+        value = values.expand(batch, kv_heads, key_len, values.shape[-1])  # (B, Hk, Lk, W)
     out = _call_kernel(
         kernel or F.scaled_dot_product_attention,
         query,
@@ -180,6 +186,7 @@ def fused_attention(
     scale: float | None = None,
     enable_gqa: bool = False,
     kernel: Kernel | None = None,
+    indicator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The model's attention output and the group masses from one kernel call, ``V' = [V, E]``.
 
@@ -193,6 +200,10 @@ def fused_attention(
     Dropout, when given, is applied by the kernel to the whole row, so the masses are then
     post-dropout; probes call this with ``dropout_p=0`` only.
 
+    Args:
+        indicator: ``fused_indicator(key_labels, num_groups, value, width)``, when the caller
+            keeps it between calls (it depends on the labels and shapes only).
+
     Returns:
         ``(out [B, H, Lq, Dv], mass [B, H, Lq, G])``.
 
@@ -204,13 +215,11 @@ def fused_attention(
         ...                     atol=1e-6))
         True
     """
-    batch, kv_heads, key_len, value_dim = value.shape
-    head_dim = query.shape[-1]
-    width = -(-(max(head_dim, value_dim) + num_groups) // 8) * 8
-    indicator = group_indicator(key_labels, num_groups, value.dtype)  # (B, Lk, G)
-    indicator = indicator.unsqueeze(1).expand(batch, kv_heads, key_len, num_groups)
-    wide = torch.cat([value, indicator], dim=-1)  # (B, Hk, Lk, Dv + G)
-    wide = F.pad(wide, (0, width - value_dim - num_groups))  # (B, Hk, Lk, W)
+    head_dim, value_dim = query.shape[-1], value.shape[-1]
+    width = fused_width(head_dim, value_dim, num_groups)
+    if indicator is None:
+        indicator = fused_indicator(key_labels, num_groups, value, width)  # (B, Hk, Lk, W - Dv)
+    wide = torch.cat([value, indicator], dim=-1)  # (B, Hk, Lk, W)
     query = F.pad(query, (0, width - head_dim))  # (B, H, Lq, W)
     key = F.pad(key, (0, width - head_dim))  # (B, Hk, Lk, W)
     extra: dict[str, Any] = {"enable_gqa": True} if enable_gqa else {}
@@ -225,6 +234,20 @@ def fused_attention(
         **extra,
     )  # (B, H, Lq, W)
     return out[..., :value_dim], out[..., value_dim : value_dim + num_groups]
+
+
+def fused_width(head_dim: int, value_dim: int, num_groups: int) -> int:
+    """Width ``W`` of the fused value matrix ``[V, E]``: ``max(D, Dv) + G`` rounded up to 8."""
+    return -(-(max(head_dim, value_dim) + num_groups) // 8) * 8
+
+
+def fused_indicator(key_labels: Tensor, num_groups: int, value: Tensor, width: int) -> Tensor:
+    """``[B, Hk, Lk, W − Dv]`` the columns `fused_attention` appends to the values: the group
+    indicator, zero-padded to ``width`` (in the dtype and on the device of ``value``)."""
+    batch, kv_heads, key_len, value_dim = value.shape
+    indicator = group_indicator(key_labels, num_groups, value.dtype)  # (B, Lk, G)
+    indicator = F.pad(indicator, (0, width - value_dim - num_groups))  # (B, Lk, W - Dv)
+    return indicator.unsqueeze(1).expand(batch, kv_heads, key_len, width - value_dim)
 
 
 def attention_maps(
@@ -303,26 +326,42 @@ def group_entropy(weights: Tensor, key_labels: Tensor, num_groups: int) -> tuple
     return entropy, defined
 
 
+def causal_rows_mask(rows: Tensor, key_len: int) -> Tensor:
+    """``[R, Lk]`` boolean mask of the keys that query rows ``rows`` see under a causal flag
+    (SDPA's ``is_causal`` is top-left aligned: row ``i`` sees keys ``j <= i``).
+
+    Examples:
+        >>> import torch
+        >>> causal_rows_mask(torch.tensor([0, 2]), 3).int().tolist()
+        [[1, 0, 0], [1, 1, 1]]
+    """
+    keys = torch.arange(key_len, device=rows.device)  # (Lk,)
+    return keys.unsqueeze(0) <= rows.unsqueeze(1)  # (R, Lk)
+
+
 def select_query_rows(
     query: Tensor,
     attn_mask: Tensor | None,
     is_causal: bool,
     rows: Tensor,
     key_len: int,
+    *,
+    causal_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, bool]:
     """Keep only the query rows ``rows`` and the matching mask rows.
 
-    A causal flag becomes an explicit boolean mask for the kept rows (SDPA's ``is_causal`` is
-    top-left aligned: row ``i`` sees keys ``j <= i``), because the flag would be wrong for a
-    subset of rows.
+    A causal flag becomes an explicit boolean mask for the kept rows (`causal_rows_mask`),
+    because the flag would be wrong for a subset of rows.
+
+    Args:
+        causal_mask: ``causal_rows_mask(rows, key_len)``, when the caller keeps it.
 
     Returns:
         ``(query [B, H, R, D], attn_mask or None, is_causal)``.
     """
     query = query.index_select(-2, rows)  # (B, H, R, D)
     if is_causal:
-        keys = torch.arange(key_len, device=query.device)  # (Lk,)
-        causal = keys.unsqueeze(0) <= rows.unsqueeze(1)  # (R, Lk)
+        causal = causal_rows_mask(rows, key_len) if causal_mask is None else causal_mask
         return query, causal, False
     if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.size(-2) != 1:
         attn_mask = attn_mask.index_select(-2, rows)  # (..., R, Lk)

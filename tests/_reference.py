@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+FP32_SUMS = {"rtol": 1e-6, "atol": 1e-5}
+"""Tolerance of the probe's built-in sums on float32 inputs, which it reduces per call in
+float32 before adding them to float64 sums (``docs/concepts/statistics.md``, "Precision");
+float64 inputs are reduced in float64 and meet 1e-12."""
+
 
 def reference_attention(
     q: torch.Tensor,

@@ -63,9 +63,9 @@ def test_streaming_metrics_match_numpy_on_all_keys() -> None:
         (1 - cosine(cls[i], keys[i, 1:5].mean(0))) - (1 - cosine(cls[i], keys[i, 5:].mean(0)))
         for i in range(batch)
     ]
-    assert row["air"] == pytest.approx(np.mean(per_sample), abs=1e-10)
+    assert row["air"] == pytest.approx(np.mean(per_sample), abs=1e-6)  # float32 reduction
     population = (1 - cosine(cls.mean(0), audio.mean(0))) - (1 - cosine(cls.mean(0), video.mean(0)))
-    assert row["air_population"] == pytest.approx(population, abs=1e-10)
+    assert row["air_population"] == pytest.approx(population, abs=1e-6)
     # Fréchet distance from the streaming Σ k kᵀ equals the batch formula (scipy sqrtm)
     mu_a, mu_b = audio.mean(0), video.mean(0)
     cov_a, cov_b = np.cov(audio, rowvar=False), np.cov(video, rowvar=False)
@@ -116,7 +116,7 @@ def test_gqa_heads_map_to_their_key_heads() -> None:
         want = cosine(
             keys[:, kv, 1:5].reshape(-1, 8).mean(0), keys[:, kv, 5:].reshape(-1, 8).mean(0)
         )
-        assert frame.iloc[head]["centroid_gap"] == pytest.approx(want, abs=1e-12)
+        assert frame.iloc[head]["centroid_gap"] == pytest.approx(want, abs=1e-6)  # float32 sums
 
 
 def test_bad_requests_are_explained() -> None:

@@ -20,6 +20,9 @@ from attnprobe.errors import AttnProbeError
 
 __all__ = ["Reservoir", "SumAccumulator", "merge_samples"]
 
+_ADDABLE = (torch.float64, torch.float32)
+"""Dtypes added to the float64 sums as they are (float32 widens exactly)."""
+
 
 class SumAccumulator:
     """Named float64 sums that add up over updates, and over DDP ranks with `sync`.
@@ -44,14 +47,15 @@ class SumAccumulator:
         self._synced: dict[str, Tensor] = {}  # every rank's data up to the last sync
 
     def update(self, values: Mapping[str, Tensor]) -> None:
-        """Add ``values`` (each converted to float64) to the running sums, which stay on the
-        device of their first update (no host-device copy per batch)."""
+        """Add ``values`` to the float64 running sums (float32 values widen exactly as they are
+        added), which stay on the device of their first update (no host-device copy per
+        batch)."""
         currents = [self._sums[name] for name in values if name in self._sums]
-        updates = [v.detach() for v in values.values()]
+        updates = [v.detach() if v.requires_grad else v for v in values.values()]
         if len(currents) == len(updates) and all(
-            c.shape == v.shape and c.device == v.device and c.dtype == v.dtype
+            c.shape == v.shape and c.device == v.device and v.dtype in _ADDABLE
             for c, v in zip(currents, updates, strict=True)
-        ):  # the steady state: one fused launch for all entries
+        ):  # the steady state: one operation for all entries (float32 ones widen as added)
             torch._foreach_add_(currents, updates)
             return
         for name, value in values.items():

@@ -60,6 +60,10 @@ class Mass(Statistic):
 
     name = "mass"
 
+    @property
+    def fused(self) -> frozenset[str]:
+        return frozenset({"mass"})
+
     def states(self, dims: Dims) -> dict[str, State]:
         heads, gq, gk = dims.num_heads, len(dims.query_groups), len(dims.key_groups)
         return {"mass_total": State((heads, gq, gk)), "num_queries": State((gq,))}
@@ -99,6 +103,10 @@ class KeyMoments(Statistic):
     @property
     def needs(self) -> frozenset[str]:
         return frozenset({"key_outer"}) if self.outer else frozenset()
+
+    @property
+    def fused(self) -> frozenset[str]:
+        return frozenset() if self.outer else frozenset({"key_moments"})
 
     def states(self, dims: Dims) -> dict[str, State]:
         kv, gk, dim = dims.num_kv_heads, len(dims.key_groups), dims.head_dim
@@ -146,6 +154,10 @@ class QueryMoments(Statistic):
 
     name = "query_moments"
 
+    @property
+    def fused(self) -> frozenset[str]:
+        return frozenset({"query_moments"})
+
     def states(self, dims: Dims) -> dict[str, State]:
         heads, gq, dim = dims.num_heads, len(dims.query_groups), dims.head_dim
         return {
@@ -186,6 +198,10 @@ class Cosines(Statistic):
     """
 
     name = "cosines"
+
+    @property
+    def fused(self) -> frozenset[str]:
+        return frozenset({"cosines"})
 
     def states(self, dims: Dims) -> dict[str, State]:
         heads, gq, gk = dims.num_heads, len(dims.query_groups), len(dims.key_groups)

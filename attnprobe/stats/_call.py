@@ -59,8 +59,8 @@ class Call:
         fused_mass: Tensor | None = None,
         weights: Tensor | None = None,
     ) -> None:
-        self.query_all = query.detach()  # (B, H, Lq, D)
-        self.key = key.detach()  # (B, Hk, Lk, D)
+        self._query = query  # (B, H, Lq, D) as received: read under torch.no_grad()
+        self._key = key  # (B, Hk, Lk, D)
         self.attn_mask = attn_mask
         self.is_causal = is_causal
         self.scale = scale
@@ -71,6 +71,16 @@ class Call:
         self.needs = needs
         self._fused_mass = fused_mass
         self._weights = None if weights is None else weights.detach()  # (B, H, Lq, Lk)
+
+    @property
+    def query_all(self) -> Tensor:
+        """``[B, H, Lq, D]`` every query row, as the kernel received it (detached)."""
+        return _detached(self._query)
+
+    @property
+    def key(self) -> Tensor:
+        """``[B, Hk, Lk, D]`` the keys (detached)."""
+        return _detached(self._key)
 
     @property
     def key_labels(self) -> Tensor:
@@ -87,15 +97,33 @@ class Call:
         """The kept query rows with their mask rows and causal flag."""
         rows = self.labels.rows
         if rows is None:
-            return self.query_all, self.attn_mask, self.is_causal
+            return self._query, self.attn_mask, self.is_causal
+        key_len = self._key.shape[2]
+        causal = None
+        if self.is_causal:  # the mask a causal flag becomes for these rows depends on them only
+            causal = self.labels.get(
+                ("causal_rows", key_len),
+                lambda: functional.causal_rows_mask(rows, key_len),
+            )  # (R, Lk)
         return functional.select_query_rows(
-            self.query_all, self.attn_mask, self.is_causal, rows, self.key.shape[2]
+            self._query, self.attn_mask, self.is_causal, rows, key_len, causal_mask=causal
         )  # (B, H, R, D)
 
     @property
     def query(self) -> Tensor:
-        """``[B, H, R, D]`` the kept query rows."""
+        """``[B, H, R, D]`` the kept query rows (detached)."""
+        return _detached(self._rows[0])
+
+    @property
+    def kept_query(self) -> Tensor:
+        """``[B, H, R, D]`` the kept query rows as received (not detached: for reading under
+        ``torch.no_grad()`` without an operation more)."""
         return self._rows[0]
+
+    @property
+    def key_input(self) -> Tensor:
+        """``[B, Hk, Lk, D]`` the keys as received (not detached, see `kept_query`)."""
+        return self._key
 
     def attention(self, query: Tensor, rows: Tensor | None = None) -> Tensor:
         """``[B, H, R', Lk]`` post-softmax weights of kept query rows (all, or the ``rows``
@@ -107,11 +135,11 @@ class Call:
         _, mask, causal = self._rows
         if rows is not None:
             query, mask, causal = functional.select_query_rows(
-                query, mask, causal, rows, self.key.shape[2]
+                query, mask, causal, rows, self._key.shape[2]
             )  # (B, H, C, D)
         return functional.attention_maps(
             query,
-            self.key,
+            self._key,
             attn_mask=mask,
             is_causal=causal,
             scale=self.scale,
@@ -139,7 +167,7 @@ class Call:
         groups = len(self.dims.key_groups)
         rows = self.labels.rows
         if self._fused_mass is not None:
-            mass = self._fused_mass  # (B, H, Lq, Gk), detached by the recorder
+            mass = _detached(self._fused_mass)  # (B, H, Lq, Gk)
             return mass if rows is None else mass.index_select(2, rows)  # (B, H, R, Gk)
         if "maps" in self.needs or self._weights is not None:
             maps = self.maps  # (B, H, R, Lk)
@@ -149,13 +177,16 @@ class Call:
         head_dim = query.shape[-1]
         width = head_dim if groups <= head_dim else groups
         key_labels = self.key_labels
+        batch, kv_heads, key_len, _ = self._key.shape
         values = self.labels.get(
-            ("values", query.dtype, width),
-            lambda: functional.indicator_values(key_labels, groups, query.dtype, width),
-        )  # (B, 1, Lk, W)
+            ("values", query.dtype, width, kv_heads),
+            lambda: functional.indicator_values(key_labels, groups, query.dtype, width).expand(
+                batch, kv_heads, key_len, width
+            ),
+        )  # (B, Hk, Lk, W)
         return functional.group_attention_mass(
             query,
-            self.key,
+            self._key,
             key_labels,
             groups,
             attn_mask=mask,
@@ -200,7 +231,7 @@ class Call:
         """Per key group token counts, ``Σ k``, ``Σ k²`` (and ``Σ k kᵀ`` when a statistic
         needs ``"key_outer"``), pooled and per sample, float64."""
         return functional.group_moments(
-            self.key,
+            self._key,
             self.key_labels,
             len(self.dims.key_groups),
             second_moment="key_outer" in self.needs,
@@ -212,9 +243,14 @@ class Call:
     def query_moments(self) -> functional.GroupMoments:
         """Per query group counts, ``Σ q``, ``Σ q²`` of the kept rows, pooled and per sample."""
         return functional.group_moments(
-            self.query,
+            self.kept_query,
             self.query_labels,
             len(self.dims.query_groups),
             has_ignored=self.labels.queries_ignored,
             onehot=self.query_onehot,
         )
+
+
+def _detached(tensor: Tensor) -> Tensor:
+    """``tensor`` without its autograd history (itself when it has none: no operation)."""
+    return tensor.detach() if tensor.requires_grad else tensor

@@ -166,6 +166,14 @@ class Statistic:
         ``Call.key_moments``). Default: nothing."""
         return frozenset()
 
+    @property
+    def fused(self) -> frozenset[str]:
+        """The parts of the fused built-in reduction (``attnprobe.stats._fused.PARTS``) that
+        compute this statistic's states, together with the other built-ins' and with fewer
+        operations than `update`, which then stays their float64 reference and is not called
+        by probes. Custom statistics leave it empty (the default) and implement `update`."""
+        return frozenset()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__dict__.get("name", "")

@@ -16,7 +16,9 @@ from torch import Tensor
 
 from attnprobe._distributed import rank_and_world
 from attnprobe.stats._accumulate import Reservoir, SumAccumulator
+from attnprobe.stats._call import Call
 from attnprobe.stats._contract import Dims, State, Statistic
+from attnprobe.stats._fused import FusedSums
 
 __all__ = ["SiteAccumulator"]
 
@@ -30,6 +32,9 @@ class SiteAccumulator:
         """Sizes of the site, fixed by its first call (None before it)."""
         self.statistics: tuple[Statistic, ...] = ()
         self.declared: dict[str, State] = {}
+        self.fused: FusedSums | None = None
+        """The fused reduction of the built-in statistics' sums (None: none of them)."""
+        self._unfused: tuple[Statistic, ...] = ()
         self.calls = 0
         """Kernel calls accumulated (all ranks' after a sync)."""
         self.unsynced_calls = 0
@@ -43,12 +48,25 @@ class SiteAccumulator:
         self.dims = dims
         self.statistics = tuple(statistics)
         self.declared = {}
+        parts: frozenset[str] = frozenset()
         for statistic in self.statistics:
             self.declared.update(statistic.states(dims))
+            parts |= statistic.fused
+        self.fused = FusedSums(dims, parts) if parts else None
+        self._unfused = tuple(s for s in self.statistics if not s.fused)
 
-    def add(self, values: dict[str, Any]) -> None:
-        """Accumulate one call's update of every declared state."""
-        sums: dict[str, Tensor] = {}
+    def add_call(self, call: Call) -> None:
+        """Accumulate one attention call: the fused sums, then every other statistic's
+        update."""
+        values: dict[str, Any] = {}
+        for statistic in self._unfused:
+            values.update(statistic.update(call))
+        self.add(values, {} if self.fused is None else self.fused.update(call))
+
+    def add(self, values: dict[str, Any], fused: dict[str, Tensor] | None = None) -> None:
+        """Accumulate one call's update of the declared states (those the fused reduction
+        computes come as its entries, ``fused``)."""
+        sums: dict[str, Tensor] = dict(fused or {})
         for name, value in values.items():
             state = self.declared[name]
             if state.reduce == "sum":
@@ -79,9 +97,18 @@ class SiteAccumulator:
         received nothing are None."""
         assert self.dims is not None
         sums = self.sums.compute()
+        fused: dict[str, Tensor] = {}
+        if self.fused is not None:
+            entries = {
+                name: sums.get(name, torch.zeros(shape, dtype=torch.float64))
+                for name, shape in self.fused.entries().items()
+            }
+            fused = self.fused.states(entries)
         out: dict[str, Any] = {}
         for name, state in self.declared.items():
-            if state.reduce == "sum":
+            if name in fused:
+                out[name] = fused[name]
+            elif state.reduce == "sum":
                 out[name] = sums.get(name, torch.zeros(state.shape, dtype=torch.float64))
             elif state.reduce == "cat":
                 rows = self._rows.get(name)
@@ -108,6 +135,8 @@ class SiteAccumulator:
         self.dims = None
         self.statistics = ()
         self.declared = {}
+        self.fused = None
+        self._unfused = ()
         self.calls = 0
         self.unsynced_calls = 0
         self.sums.reset()

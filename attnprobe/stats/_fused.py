@@ -1,0 +1,279 @@
+"""`FusedSums`: the built-in sums of one call site, reduced together in a handful of operations.
+
+Every aten operation a probe dispatches is at least one kernel launch on a GPU, and there a
+probe's fixed cost per attention call is what users pay (``docs/benchmarks.md``). The
+statistics' own ``update`` methods define the built-in sums one quantity at a time, in float64
+(the reference); this module computes the same sums together, per call:
+
+- attention mass summed over each query group: one batched matrix product of the query-group
+  indicator with the masses;
+- token counts, ``Σ x`` and ``Σ x²`` of the kept queries and of the keys per group: one batched
+  matrix product of a block indicator with ``[x, x²]``, the queries and keys stacked along the
+  sequence (grouped-query attention: the ``H / Hk`` query heads that share a key head are laid
+  side by side along the sequence, so one product per key head serves them all);
+- the per-sample mean-key cosines of AIR: one batched Gram matrix of the normalised per-sample
+  sums of that product (``cos(q̄, k̄)`` with ``q̄ ∝ Σ q``, RollingQ, Ni et al., ICML 2025,
+  arXiv 2506.11465; ``docs/concepts/statistics.md``);
+- counts that depend on the labels only, made once per set of labels.
+
+Everything that depends only on the labels and shapes (indicators, counts) is made once and kept
+with the call's labels (`attnprobe.labels.CallLabels.get`); nothing reads a value back to the
+host. The products run in the kernel's dtype, float32 at least, and are added to float64 sums:
+with float32 inputs a sum over ``n`` terms carries a relative rounding error of about
+``n · 2⁻²⁴`` in the worst case (``docs/concepts/statistics.md``, "Precision").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnprobe.stats._call import Call
+from attnprobe.stats._contract import Dims
+
+__all__ = ["PARTS", "FusedSums"]
+
+PARTS = ("mass", "query_moments", "key_moments", "cosines")
+"""The parts of the fused reduction a built-in statistic can ask for (`Statistic.fused`)."""
+
+_NORM_FLOOR = 1e-30
+"""Norms below this count as zero: a zero per-sample sum gets cosine 0, as in
+`attnprobe.functional.mean_cosines`."""
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the sums are reduced in: the kernel's, float32 at least."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+@dataclass(frozen=True)
+class FusedSums:
+    """The fused reduction of one call site for the parts its statistics ask for.
+
+    Entries (the float64 sums a `SumAccumulator` keeps; ``r = H / Hk``, ``Gm = r·Gq + Gk``
+    rows of stacked groups, fewer when only queries or only keys are needed):
+
+    - ``~mass`` ``[H, Gq, Gk]``: Σ over kept query rows of their mass on each key group;
+    - ``~moments`` ``[Hk, Gm, 2D]``: per key head and stacked group, ``[Σ x, Σ x²]``; row
+      ``j·Gq + q`` holds query head ``kv·r + j``'s query group ``q``, rows after ``r·Gq``
+      the key groups;
+    - ``~gram`` ``[Hk, Gm, Gm]``: Σ over samples of the cosines between the per-sample sums
+      of any two stacked groups;
+    - ``~counts``: the counts of every part (see `states`).
+    """
+
+    dims: Dims
+    parts: frozenset[str]
+
+    def __post_init__(self) -> None:
+        unknown = self.parts - set(PARTS)
+        if unknown:
+            raise ValueError(f"FusedSums: unknown parts {sorted(unknown)}; known: {PARTS}.")
+
+    # -- layout ----------------------------------------------------------------------------------
+    @property
+    def _ratio(self) -> int:
+        return self.dims.num_heads // self.dims.num_kv_heads
+
+    @property
+    def _queries(self) -> bool:
+        return bool(self.parts & {"query_moments", "cosines"})
+
+    @property
+    def _keys(self) -> bool:
+        return bool(self.parts & {"key_moments", "cosines"})
+
+    @property
+    def _moments(self) -> bool:
+        return self._queries or self._keys
+
+    @property
+    def _stacked(self) -> int:
+        """``Gm``: stacked group rows of the moments."""
+        gq, gk = len(self.dims.query_groups), len(self.dims.key_groups)
+        return self._ratio * gq * self._queries + gk * self._keys
+
+    def _count_sizes(self) -> dict[str, int]:
+        gq, gk = len(self.dims.query_groups), len(self.dims.key_groups)
+        sizes = {}
+        if "mass" in self.parts:
+            sizes["num_queries"] = gq
+        if "query_moments" in self.parts:
+            sizes["query_count"] = gq
+        if "key_moments" in self.parts:
+            sizes["key_count"] = gk
+        if "cosines" in self.parts:
+            sizes["cosine_count"] = gq * gk
+        return sizes
+
+    def entries(self) -> dict[str, tuple[int, ...]]:
+        """Name → shape of the accumulated float64 sums."""
+        d = self.dims
+        heads, kv, gq, gk = d.num_heads, d.num_kv_heads, len(d.query_groups), len(d.key_groups)
+        out: dict[str, tuple[int, ...]] = {}
+        if "mass" in self.parts:
+            out["~mass"] = (heads, gq, gk)
+        if self._moments:
+            out["~moments"] = (kv, self._stacked, 2 * d.head_dim)
+        if "cosines" in self.parts:
+            out["~gram"] = (kv, self._stacked, self._stacked)
+        out["~counts"] = (sum(self._count_sizes().values()),)
+        return out
+
+    # -- per call --------------------------------------------------------------------------------
+    def update(self, call: Call) -> dict[str, Tensor]:
+        """This call's addition to every entry (``[B, ...]`` reduced over the batch)."""
+        out: dict[str, Tensor] = {}
+        batch = call.key_labels.shape[0]
+        if "mass" in self.parts:
+            out["~mass"] = self._mass(call, batch)
+        if self._moments:
+            moments = self._moment_sums(call, batch)  # (B·Hk, Gm, 2D)
+            out["~moments"] = _batch_sum(moments, batch, self.dims.num_kv_heads)  # (Hk, Gm, 2D)
+            if "cosines" in self.parts:
+                sums = moments[..., : self.dims.head_dim]  # (B·Hk, Gm, D) per-sample Σ x
+                norm = sums.norm(dim=-1, keepdim=True).clamp_min_(_NORM_FLOOR)  # (B·Hk, Gm, 1)
+                unit = sums / norm  # (B·Hk, Gm, D)
+                gram = torch.bmm(unit, unit.transpose(1, 2))  # (B·Hk, Gm, Gm)
+                out["~gram"] = _batch_sum(gram, batch, self.dims.num_kv_heads)  # (Hk, Gm, Gm)
+        out["~counts"] = call.labels.get(
+            ("fused_counts", self.parts, self.dims), lambda: self._counts(call)
+        )  # (N,) float64
+        return out
+
+    def _mass(self, call: Call, batch: int) -> Tensor:
+        mass = call.mass  # (B, H, R, Gk)
+        heads, rows, groups = mass.shape[1], mass.shape[2], mass.shape[3]
+        dtype = compute_dtype(mass.dtype)
+        if mass.dtype != dtype:
+            mass = mass.to(dtype)
+        if call.labels.queries_ignored:  # NaN · 0 is NaN: zero the ignored rows first
+            mass = mass.masked_fill(self._ignored_queries(call), 0.0)  # (B, H, R, Gk)
+        indicator = call.labels.get(
+            ("fused_mass", heads, dtype, len(self.dims.query_groups)),
+            lambda: _per_head(call.query_onehot.transpose(1, 2).to(dtype), heads),
+        )  # (B·H, Gq, R)
+        sums = torch.bmm(indicator, mass.reshape(batch * heads, rows, groups))  # (B·H, Gq, Gk)
+        return _batch_sum(sums, batch, heads)  # (H, Gq, Gk)
+
+    def _moment_sums(self, call: Call, batch: int) -> Tensor:
+        """``[B·Hk, Gm, 2D]`` per sample and key head, ``[Σ x, Σ x²]`` of every stacked group."""
+        kv, dim = self.dims.num_kv_heads, self.dims.head_dim
+        pieces = []
+        if self._queries:
+            query = call.kept_query  # (B, H, R, D)
+            rows = self._ratio * query.shape[2]
+            pieces.append(query.reshape(batch, kv, rows, dim))  # (B, Hk, r·R, D)
+        if self._keys:
+            pieces.append(call.key_input)  # (B, Hk, Lk, D)
+        x = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]  # (B, Hk, L', D)
+        dtype = compute_dtype(x.dtype)
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        length = x.shape[2]
+        labels = call.labels
+        ignored = (self._queries and labels.queries_ignored) or (self._keys and labels.keys_ignored)
+        if ignored:  # whatever sits at ignored positions (inf, NaN) must not leak
+            mask = labels.get(
+                ("fused_ignored", self.parts, self._ratio), lambda: self._ignored(call)
+            )
+            x = x.masked_fill(mask, 0.0)  # (B, Hk, L', D)
+        xx = torch.cat([x, x * x], dim=-1)  # (B, Hk, L', 2D)
+        indicator = labels.get(
+            ("fused_moments", self.parts, kv, self._ratio, dtype),
+            lambda: _per_head(self._stacked_indicator(call, dtype), kv),
+        )  # (B·Hk, Gm, L')
+        return torch.bmm(indicator, xx.view(batch * kv, length, 2 * dim))  # (B·Hk, Gm, 2D)
+
+    # -- made once per set of labels -------------------------------------------------------------
+    def _stacked_indicator(self, call: Call, dtype: torch.dtype) -> Tensor:
+        """``[B, Gm, L']`` block indicator: the query groups of each of the ``r`` query heads
+        sharing a key head, then the key groups."""
+        blocks = []
+        if self._queries:
+            query = call.query_onehot.transpose(1, 2)  # (B, Gq, R)
+            eye = torch.eye(self._ratio, dtype=query.dtype, device=query.device)  # (r, r)
+            blocks.append(torch.einsum("jk,bqi->bjqki", eye, query).flatten(3).flatten(1, 2))
+        if self._keys:
+            blocks.append(call.key_onehot.transpose(1, 2))  # (B, Gk, Lk)
+        if len(blocks) == 1:
+            return blocks[0].to(dtype)
+        top, bottom = blocks  # (B, r·Gq, r·R), (B, Gk, Lk)
+        out = top.new_zeros(
+            top.shape[0], top.shape[1] + bottom.shape[1], top.shape[2] + bottom.shape[2]
+        )
+        out[:, : top.shape[1], : top.shape[2]] = top
+        out[:, top.shape[1] :, top.shape[2] :] = bottom
+        return out.to(dtype)  # (B, Gm, r·R + Lk)
+
+    def _ignored_queries(self, call: Call) -> Tensor:
+        return call.labels.get(
+            ("fused_ignored_queries",),
+            lambda: (call.query_labels < 0).unsqueeze(1).unsqueeze(-1),
+        )  # (B, 1, R, 1)
+
+    def _ignored(self, call: Call) -> Tensor:
+        pieces = []
+        if self._queries:
+            pieces.append((call.query_labels < 0).repeat(1, self._ratio))  # (B, r·R)
+        if self._keys:
+            pieces.append(call.key_labels < 0)  # (B, Lk)
+        return torch.cat(pieces, dim=1).unsqueeze(1).unsqueeze(-1)  # (B, 1, L', 1)
+
+    def _counts(self, call: Call) -> Tensor:
+        query = call.query_onehot.sum(1)  # (B, Gq) float64
+        key = call.key_onehot.sum(1)  # (B, Gk)
+        pieces = []
+        for name in self._count_sizes():
+            if name in ("num_queries", "query_count"):
+                pieces.append(query.sum(0))
+            elif name == "key_count":
+                pieces.append(key.sum(0))
+            else:  # samples with tokens in both groups
+                both = (query.unsqueeze(-1) > 0) & (key.unsqueeze(-2) > 0)  # (B, Gq, Gk)
+                pieces.append(both.sum(0).flatten().double())
+        return torch.cat(pieces)  # (N,)
+
+    # -- from the accumulated sums ---------------------------------------------------------------
+    def states(self, sums: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The statistics' states (`Mass`, `QueryMoments`, `KeyMoments`, `Cosines`) from the
+        accumulated entries."""
+        d = self.dims
+        heads, kv, dim = d.num_heads, d.num_kv_heads, d.head_dim
+        gq, gk, r = len(d.query_groups), len(d.key_groups), self._ratio
+        out: dict[str, Tensor] = {}
+        counts = sums["~counts"].split(list(self._count_sizes().values()))
+        for (name, _), count in zip(self._count_sizes().items(), counts, strict=True):
+            out[name] = count.view(gq, gk) if name == "cosine_count" else count
+        if "mass" in self.parts:
+            out["mass_total"] = sums["~mass"]
+        split = r * gq * self._queries  # first key row of the stacked groups
+        if "query_moments" in self.parts:
+            query = sums["~moments"][:, :split].reshape(kv, r, gq, 2 * dim)  # (Hk, r, Gq, 2D)
+            query = query.reshape(heads, gq, 2 * dim)  # (H, Gq, 2D)
+            out["query_total"], out["query_total_sq"] = query[..., :dim], query[..., dim:]
+        if "key_moments" in self.parts:
+            key = sums["~moments"][:, split:]  # (Hk, Gk, 2D)
+            out["key_total"], out["key_total_sq"] = key[..., :dim], key[..., dim:]
+        if "cosines" in self.parts:
+            cross = sums["~gram"][:, :split, split:]  # (Hk, r·Gq, Gk)
+            out["cosine_total"] = cross.reshape(heads, gq, gk)  # (H, Gq, Gk)
+        return {name: value.contiguous() for name, value in out.items()}
+
+
+def _per_head(indicator: Tensor, heads: int) -> Tensor:
+    """``[B, G, L]`` → ``[B·heads, G, L]``, the same indicator for every head (a view when
+    ``B = 1``)."""
+    batch, groups, length = indicator.shape
+    expanded = indicator.unsqueeze(1).expand(batch, heads, groups, length)  # (B, heads, G, L)
+    return expanded.reshape(batch * heads, groups, length)
+
+
+def _batch_sum(sums: Tensor, batch: int, heads: int) -> Tensor:
+    """``[B·H, ...]`` per-sample sums → ``[H, ...]`` summed over the batch."""
+    if batch == 1:
+        return sums
+    return sums.view(batch, heads, *sums.shape[1:]).sum(0)
