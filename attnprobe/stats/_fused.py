@@ -245,7 +245,7 @@ class FusedSums:
         heads, kv, dim = d.num_heads, d.num_kv_heads, d.head_dim
         gq, gk, r = len(d.query_groups), len(d.key_groups), self._ratio
         out: dict[str, Tensor] = {}
-        counts = sums["~counts"].split(list(self._count_sizes().values()))
+        counts = torch.split(sums["~counts"], list(self._count_sizes().values()))
         for (name, _), count in zip(self._count_sizes().items(), counts, strict=True):
             out[name] = count.view(gq, gk) if name == "cosine_count" else count
         if "mass" in self.parts:
