@@ -56,6 +56,7 @@ docs: install-dev
 test: lint typecheck unit notebooks docs
 
 bench: install-dev
+	$(BIN)/python benchmarks/op_count.py
 	$(BIN)/python benchmarks/probe_overhead.py
 	$(BIN)/python benchmarks/hf_overhead.py
 

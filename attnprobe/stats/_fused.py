@@ -57,9 +57,9 @@ class FusedSums:
     rows of stacked groups, fewer when only queries or only keys are needed):
 
     - ``~mass`` ``[H, Gq, Gk]``: Σ over kept query rows of their mass on each key group;
-    - ``~moments`` ``[Hk, Gm, 2D]``: per key head and stacked group, ``[Σ x, Σ x²]``; row
-      ``j·Gq + q`` holds query head ``kv·r + j``'s query group ``q``, rows after ``r·Gq``
-      the key groups;
+    - ``~sum`` and ``~sum_sq`` ``[Hk, Gm, D]``: per key head and stacked group, ``Σ x`` and
+      ``Σ x²``; row ``j·Gq + q`` holds query head ``kv·r + j``'s query group ``q``, rows
+      after ``r·Gq`` the key groups;
     - ``~gram`` ``[Hk, Gm, Gm]``: Σ over samples of the cosines between the per-sample sums
       of any two stacked groups;
     - ``~counts``: the counts of every part (see `states`).
@@ -117,7 +117,7 @@ class FusedSums:
         if "mass" in self.parts:
             out["~mass"] = (heads, gq, gk)
         if self._moments:
-            out["~moments"] = (kv, self._stacked, 2 * d.head_dim)
+            out["~sum"] = out["~sum_sq"] = (kv, self._stacked, d.head_dim)
         if "cosines" in self.parts:
             out["~gram"] = (kv, self._stacked, self._stacked)
         out["~counts"] = (sum(self._count_sizes().values()),)
@@ -131,10 +131,10 @@ class FusedSums:
         if "mass" in self.parts:
             out["~mass"] = self._mass(call, batch)
         if self._moments:
-            moments = self._moment_sums(call, batch)  # (B·Hk, Gm, 2D)
-            out["~moments"] = _batch_sum(moments, batch, self.dims.num_kv_heads)  # (Hk, Gm, 2D)
-            if "cosines" in self.parts:
-                sums = moments[..., : self.dims.head_dim]  # (B·Hk, Gm, D) per-sample Σ x
+            sums, sums_sq = self._moment_sums(call, batch)  # (B·Hk, Gm, D) each
+            out["~sum"] = _batch_sum(sums, batch, self.dims.num_kv_heads)  # (Hk, Gm, D)
+            out["~sum_sq"] = _batch_sum(sums_sq, batch, self.dims.num_kv_heads)
+            if "cosines" in self.parts:  # from the per-sample Σ x
                 norm = sums.norm(dim=-1, keepdim=True).clamp_min_(_NORM_FLOOR)  # (B·Hk, Gm, 1)
                 unit = sums / norm  # (B·Hk, Gm, D)
                 gram = torch.bmm(unit, unit.transpose(1, 2))  # (B·Hk, Gm, Gm)
@@ -159,8 +159,9 @@ class FusedSums:
         sums = torch.bmm(indicator, mass.reshape(batch * heads, rows, groups))  # (B·H, Gq, Gk)
         return _batch_sum(sums, batch, heads)  # (H, Gq, Gk)
 
-    def _moment_sums(self, call: Call, batch: int) -> Tensor:
-        """``[B·Hk, Gm, 2D]`` per sample and key head, ``[Σ x, Σ x²]`` of every stacked group."""
+    def _moment_sums(self, call: Call, batch: int) -> tuple[Tensor, Tensor]:
+        """``[B·Hk, Gm, D]`` twice: per sample and key head, ``Σ x`` and ``Σ x²`` of every
+        stacked group."""
         kv, dim = self.dims.num_kv_heads, self.dims.head_dim
         pieces = []
         if self._queries:
@@ -170,9 +171,10 @@ class FusedSums:
         if self._keys:
             pieces.append(call.key_input)  # (B, Hk, Lk, D)
         x = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]  # (B, Hk, L', D)
+        own = len(pieces) > 1  # x is a new tensor, not the model's
         dtype = compute_dtype(x.dtype)
         if x.dtype != dtype:
-            x = x.to(dtype)
+            x, own = x.to(dtype), True
         length = x.shape[2]
         labels = call.labels
         ignored = (self._queries and labels.queries_ignored) or (self._keys and labels.keys_ignored)
@@ -180,13 +182,16 @@ class FusedSums:
             mask = labels.get(
                 ("fused_ignored", self.parts, self._ratio), lambda: self._ignored(call)
             )
-            x = x.masked_fill(mask, 0.0)  # (B, Hk, L', D)
-        xx = torch.cat([x, x * x], dim=-1)  # (B, Hk, L', 2D)
+            x, own = x.masked_fill(mask, 0.0), True  # (B, Hk, L', D)
         indicator = labels.get(
             ("fused_moments", self.parts, kv, self._ratio, dtype),
             lambda: _per_head(self._stacked_indicator(call, dtype), kv),
         )  # (B·Hk, Gm, L')
-        return torch.bmm(indicator, xx.view(batch * kv, length, 2 * dim))  # (B·Hk, Gm, 2D)
+        flat = x.reshape(batch * kv, length, dim)  # (B·Hk, L', D), a view unless x is strided
+        sums = torch.bmm(indicator, flat)  # (B·Hk, Gm, D)
+        # x² in place when x is ours: one tensor of x's size at a time
+        square = flat.mul_(flat) if own else flat * flat  # (B·Hk, L', D)
+        return sums, torch.bmm(indicator, square)
 
     # -- made once per set of labels -------------------------------------------------------------
     def _stacked_indicator(self, call: Call, dtype: torch.dtype) -> Tensor:
@@ -242,7 +247,7 @@ class FusedSums:
         """The statistics' states (`Mass`, `QueryMoments`, `KeyMoments`, `Cosines`) from the
         accumulated entries."""
         d = self.dims
-        heads, kv, dim = d.num_heads, d.num_kv_heads, d.head_dim
+        heads, dim = d.num_heads, d.head_dim
         gq, gk, r = len(d.query_groups), len(d.key_groups), self._ratio
         out: dict[str, Tensor] = {}
         counts = torch.split(sums["~counts"], list(self._count_sizes().values()))
@@ -252,12 +257,12 @@ class FusedSums:
             out["mass_total"] = sums["~mass"]
         split = r * gq * self._queries  # first key row of the stacked groups
         if "query_moments" in self.parts:
-            query = sums["~moments"][:, :split].reshape(kv, r, gq, 2 * dim)  # (Hk, r, Gq, 2D)
-            query = query.reshape(heads, gq, 2 * dim)  # (H, Gq, 2D)
-            out["query_total"], out["query_total_sq"] = query[..., :dim], query[..., dim:]
+            for state, entry in (("query_total", "~sum"), ("query_total_sq", "~sum_sq")):
+                query = sums[entry][:, :split]  # (Hk, r·Gq, D), rows (j, q)
+                out[state] = query.reshape(heads, gq, dim)  # (H, Gq, D)
         if "key_moments" in self.parts:
-            key = sums["~moments"][:, split:]  # (Hk, Gk, 2D)
-            out["key_total"], out["key_total_sq"] = key[..., :dim], key[..., dim:]
+            out["key_total"] = sums["~sum"][:, split:]  # (Hk, Gk, D)
+            out["key_total_sq"] = sums["~sum_sq"][:, split:]
         if "cosines" in self.parts:
             cross = sums["~gram"][:, :split, split:]  # (Hk, r·Gq, Gk)
             out["cosine_total"] = cross.reshape(heads, gq, gk)  # (H, Gq, Gk)
