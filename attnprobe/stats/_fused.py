@@ -18,9 +18,10 @@ statistics' own ``update`` methods define the built-in sums one quantity at a ti
 
 Everything that depends only on the labels and shapes (indicators, counts) is made once and kept
 with the call's labels (`attnprobe.labels.CallLabels.get`); nothing reads a value back to the
-host. The products run in the kernel's dtype, float32 at least, and are added to float64 sums:
-with float32 inputs a sum over ``n`` terms carries a relative rounding error of about
-``n · 2⁻²⁴`` in the worst case (``docs/concepts/statistics.md``, "Precision").
+host. The masses are summed in float64; the moments and cosines in the kernel's dtype, float32
+at least, and added to float64 sums: with float32 inputs a sum over ``n`` terms carries a
+relative rounding error of about ``n · 2⁻²⁴`` in the worst case
+(``docs/concepts/statistics.md``, "Precision").
 """
 
 from __future__ import annotations
@@ -147,9 +148,10 @@ class FusedSums:
     def _mass(self, call: Call, batch: int) -> Tensor:
         mass = call.mass  # (B, H, R, Gk)
         heads, rows, groups = mass.shape[1], mass.shape[2], mass.shape[3]
-        dtype = compute_dtype(mass.dtype)
-        if mass.dtype != dtype:
-            mass = mass.to(dtype)
+        # the headline numbers, and a small tensor: summed in float64 (float32 sums over
+        # 2048 rows drifted by 1e-6)
+        dtype = torch.float64
+        mass = mass.to(dtype)
         if call.labels.queries_ignored:  # NaN · 0 is NaN: zero the ignored rows first
             mass = mass.masked_fill(self._ignored_queries(call), 0.0)  # (B, H, R, Gk)
         indicator = call.labels.get(
