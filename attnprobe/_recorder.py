@@ -36,6 +36,8 @@ class RecordSpec:
     """Run the fused single call ``V' = [V, E]`` where the adapter supports it."""
     restricted_queries: bool = False
     """Only some query groups are kept."""
+    compile_reduction: bool = False
+    """Run the fused reduction through ``torch.compile``."""
     needs: frozenset[str] = field(init=False)
     """The union of the statistics' needs."""
 
@@ -212,7 +214,7 @@ class LayerRecorder:
             key_groups=self._key_names(inputs),
         )
         if site.dims is None:
-            site.start(dims, self.spec.statistics)
+            site.start(dims, self.spec.statistics, self.spec.compile_reduction)
         elif site.dims != dims:
             before, now = site.dims, dims
             raise CaptureError(

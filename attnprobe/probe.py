@@ -180,6 +180,13 @@ class Probe:
             `attnprobe.stats.Statistic` of your own); one given here replaces the one of the
             same name that the options above select. The masses (`attnprobe.stats.Mass`) are
             always kept.
+        compile_reduction: run the built-in statistics' per-call reduction (a few batched
+            matrix products, `attnprobe.stats` "The fused reduction") through
+            ``torch.compile``; never the model. Off by default: on the CPU it did not pay
+            (no faster, and 5-20 s of compilation per process; ``docs/benchmarks.md``); on
+            a GPU it fuses the elementwise steps of the reduction into fewer kernels, measure
+            with ``benchmarks/compiled_reduction.py``. Needs a working ``torch.compile`` (a
+            C++ compiler on the CPU, Triton on a GPU).
         method: deprecated spelling of ``capture``.
     """
 
@@ -200,6 +207,7 @@ class Probe:
         store_maps: bool = False,
         entropy: bool = False,
         statistics: Sequence[Statistic] = (),
+        compile_reduction: bool = False,
         method: Capture | None = None,
     ) -> None:
         if method is not None:
@@ -301,6 +309,7 @@ class Probe:
             statistics=chosen,
             fused=capture == "fused",
             restricted_queries=wanted is not None,
+            compile_reduction=compile_reduction,
         )
         # the root module has the empty path; name it by its class in results
         self._recorders = [
@@ -578,7 +587,7 @@ class Probe:
                 if site.dims is None:
                     dims: Dims | None = next((d for d, _, _ in seen if d is not None), None)
                     if dims is not None:
-                        site.start(dims, self._spec.statistics)
+                        site.start(dims, self._spec.statistics, self._spec.compile_reduction)
                 site.calls += sum(calls for _, calls, _ in seen) - site.unsynced_calls
                 site.unsynced_calls = 0
                 entries: dict[str, tuple[int, ...]] = {}
@@ -691,7 +700,8 @@ def probe(model: nn.Module, **options: Any) -> Probe:
 
     The options (``modalities``, ``layers``, ``queries``, ``key_modalities``, ``capture``,
     ``key_stats``, ``second_moment``, ``reservoir_size``, ``seed``, ``per_sample``,
-    ``store_maps``, ``entropy``, ``statistics``) are documented on `Probe`.
+    ``store_maps``, ``entropy``, ``statistics``, ``compile_reduction``) are documented on
+    `Probe`.
 
     Returns:
         A `Probe`, not yet attached: use it in a ``with`` block or call ``attach()``.

@@ -26,8 +26,9 @@ relative rounding error of about ``n · 2⁻²⁴`` in the worst case
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +36,7 @@ from torch import Tensor
 from attnprobe.stats._call import Call
 from attnprobe.stats._contract import Dims
 
-__all__ = ["PARTS", "FusedSums"]
+__all__ = ["PARTS", "FusedSums", "mass_sums", "moment_sums"]
 
 PARTS = ("mass", "query_moments", "key_moments", "cosines")
 """The parts of the fused reduction a built-in statistic can ask for (`Statistic.fused`)."""
@@ -68,6 +69,8 @@ class FusedSums:
 
     dims: Dims
     parts: frozenset[str]
+    compiled: bool = False
+    """Run the pure reduction (`mass_sums`, `moment_sums`) through ``torch.compile``."""
 
     def __post_init__(self) -> None:
         unknown = self.parts - set(PARTS)
@@ -126,74 +129,71 @@ class FusedSums:
 
     # -- per call --------------------------------------------------------------------------------
     def update(self, call: Call) -> dict[str, Tensor]:
-        """This call's addition to every entry (``[B, ...]`` reduced over the batch)."""
+        """This call's addition to every entry (``[B, ...]`` reduced over the batch).
+
+        Gathers the call's tensors and the cached indicators, then reduces them with the pure
+        functions `mass_sums` and `moment_sums` (compiled when ``compiled``). Autocast is
+        switched off around the reduction: under it the products would run in bfloat16/float16
+        and round the sums to 8 or 11 bits.
+        """
+        device = call.key_labels.device.type
+        if _autocast_on(device):
+            with torch.autocast(device, enabled=False):
+                return self._update(call)
+        return self._update(call)
+
+    def _update(self, call: Call) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         batch = call.key_labels.shape[0]
         if "mass" in self.parts:
-            out["~mass"] = self._mass(call, batch)
+            mass = call.mass  # (B, H, R, Gk)
+            heads = mass.shape[1]
+            indicator = call.labels.get(
+                ("fused_mass", heads, len(self.dims.query_groups)),
+                lambda: _per_head(call.query_onehot.transpose(1, 2).double(), heads),
+            )  # (B·H, Gq, R) float64
+            ignored = self._ignored_queries(call) if call.labels.queries_ignored else None
+            out["~mass"] = self._fn("mass")(indicator, mass, ignored, batch)  # (H, Gq, Gk)
         if self._moments:
-            sums, sums_sq = self._moment_sums(call, batch)  # (B·Hk, Gm, D) each
-            out["~sum"] = _batch_sum(sums, batch, self.dims.num_kv_heads)  # (Hk, Gm, D)
-            out["~sum_sq"] = _batch_sum(sums_sq, batch, self.dims.num_kv_heads)
-            if "cosines" in self.parts:  # from the per-sample Σ x
-                norm = sums.norm(dim=-1, keepdim=True).clamp_min_(_NORM_FLOOR)  # (B·Hk, Gm, 1)
-                unit = sums / norm  # (B·Hk, Gm, D)
-                gram = torch.bmm(unit, unit.transpose(1, 2))  # (B·Hk, Gm, Gm)
-                out["~gram"] = _batch_sum(gram, batch, self.dims.num_kv_heads)  # (Hk, Gm, Gm)
+            pieces, ignored, indicator = self._moment_inputs(call)
+            sums = self._fn("moments")(
+                indicator, pieces, ignored, batch, self.dims.num_kv_heads, "cosines" in self.parts
+            )
+            out.update(zip(("~sum", "~sum_sq", "~gram"), sums, strict=False))
         out["~counts"] = call.labels.get(
             ("fused_counts", self.parts, self.dims), lambda: self._counts(call)
         )  # (N,) float64
         return out
 
-    def _mass(self, call: Call, batch: int) -> Tensor:
-        mass = call.mass  # (B, H, R, Gk)
-        heads, rows, groups = mass.shape[1], mass.shape[2], mass.shape[3]
-        # the headline numbers, and a small tensor: summed in float64 (float32 sums over
-        # 2048 rows drifted by 1e-6)
-        dtype = torch.float64
-        mass = mass.to(dtype)
-        if call.labels.queries_ignored:  # NaN · 0 is NaN: zero the ignored rows first
-            mass = mass.masked_fill(self._ignored_queries(call), 0.0)  # (B, H, R, Gk)
-        indicator = call.labels.get(
-            ("fused_mass", heads, dtype, len(self.dims.query_groups)),
-            lambda: _per_head(call.query_onehot.transpose(1, 2).to(dtype), heads),
-        )  # (B·H, Gq, R)
-        sums = torch.bmm(indicator, mass.reshape(batch * heads, rows, groups))  # (B·H, Gq, Gk)
-        return _batch_sum(sums, batch, heads)  # (H, Gq, Gk)
+    def _fn(self, name: str) -> Callable[..., Any]:
+        if not self.compiled:
+            return _PURE[name]
+        return _compiled(name)
 
-    def _moment_sums(self, call: Call, batch: int) -> tuple[Tensor, Tensor]:
-        """``[B·Hk, Gm, D]`` twice: per sample and key head, ``Σ x`` and ``Σ x²`` of every
-        stacked group."""
+    def _moment_inputs(self, call: Call) -> tuple[list[Tensor], Tensor | None, Tensor]:
+        """The pieces stacked along the sequence (``[B, Hk, ·, D]`` each), the mask of ignored
+        positions (``[B, 1, L', 1]`` or None) and the cached block indicator
+        (``[B·Hk, Gm, L']``)."""
         kv, dim = self.dims.num_kv_heads, self.dims.head_dim
         pieces = []
         if self._queries:
             query = call.kept_query  # (B, H, R, D)
-            rows = self._ratio * query.shape[2]
+            batch, rows = query.shape[0], self._ratio * query.shape[2]
             pieces.append(query.reshape(batch, kv, rows, dim))  # (B, Hk, r·R, D)
         if self._keys:
             pieces.append(call.key_input)  # (B, Hk, Lk, D)
-        x = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]  # (B, Hk, L', D)
-        own = len(pieces) > 1  # x is a new tensor, not the model's
-        dtype = compute_dtype(x.dtype)
-        if x.dtype != dtype:
-            x, own = x.to(dtype), True
-        length = x.shape[2]
         labels = call.labels
-        ignored = (self._queries and labels.queries_ignored) or (self._keys and labels.keys_ignored)
-        if ignored:  # whatever sits at ignored positions (inf, NaN) must not leak
-            mask = labels.get(
+        ignored = None
+        if (self._queries and labels.queries_ignored) or (self._keys and labels.keys_ignored):
+            ignored = labels.get(
                 ("fused_ignored", self.parts, self._ratio), lambda: self._ignored(call)
-            )
-            x, own = x.masked_fill(mask, 0.0), True  # (B, Hk, L', D)
+            )  # (B, 1, L', 1)
+        dtype = compute_dtype(pieces[0].dtype)
         indicator = labels.get(
             ("fused_moments", self.parts, kv, self._ratio, dtype),
             lambda: _per_head(self._stacked_indicator(call, dtype), kv),
         )  # (B·Hk, Gm, L')
-        flat = x.reshape(batch * kv, length, dim)  # (B·Hk, L', D), a view unless x is strided
-        sums = torch.bmm(indicator, flat)  # (B·Hk, Gm, D)
-        # x² in place when x is ours: one tensor of x's size at a time
-        square = flat.mul_(flat) if own else flat * flat  # (B·Hk, L', D)
-        return sums, torch.bmm(indicator, square)
+        return pieces, ignored, indicator
 
     # -- made once per set of labels -------------------------------------------------------------
     def _stacked_indicator(self, call: Call, dtype: torch.dtype) -> Tensor:
@@ -284,3 +284,84 @@ def _batch_sum(sums: Tensor, batch: int, heads: int) -> Tensor:
     if batch == 1:
         return sums
     return sums.view(batch, heads, *sums.shape[1:]).sum(0)
+
+
+# -- the pure reduction ---------------------------------------------------------------------------
+def mass_sums(indicator: Tensor, mass: Tensor, ignored: Tensor | None, batch: int) -> Tensor:
+    """``[H, Gq, Gk]``: Σ over the kept query rows of each query group of their mass on each key
+    group, in float64 (the headline numbers, and a small tensor: float32 sums over 2048 rows
+    drifted by 1e-6).
+
+    Args:
+        indicator: ``[B·H, Gq, R]`` float64 query-group indicator.
+        mass: ``[B, H, R, Gk]`` masses of the kept rows.
+        ignored: ``[B, 1, R, 1]`` True at rows that belong to no group (their masses may be
+            NaN, and NaN · 0 is NaN), or None.
+    """
+    heads, rows, groups = mass.shape[1], mass.shape[2], mass.shape[3]
+    mass = mass.to(torch.float64)
+    if ignored is not None:
+        mass = mass.masked_fill(ignored, 0.0)  # (B, H, R, Gk)
+    sums = torch.bmm(indicator, mass.reshape(batch * heads, rows, groups))  # (B·H, Gq, Gk)
+    return _batch_sum(sums, batch, heads)  # (H, Gq, Gk)
+
+
+def moment_sums(
+    indicator: Tensor,
+    pieces: list[Tensor],
+    ignored: Tensor | None,
+    batch: int,
+    kv_heads: int,
+    cosines: bool,
+) -> tuple[Tensor, ...]:
+    """``Σ x`` and ``Σ x²`` per key head and stacked group (``[Hk, Gm, D]`` each), and with
+    ``cosines`` the summed Gram matrix of the per-sample unit sums (``[Hk, Gm, Gm]``;
+    ``cos(q̄, k̄)``, RollingQ, Ni et al., ICML 2025, arXiv 2506.11465).
+
+    Args:
+        indicator: ``[B·Hk, Gm, L']`` block indicator in the compute dtype.
+        pieces: ``[B, Hk, ·, D]`` tensors stacked along the sequence into ``x`` ``[B, Hk, L', D]``.
+        ignored: ``[B, 1, L', 1]`` True where ``x`` must not count (whatever sits there, inf or
+            NaN included), or None.
+    """
+    x = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]  # (B, Hk, L', D)
+    own = len(pieces) > 1  # x is a new tensor, not the model's
+    if x.dtype != indicator.dtype:
+        x, own = x.to(indicator.dtype), True
+    if ignored is not None:
+        x, own = x.masked_fill(ignored, 0.0), True  # (B, Hk, L', D)
+    length, dim = x.shape[2], x.shape[3]
+    flat = x.reshape(batch * kv_heads, length, dim)  # (B·Hk, L', D), a view unless x is strided
+    sums = torch.bmm(indicator, flat)  # (B·Hk, Gm, D)
+    # x² in place when x is ours: one tensor of x's size at a time
+    square = flat.mul_(flat) if own else flat * flat  # (B·Hk, L', D)
+    out = [
+        _batch_sum(sums, batch, kv_heads),
+        _batch_sum(torch.bmm(indicator, square), batch, kv_heads),
+    ]
+    if cosines:  # from the per-sample Σ x
+        norm = sums.norm(dim=-1, keepdim=True).clamp_min_(_NORM_FLOOR)  # (B·Hk, Gm, 1)
+        unit = sums / norm  # (B·Hk, Gm, D)
+        gram = torch.bmm(unit, unit.transpose(1, 2))  # (B·Hk, Gm, Gm)
+        out.append(_batch_sum(gram, batch, kv_heads))  # (Hk, Gm, Gm)
+    return tuple(out)
+
+
+_PURE: dict[str, Callable[..., Any]] = {"mass": mass_sums, "moments": moment_sums}
+_COMPILED: dict[str, Callable[..., Any]] = {}
+
+
+def _compiled(name: str) -> Callable[..., Any]:
+    """``torch.compile`` of a pure reduction (made once per process; shapes that change
+    between calls are compiled dynamically after the first recompilation)."""
+    fn = _COMPILED.get(name)
+    if fn is None:
+        fn = _COMPILED[name] = torch.compile(_PURE[name], fullgraph=True)
+    return fn
+
+
+def _autocast_on(device: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())

@@ -43,8 +43,9 @@ class SiteAccumulator:
         self._rows: dict[str, list[Tensor]] = {}
         self._reservoirs: dict[str, list[Reservoir]] = {}
 
-    def start(self, dims: Dims, statistics: Sequence[Statistic]) -> None:
-        """Fix the sizes and the declared states (first call, or a sync that brings them)."""
+    def start(self, dims: Dims, statistics: Sequence[Statistic], compiled: bool = False) -> None:
+        """Fix the sizes and the declared states (first call, or a sync that brings them);
+        ``compiled``: run the fused reduction through ``torch.compile``."""
         self.dims = dims
         self.statistics = tuple(statistics)
         self.declared = {}
@@ -52,7 +53,7 @@ class SiteAccumulator:
         for statistic in self.statistics:
             self.declared.update(statistic.states(dims))
             parts |= statistic.fused
-        self.fused = FusedSums(dims, parts) if parts else None
+        self.fused = FusedSums(dims, parts, compiled) if parts else None
         self._unfused = tuple(s for s in self.statistics if not s.fused)
 
     def add_call(self, call: Call) -> None:
