@@ -543,7 +543,10 @@ def rotation_between(x: Tensor, y: Tensor, construction: RotationConstruction = 
       through ``x`` and the coordinate axis least aligned with it.
     - ``"svd"`` (the reference code's construction): ``U S Vᵀ = svd(ŷ x̂ᵀ)``, ``W = U Vᵀ``,
       with the last column of ``U`` negated when ``det W < 0``. It maps ``x̂`` to ``ŷ`` too,
-      but acts arbitrarily on the orthogonal complement of ``span{x, y}``.
+      and that is all it fixes (``ŷ x̂ᵀ`` has rank one): it acts arbitrarily on the orthogonal
+      complement of ``x``, the other direction of ``span{x, y}`` included, so it is not a
+      rotation within that plane and other vectors than ``x`` end up elsewhere than with
+      ``"plane"``.
 
     Computed in float64 and returned in float64.
 

@@ -25,6 +25,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from numpy.typing import NDArray
 
@@ -39,6 +40,7 @@ __all__ = [
     "bias_heatmap",
     "block_masses",
     "key_distribution",
+    "key_distribution_legend",
     "share_vs_noise",
 ]
 
@@ -602,6 +604,7 @@ def key_distribution(
     ax: Axes | None = None,
     max_points: int = 500,
     seed: int = 0,
+    legend: bool = True,
 ) -> Axes:
     """The keys of every key group and the query direction, in a plane through ``q̄``.
 
@@ -613,7 +616,8 @@ def key_distribution(
     stars are the mean keys (over every key the probe saw); the arrow shows the direction of
     ``q̄`` (its length is scaled to the data, not ``‖q̄‖``). The legend gives each group's angle
     between its mean key and ``q̄`` in the full head space. Aspect ratio is equal so angles are
-    true.
+    true. A group whose sampled keys are all the same vector (a learned token that sees no
+    input, such as a fusion CLS key) is drawn as one diamond, not as a pile of points.
 
     Args:
         result: a `ProbeResult` or `LayerResult` probed with ``reservoir_size > 0`` and
@@ -625,6 +629,8 @@ def key_distribution(
         ax: the axes to draw on (default: a new figure).
         max_points: most points drawn per key group.
         seed: seed of the subsample.
+        legend: draw the legend; without it the angles to ``q̄`` go into the x label (for
+            panels that share one legend, see `key_distribution_legend`).
 
     Returns:
         The axes.
@@ -638,8 +644,8 @@ def key_distribution(
         >>> with ap.probe(layer, modalities=layout, reservoir_size=32) as p:
         ...     _ = layer(torch.randn(8, 5, 8))
         >>> ax = plot.key_distribution(p.result(), query="cls")
-        >>> len(ax.collections)  # a scatter and a mean star per key group
-        6
+        >>> len(ax.collections)  # points and a mean star per key group; the CLS key: a diamond
+        5
         >>> plt.close(ax.figure)
     """
     fn = "key_distribution"
@@ -687,6 +693,7 @@ def key_distribution(
     colors = _palette(len(item.key_groups))
     handles: list[Line2D] = []
     labels: list[str] = []
+    angles: list[str] = []
     radius = 0.0
     for g, group in enumerate(item.key_groups):
         keys = samples[g]  # (n, D)
@@ -695,31 +702,42 @@ def key_distribution(
             continue
         if keys.shape[0] > max_points:
             keys = keys[np.sort(rng.choice(keys.shape[0], max_points, replace=False))]
-        label = f"{group} (n={keys.shape[0]}"
-        if keys.shape[0]:
+        constant = keys.shape[0] > 1 and _constant(keys)
+        label = f"{group} (constant" if constant else f"{group} (n={keys.shape[0]}"
+        marker = "D" if constant else "o"
+        if constant:  # one vector sampled n times: one marker
+            xy = keys[:1] @ basis  # (1, 2)
+            radius = max(radius, float(np.hypot(*xy[0])))
+            ax.scatter(
+                xy[:, 0], xy[:, 1], s=70, marker="D", color=colors[g], edgecolors="black",
+                linewidths=0.6, zorder=3,
+            )  # fmt: skip
+        elif keys.shape[0]:
             xy = keys @ basis  # (n, 2)
             radius = max(radius, float(np.hypot(xy[:, 0], xy[:, 1]).max()))
             ax.scatter(
                 xy[:, 0], xy[:, 1], s=12, color=colors[g], alpha=0.45, linewidths=0, zorder=2
             )
         if np.all(np.isfinite(mean)):
-            centre = mean @ basis  # (2,)
-            radius = max(radius, float(np.hypot(*centre)))
-            ax.scatter(
-                [centre[0]],
-                [centre[1]],
-                marker="*",
-                s=260,
-                color=colors[g],
-                edgecolors="black",
-                linewidths=0.9,
-                zorder=4,
-            )
+            if not constant:  # a constant key is its own mean: the diamond
+                centre = mean @ basis  # (2,)
+                radius = max(radius, float(np.hypot(*centre)))
+                ax.scatter(
+                    [centre[0]],
+                    [centre[1]],
+                    marker="*",
+                    s=260,
+                    color=colors[g],
+                    edgecolors="black",
+                    linewidths=0.9,
+                    zorder=4,
+                )
             norm = float(np.linalg.norm(mean))
             if norm > 0:
                 cosine = float(np.clip(mean @ u1 / norm, -1.0, 1.0))
                 label += f", {np.degrees(np.arccos(cosine)):.0f}° to {_QBAR}"
-        handles.append(Line2D([], [], color=colors[g], marker="o", linestyle="none"))
+                angles.append(f"{group} {np.degrees(np.arccos(cosine)):.0f}°")
+        handles.append(Line2D([], [], color=colors[g], marker=marker, linestyle="none"))
         labels.append(label + ")")
     length = radius if radius > 0 else 1.0
     ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=1)
@@ -752,8 +770,57 @@ def key_distribution(
     ax.set_ylabel(rf"main key direction $\perp$ {_QBAR}")
     kv_note = f", kv head {kv}" if item.num_kv_heads != item.num_heads else ""
     ax.set_title(f"Keys and the {query} query direction\n{item.name}, head {head}{kv_note}")
-    _legend(ax, handles, labels, title="key group")
+    if legend:
+        _legend(ax, handles, labels, title="key group")
+    else:
+        ax.set_xlabel(f"along {_QBAR}; mean key to {_QBAR}: " + ", ".join(angles))
     return ax
+
+
+def key_distribution_legend(
+    fig: Figure,
+    result: ProbeResult | LayerResult,
+    *,
+    layer: str | None = None,
+    query: str = "cls",
+) -> None:
+    """One legend below the panels of a figure drawn with ``key_distribution(..., legend=False)``
+    (the panels' results having the same key groups as ``result``): the key groups in their
+    colours (those with one constant key as diamonds), the mean-key star and the ``q̄`` arrow.
+
+    Args:
+        fig: the figure.
+        result: one of the panels' results.
+        layer: the layer name (default: the first layer).
+        query: the query group of the arrow.
+    """
+    item = _layer_of(result, layer, "key_distribution_legend")
+    samples = item.key_sample or ()
+    constant = {
+        g
+        for g, sample in zip(item.key_groups, samples, strict=False)
+        if sample.shape[0] > 1 and _constant(sample.double().flatten(1).numpy())
+    }
+    colors = _palette(len(item.key_groups))
+    handles = [
+        Line2D([], [], color=c, marker="D" if g in constant else "o", linestyle="none")
+        for g, c in zip(item.key_groups, colors, strict=True)
+    ]
+    labels = [f"{g} (one constant key)" if g in constant else f"{g} keys" for g in item.key_groups]
+    handles.append(
+        Line2D([], [], color="white", marker="*", markersize=13, markeredgecolor="black",
+               linestyle="none")
+    )  # fmt: skip
+    labels.append("mean key")
+    handles.append(Line2D([], [], color="black", linewidth=1.6, marker=">", markersize=6))
+    labels.append(f"{_QBAR} direction (mean {query} query)")
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
+
+
+def _constant(keys: np.ndarray) -> bool:
+    """Whether every row of ``keys`` ``(n, D)`` is the same vector (up to float32 rounding)."""
+    spread = float(np.abs(keys - keys[0]).max())
+    return spread <= 1e-6 * max(float(np.abs(keys[0]).max()), 1e-30)
 
 
 # --------------------------------------------------------------------------- noise sweeps

@@ -127,7 +127,8 @@ class RollingQ(nn.Module):
         rho: anchor sharpness ``ρ`` (reference: 0, the bisector; the code calls it ``sigma``).
         max_rotations: at most this many rotations (reference: 1; the paper uses up to 3).
         construction: ``"plane"`` (minimal rotation in ``span{q̄, q_b}``, default) or ``"svd"``
-            (the reference construction); both give the same rotated mean query.
+            (the reference construction, arbitrary off ``q̄``); both give the same rotated
+            mean query, not the same rotated per-sample queries.
         method: deprecated spelling of ``construction``.
 
     Buffers (in the ``state_dict``): ``rotation`` ``[H', D, D]`` (identity at first) and

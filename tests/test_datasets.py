@@ -115,7 +115,7 @@ def test_synthetic_is_seeded_and_splits_share_the_task() -> None:
     assert np.array_equal(np.bincount(a1.targets.numpy()), np.full(8, 50))  # balanced
     # class means of the train and test splits estimate the same prototypes s·P[y]
     big = ds.synthetic("train", seed=4, num_samples=4000, config=cfg)
-    for m, scale in zip(("a", "b"), cfg.signal, strict=True):
+    for m, scale in zip(("coarse", "fine"), cfg.signal, strict=True):
         for c in range(8):
             mu_train = big.inputs[m][big.targets == c].double().mean(0).flatten()
             mu_test = test.inputs[m][test.targets == c].double().mean(0).flatten()
@@ -128,15 +128,15 @@ def test_synthetic_strong_modality_knows_only_the_coarse_label() -> None:
     data = ds.synthetic("train", seed=0, num_samples=8000, config=cfg)
     means = {
         (m, c): data.inputs[m][data.targets == c].double().mean(0)
-        for m in ("a", "b")
+        for m in ("coarse", "fine")
         for c in range(8)
     }
     # a: classes 0 and 1 share the coarse class 0 -> the same prototype; 0 and 2 do not
-    same = float((means[("a", 0)] - means[("a", 1)]).norm())
-    different = float((means[("a", 0)] - means[("a", 2)]).norm())
+    same = float((means[("coarse", 0)] - means[("coarse", 1)]).norm())
+    different = float((means[("coarse", 0)] - means[("coarse", 2)]).norm())
     assert same < 0.2 * different
     # b: every class has its own prototype
-    assert float((means[("b", 0)] - means[("b", 1)]).norm()) > 3 * same
+    assert float((means[("fine", 0)] - means[("fine", 1)]).norm()) > 3 * same
 
 
 def test_synthetic_training_quality_is_the_corruption_ground_truth() -> None:
@@ -145,12 +145,12 @@ def test_synthetic_training_quality_is_the_corruption_ground_truth() -> None:
     clean = ds.synthetic(
         "train", seed=2, num_samples=4000, config=ds.SyntheticConfig(corrupt_fraction=0.0)
     )
-    qa, qb = train.quality["a"].numpy(), train.quality["b"].numpy()
+    qa, qb = train.quality["coarse"].numpy(), train.quality["fine"].numpy()
     hit = (qa < 1) | (qb < 1)
     assert not np.any((qa < 1) & (qb < 1))  # one modality per corrupted sample
     assert abs(hit.mean() - 0.3) < 0.03
     assert np.all((qa >= 0) & (qa <= 1))
-    for m, q in (("a", qa), ("b", qb)):
+    for m, q in (("coarse", qa), ("fine", qb)):
         untouched = q == 1
         assert torch.equal(train.inputs[m][untouched], clean.inputs[m][untouched])
         # corrupted at λ = 1 − q: x̃ − (1 − λ)x is noise of scale λ·σ_x (per sample)
@@ -162,32 +162,32 @@ def test_synthetic_training_quality_is_the_corruption_ground_truth() -> None:
         ratio = residual.flatten(1).std(1) / sigma
         assert float((ratio - 1).abs().max()) < 0.15
     test = ds.synthetic("test", seed=2, num_samples=100, config=cfg)
-    assert bool((test.quality["a"] == 1).all() and (test.quality["b"] == 1).all())
+    assert bool((test.quality["coarse"] == 1).all() and (test.quality["fine"] == 1).all())
 
 
 def test_corrupted_levels_fraction_and_mixed_split() -> None:
     test = ds.synthetic("test", seed=0, num_samples=600)
-    same = test.corrupted("a", 0.0)
-    assert torch.equal(same.inputs["a"], test.inputs["a"])
-    half = test.corrupted("b", 0.5, fraction=0.5, seed=1)
-    hit = half.quality["b"] < 1
+    same = test.corrupted("coarse", 0.0)
+    assert torch.equal(same.inputs["coarse"], test.inputs["coarse"])
+    half = test.corrupted("fine", 0.5, fraction=0.5, seed=1)
+    hit = half.quality["fine"] < 1
     assert abs(float(hit.float().mean()) - 0.5) < 0.08
-    assert torch.allclose(half.quality["b"][hit], torch.tensor(0.5))
-    assert torch.equal(half.inputs["b"][~hit], test.inputs["b"][~hit])
-    assert torch.equal(half.inputs["a"], test.inputs["a"])
+    assert torch.allclose(half.quality["fine"][hit], torch.tensor(0.5))
+    assert torch.equal(half.inputs["fine"][~hit], test.inputs["fine"][~hit])
+    assert torch.equal(half.inputs["coarse"], test.inputs["coarse"])
     mixed = test.corrupted(seed=2)  # a random modality, a uniform level, every sample
-    qa, qb = mixed.quality["a"], mixed.quality["b"]
+    qa, qb = mixed.quality["coarse"], mixed.quality["fine"]
     assert bool(((qa < 1) ^ (qb < 1)).all())
     assert 0.35 < float((qa < 1).float().mean()) < 0.65
     assert float(torch.minimum(qa, qb).std()) > 0.2  # levels spread over [0, 1]
-    twice = half.corrupted("b", 0.5, seed=3)
-    assert torch.allclose(twice.quality["b"][hit], torch.tensor(0.25))  # 1 − λ multiplies
+    twice = half.corrupted("fine", 0.5, seed=3)
+    assert torch.allclose(twice.quality["fine"][hit], torch.tensor(0.25))  # 1 − λ multiplies
     frame = mixed.to_frame()
-    assert list(frame.columns) == ["sample", "target", "quality_a", "quality_b"]
+    assert list(frame.columns) == ["sample", "target", "quality_coarse", "quality_fine"]
     with pytest.raises(ap.AttnProbeError, match="modalities"):
         test.corrupted("c", 0.5)
     with pytest.raises(ap.AttnProbeError, match="level"):
-        test.corrupted("a", 1.5)
+        test.corrupted("coarse", 1.5)
 
 
 def test_corrupt_per_sample_levels_match_the_scalar_formula() -> None:
@@ -204,6 +204,26 @@ def test_corrupt_per_sample_levels_match_the_scalar_formula() -> None:
         ap.corruption.corrupt(x, torch.tensor([0.5, 0.5]))
     with pytest.raises(ap.errors.AnalysisError, match=r"\[0, 1\]"):
         ap.corruption.corrupt(x, torch.tensor([0.5, 0.5, 2.0, 0.0, 0.0]))
+
+
+def test_additive_protocol_adds_noise_on_top_of_the_input() -> None:
+    x = torch.randn(5, 3, 4)
+    levels = torch.tensor([0.0, 0.25, 0.5, 1.0, 0.5])
+    sigma = x.flatten(1).std(1).view(-1, 1, 1)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    added = ap.corruption.corrupt(x, levels, torch.Generator().manual_seed(9), protocol="add")
+    torch.testing.assert_close(added, x + levels.view(-1, 1, 1) * noise * sigma)
+    scalar = ap.corruption.corrupt(x, 1.0, torch.Generator().manual_seed(9), protocol="add")
+    torch.testing.assert_close(scalar, x + noise * sigma)
+    with pytest.raises(ap.errors.AnalysisError, match="'mix' or 'add'"):
+        ap.corruption.corrupt(x, 0.5, protocol="replace")  # type: ignore[arg-type]
+    test = ds.synthetic("test", seed=0, num_samples=40)
+    noisy = test.corrupted("fine", 0.5, seed=1, protocol="add")
+    assert torch.equal(noisy.inputs["coarse"], test.inputs["coarse"])
+    residual = noisy.inputs["fine"] - test.inputs["fine"]  # λ·ε·σ_x, nothing taken away
+    sigma_fine = test.inputs["fine"].flatten(1).std(1)
+    ratio = residual.flatten(1).std(1) / (0.5 * sigma_fine)
+    assert float((ratio - 1).abs().max()) < 0.25
 
 
 def test_dataset_validation_and_trainer_compatibility() -> None:
@@ -225,7 +245,7 @@ def test_dataset_validation_and_trainer_compatibility() -> None:
         config=TrainConfig(epochs=1, batch_size=16, progress=False, tensorboard=False),
     )
     row = trainer.fit().iloc[0]
-    assert {"share_a", "share_b", "eval_accuracy_a_corrupted"} <= set(row.index)
+    assert {"share_coarse", "share_fine", "eval_accuracy_coarse_corrupted"} <= set(row.index)
 
 
 def test_the_datasets_do_not_import_the_probe_or_the_analyzers() -> None:

@@ -74,8 +74,8 @@ def test_attention_quality_correlation_matches_hand_written_attention(run_dir: P
     model.load_state_dict(load_checkpoint(run_dir / "runs/vanilla-seed0/checkpoint.pt")["model"])
     model.eval()
     fusion = model.fusion
-    sets = example._corrupted_sets(test, TINY.levels, 0)
-    expected = {}
+    sets = example._corrupted_sets(test, TINY.levels, 0, "mix")
+    expected, noise = {}, {}
     for m in test.modalities:
         share, quality = [], []
         for level in TINY.levels:
@@ -97,10 +97,93 @@ def test_attention_quality_correlation_matches_hand_written_attention(run_dir: P
             }
             share.append((mass[m] / sum(mass.values())).numpy())
             quality.append(np.full(len(data), 1.0 - level))
+            if level == 1.0:  # the paper's headline test: m is pure noise at its scale
+                noise[m] = float(share[-1].mean())
         expected[m] = stats.pearsonr(np.concatenate(quality), np.concatenate(share)).statistic
-    scores = pd.read_csv(run_dir / "runs/vanilla-seed0/adaptability.csv").set_index("corrupted")
+    scores = pd.read_csv(run_dir / "runs/vanilla-seed0/adaptability.csv")
+    scores = scores[(scores["checkpoint"] == "last") & (scores["protocol"] == "mix")]
+    scores = scores.set_index("corrupted")
+    runs = pd.read_csv(run_dir / "runs.csv").set_index(["method", "seed"])
     for m in test.modalities:
         assert scores.loc[m, "pearson_r"] == pytest.approx(expected[m], abs=1e-5)
+        assert runs.loc[("vanilla", 0), f"share_noise_{m}"] == pytest.approx(noise[m], abs=1e-6)
+
+
+def test_pure_noise_sets_are_noise_at_the_input_scale() -> None:
+    """At λ = 1 the mixing protocol leaves nothing of the input: ε·σ_x, per sample."""
+    _, _, test = example._splits(TINY, 0)
+    m = test.modalities[0]
+    noisy = example._corrupted_sets(test, (0.0, 1.0), 0, "mix")[(m, 1.0)].inputs[m]
+    clean = test.inputs[m]
+    corr = np.corrcoef(noisy.flatten().numpy(), clean.flatten().numpy())[0, 1]
+    assert abs(corr) < 0.02
+    ratio = noisy.flatten(1).std(1) / clean.flatten(1).std(1)  # (N,) σ of ε·σ_x over σ_x
+    assert float((ratio - 1).abs().median()) < 0.1
+
+
+def test_selected_and_unimodal_numbers_match_the_saved_weights(run_dir: Path) -> None:
+    """The validation-selected model (best.pt) and the encoders' probe heads, recomputed by
+    hand on the clean test split."""
+    runs = pd.read_csv(run_dir / "runs.csv").set_index(["method", "seed"])
+    _, _, test = example._splits(TINY, 1)
+    for method in ("vanilla", "concat"):
+        folder = run_dir / "runs" / f"{method}-seed1"
+        done = json.loads((folder / "done.json").read_text())
+        best = torch.load(folder / "best.pt", weights_only=True)
+        assert done["selected_epoch"] == best["epoch"]
+        model = example._model(TINY, method, test, 1)
+        model.load_state_dict(best["model"])
+        model.eval()
+        with torch.no_grad():
+            out = model(*test.inputs.values())
+        accuracy = float((out.logits.argmax(-1) == test.targets).double().mean())
+        assert runs.loc[(method, 1), "accuracy_selected"] == pytest.approx(accuracy, abs=1e-12)
+        last = load_checkpoint(folder / "checkpoint.pt")["model"]
+        model.load_state_dict(last)
+        with torch.no_grad():
+            heads = model(*test.inputs.values()).unimodal_logits
+        for m, logits in heads.items():
+            hand = float((logits.argmax(-1) == test.targets).double().mean())
+            got = runs.loc[(method, 1), f"unimodal_accuracy_{m}"]
+            assert got == pytest.approx(hand, abs=1e-12)
+    sweep = pd.read_csv(run_dir / "runs/vanilla-seed1/sweep.csv")
+    assert set(sweep["protocol"]) == {"mix", "add"}
+    assert set(sweep["checkpoint"]) == {"last", "selected"}
+
+
+def test_finetune_regime_pretrains_each_encoder_once_per_seed(tmp_path: Path) -> None:
+    cfg = example.ExampleConfig(
+        seeds=1,
+        epochs=1,
+        train_samples=128,
+        eval_samples=128,
+        dim=16,
+        regime="finetune",
+        pretrain_epochs=2,
+        methods=("vanilla", "concat"),
+        levels=(0.0, 1.0),
+        protocols=("mix",),
+    )
+    example.run(tmp_path, cfg, progress=False)
+    states = torch.load(tmp_path / "pretrained" / "seed0.pt", weights_only=True)
+    train, _, _ = example._splits(cfg, 0)
+    fresh = example._model(cfg, "vanilla", train, 0)
+    for m in train.modalities:
+        pre = pd.read_csv(tmp_path / "pretrained" / f"seed0-{m}" / "metrics.csv")
+        assert list(pre["epoch"]) == [0, 1] and pre["lr"].max() <= cfg.lr
+        moved = [
+            not torch.equal(v, fresh.encoders[m].state_dict()[k]) for k, v in states[m].items()
+        ]
+        assert any(moved)  # pre-training changed the encoder
+    for method in cfg.methods:
+        metrics = pd.read_csv(tmp_path / "runs" / f"{method}-seed0" / "metrics.csv")
+        assert 0 < metrics["lr"].max() <= cfg.finetune_lr  # fine-tuned at the low rate
+    # both methods started from the same pre-trained encoders: a model built with them holds
+    # exactly the file's weights
+    built = example._model(cfg, "concat", train, 0, states)
+    for m in train.modalities:
+        for k, v in built.encoders[m].state_dict().items():
+            assert torch.equal(v, states[m][k])
 
 
 def test_summary_and_paired_statistics_match_scipy(run_dir: Path) -> None:
@@ -162,25 +245,31 @@ def test_command_line(
 ) -> None:
     calls = []
 
-    def quick(dataset: str = "synthetic", seeds: int = 2) -> example.ExampleConfig:
-        calls.append((dataset, seeds))
+    def quick(
+        dataset: str = "synthetic", seeds: int = 2, regime: str = "scratch"
+    ) -> example.ExampleConfig:
+        calls.append((dataset, seeds, regime))
         return example.ExampleConfig(
             dataset=dataset,
             seeds=seeds,
             epochs=1,
             train_samples=128,
+            eval_samples=128,
             dim=16,
             methods=("vanilla", "concat"),
+            regime=regime,
+            pretrain_epochs=1,
         )
 
     monkeypatch.setattr(example.ExampleConfig, "quick", staticmethod(quick))
     out = tmp_path / "cli"
-    code = cli.main(
-        ["example", "rollingq", "--quick", "--seeds", "1", "--out", str(out), "--no-progress"]
-    )
-    assert code == 0 and calls == [("synthetic", 1)]
+    args = ["example", "rollingq", "--quick", "--seeds", "1", "--out", str(out)]
+    code = cli.main([*args, "--no-progress", "--regime", "finetune", "--threads", "1"])
+    assert code == 0 and calls == [("synthetic", 1, "finetune")]
     printed = capsys.readouterr().out
     assert "| clean test accuracy |" in printed and str(out) in printed
+    assert "[1/2] synthetic (finetune)" in printed and "so far" in printed
+    assert (out / "pretrained" / "seed0.pt").exists()
     code = cli.main(["example", "rollingq", "--seeds", "0", "--out", str(tmp_path / "x")])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -172,6 +172,7 @@ def test_every_function_uses_the_given_axes_and_leaves_global_state(
         "bias_heatmap",
         "block_masses",
         "key_distribution",
+        "key_distribution_legend",
         "share_vs_noise",
         "accuracy_vs_noise",
     }
@@ -381,9 +382,11 @@ def test_block_masses_errors(bias: ap.analysis.ModalityBias) -> None:
 def test_key_distribution(result: ap.ProbeResult) -> None:
     ax = plot.key_distribution(result, query="cls")
     scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
-    assert len(scatters) == 6  # points and mean star of cls, audio, video
+    # the fusion CLS key is one learned vector: one diamond; audio, video: points and a star
+    assert len(scatters) == 5
     texts = _legend_texts(ax)
     assert [t.split(" (")[0] for t in texts[:3]] == ["cls", "audio", "video"]
+    assert texts[0].startswith("cls (constant, ")
     assert texts[1].startswith("audio (n=48, ")  # 3 batches × 4 samples × 4 tokens
     assert texts[1].endswith(r"° to $\bar{q}$)")
     assert texts[3:] == ["mean key", r"$\bar{q}$ direction (cls, head 0)"]
@@ -393,13 +396,33 @@ def test_key_distribution(result: ap.ProbeResult) -> None:
     layer = result.layers[0]
     q = layer.query_mean[0, 0].double().numpy()
     unit = q / np.linalg.norm(q)
-    stars = scatters[1::2]
-    for g, star in enumerate(stars):
-        x, _ = _offsets(star)[0]
+    centres = [scatters[0], scatters[2], scatters[4]]  # the diamond, then the stars
+    assert len(_offsets(scatters[0])) == 1
+    for g, centre in enumerate(centres):
+        x, _ = _offsets(centre)[0]
         assert x == pytest.approx(float(layer.key_mean[0, g].double().numpy() @ unit))
     # the key points of a group are its reservoir sample, projected on q̄
     audio = layer.key_sample[1][:, 0].double().numpy() @ unit  # type: ignore[index]
-    np.testing.assert_allclose(np.sort(_offsets(scatters[2])[:, 0]), np.sort(audio))
+    np.testing.assert_allclose(np.sort(_offsets(scatters[1])[:, 0]), np.sort(audio))
+
+
+def test_key_distribution_panels_share_one_legend(result: ap.ProbeResult) -> None:
+    fig, axes = plt.subplots(1, 2)
+    for ax in axes:
+        plot.key_distribution(result, query="cls", ax=ax, legend=False)
+        assert ax.get_legend() is None
+        assert "cls " in ax.get_xlabel() and "°" in ax.get_xlabel()  # the angles
+    plot.key_distribution_legend(fig, result)
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == [
+        "cls (one constant key)",
+        "audio keys",
+        "video keys",
+        "mean key",
+        r"$\bar{q}$ direction (mean cls query)",
+    ]
+    plt.close(fig)
 
 
 def test_key_distribution_layer_result_subsample_and_gqa(result: ap.ProbeResult) -> None:
@@ -407,7 +430,7 @@ def test_key_distribution_layer_result_subsample_and_gqa(result: ap.ProbeResult)
     ax = _new_ax()
     assert plot.key_distribution(layer, head=1, query="audio", max_points=10, ax=ax) is ax
     scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
-    assert [len(_offsets(s)) for s in scatters[::2]] == [10, 10, 10]
+    assert [len(_offsets(s)) for s in (scatters[0], scatters[1], scatters[3])] == [1, 10, 10]
     again = plot.key_distribution(layer, head=1, query="audio", max_points=10)
     same = [c for c in again.collections if isinstance(c, PathCollection)]
     np.testing.assert_array_equal(_offsets(scatters[0]), _offsets(same[0]))

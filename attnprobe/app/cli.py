@@ -73,16 +73,25 @@ def _example(args: argparse.Namespace) -> int:
     from attnprobe import AttnProbeError
     from attnprobe.app import example
 
-    out = args.out or f"attnprobe-runs/rollingq-{args.dataset}{'-quick' if args.quick else ''}"
+    regime = "" if args.regime == "scratch" else f"-{args.regime}"
+    quick = "-quick" if args.quick else ""
+    out = args.out or f"attnprobe-runs/rollingq-{args.dataset}{regime}{quick}"
     start = time.perf_counter()
     try:
         if args.quick:
             seeds = 2 if args.seeds is None else args.seeds
-            config = example.ExampleConfig.quick(args.dataset, seeds=seeds)
+            config = example.ExampleConfig.quick(args.dataset, seeds=seeds, regime=args.regime)
         else:
             seeds = 5 if args.seeds is None else args.seeds
-            config = example.ExampleConfig(dataset=args.dataset, seeds=seeds)
-        example.run(out, config, progress=not args.no_progress, log=print)
+            config = example.ExampleConfig(dataset=args.dataset, seeds=seeds, regime=args.regime)
+        example.run(
+            out,
+            config,
+            progress=not args.no_progress,
+            log=print,
+            device=args.device,
+            threads=args.threads,
+        )
     except AttnProbeError as exc:
         return _fail("example rollingq", exc)
     print()
@@ -175,12 +184,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="bundled data: the synthetic benchmark or UCI Multiple Features (default synthetic)",
     )
     example.add_argument(
+        "--regime",
+        choices=["scratch", "finetune"],
+        default="scratch",
+        help="scratch: every model from random weights at lr 0.05; finetune (the paper's "
+        "regime): each encoder pre-trained alone, then the whole model fine-tuned at lr 5e-3",
+    )
+    example.add_argument(
         "--seeds", type=int, default=None, help="number of seeds (default 5; 2 with --quick)"
+    )
+    example.add_argument(
+        "--device", default="cpu", help="where the models train (default cpu; e.g. cuda)"
+    )
+    example.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: 1 for the example's small models, which gain nothing from "
+        "more)",
     )
     example.add_argument(
         "--out",
         default=None,
-        help="run folder (default attnprobe-runs/rollingq-<dataset>[-quick]); rerunning the "
+        help="run folder (default attnprobe-runs/rollingq-<dataset>[-finetune][-quick]); "
+        "rerunning the "
         "same command resumes an interrupted run",
     )
     example.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -3,31 +3,42 @@ concatenation baseline, trained over several seeds on bundled data, compared wit
 statistics (``attnprobe example rollingq``; the method: ``docs/concepts/rollingq.md``, the
 data: ``docs/guides/datasets.md``, the measures: ``docs/concepts/adaptability.md``).
 
+Two regimes (``--regime``): ``scratch``, every model trained from random weights; ``finetune``,
+the paper's, each encoder first trained alone with a head of its own (once per seed, shared by
+every method), then the whole model fine-tuned at a low learning rate.
+
 `run` trains and evaluates, one run folder per (method, seed); `report` rebuilds every table
 and figure from the files alone. The report is the run report of `attnprobe.app.report`
 (`write_report`: per-run table, summary over seeds, ``summary.md``, training figures) with
-what only the example has: its per-run numbers from the test-set noise sweep, its paired tests
+what only the example has: its per-run numbers from the test-set noise sweeps, its paired tests
 (``paired.csv``) and its figures of the sweep and of the fusion keys. Layout of an example
 folder::
 
     config.json                      the settings (a rerun with other settings is refused)
+    pretrained/seed<k>.pt            finetune regime: the pre-trained encoders of seed k
+    pretrained/seed<k>-<modality>/   their pre-training runs (metrics.csv, checkpoint.pt)
     runs/<method>-seed<k>/
         metrics.csv, attention.csv, checkpoint.pt    the training wrapper's files
-        sweep.csv                    accuracy and attention share per corrupted modality and
-                                     noise level on the test split
+        best.pt                      the weights of the validation-selected epoch
+        sweep.csv                    accuracy and attention share per corrupted modality, noise
+                                     level, protocol (mix, add) and checkpoint (last, selected)
+                                     on the test split
         adaptability.csv             attention–quality correlations and ΔM (attention runs)
+        unimodal.csv                 each encoder's probe-head accuracy on the clean test split
         keys_*.pt                    fusion-layer probe results for the key-distribution figure
         done.json                    written last: the run is complete
     runs.csv                         one row of final numbers per run
     summary.csv, paired.csv, summary.md   mean ± std per method; paired differences and tests
     figures/*.png
 
-Protocol: the test split is never used for training or selection; numbers are those of the
-last epoch. Corrupted test sets are drawn once per (seed, modality, level) and shared by every
-method, so the comparisons are paired sample by sample. RollingQ runs with the reference's
-defaults (β = 0, ρ = 0, one rotation after the first epoch), and once more gated by the
-imbalance (β = 0.5, up to three rotations), the same on every dataset: nothing is tuned per
-dataset.
+Protocol: the test split is never used for training or selection; the numbers are those of the
+last epoch's model, and, marked as such, of the epoch with the best validation accuracy.
+Corrupted test sets are drawn once per (seed, modality, level, protocol) and shared by every
+method, so the comparisons are paired sample by sample. The paper's headline test is the
+mixing protocol at λ = 1: the modality replaced by pure Gaussian noise at its input's scale.
+RollingQ runs with the reference's defaults (β = 0, ρ = 0, one rotation after the first
+epoch), and once more gated by the imbalance (β = 0.5, up to three rotations), the same on
+every dataset and regime: nothing is tuned per dataset.
 """
 
 from __future__ import annotations
@@ -39,18 +50,20 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from torch import Tensor, nn
 
 import attnprobe as ap
 from attnprobe import AttnProbeError, plot
-from attnprobe.app.figures import TRAINING_FIGURES, Job, Style, facets, save
+from attnprobe.app.figures import TRAINING_FIGURES, Job, Style, facets, one_legend, save
 from attnprobe.app.report import RunReport, markdown_table, write_report
 from attnprobe.app.runs import Run, air_columns, key_gap_columns, read_csv, read_metrics, stack
+from attnprobe.corruption import PROTOCOLS, Protocol
 from attnprobe.datasets import MultimodalDataset, SyntheticConfig, mfeat, synthetic
 from attnprobe.models import ConcatFusion, LateFusionTransformer
 from attnprobe.runner import run_model, run_probed
@@ -60,6 +73,7 @@ __all__ = [
     "DATASETS",
     "FIGURES",
     "METHODS",
+    "REGIMES",
     "ExampleConfig",
     "is_example_folder",
     "rebuild",
@@ -72,6 +86,7 @@ METHODS = ("vanilla", "rollingq", "rollingq_gated", "concat")
 rotation after the first epoch); + RollingQ gated by the imbalance (β = 0.5, up to three
 rotations: it waits until ``|AIR| ≥ β``); and the static concatenation."""
 DATASETS = ("synthetic", "mfeat")
+REGIMES = ("scratch", "finetune")
 _ATTENTION = ("vanilla", "rollingq", "rollingq_gated")
 _LABELS = {
     "vanilla": "Vanilla MT",
@@ -80,6 +95,7 @@ _LABELS = {
     "concat": "Concat",
 }
 _DONE = "done.json"
+_BEST = "best.pt"
 FIGURES = (
     *TRAINING_FIGURES,
     "key_distribution.png",
@@ -114,12 +130,47 @@ class ExampleConfig:
     """β of ``rollingq_gated`` (rotate only when ``|AIR| ≥ β``)."""
     gated_rotations: int = 3
     """``max_rotations`` of ``rollingq_gated``."""
+    regime: str = "scratch"
+    """``"scratch"``: every model trained from random weights at ``lr``. ``"finetune"`` (the
+    paper's regime): each encoder first trained alone with a head of its own
+    (``pretrain_epochs`` at ``lr``, once per seed, shared by every method), then the whole
+    model fine-tuned at ``finetune_lr`` for ``epochs``; the rest of the recipe is the same."""
+    pretrain_epochs: int = 15
+    """Finetune regime: epochs of each encoder's unimodal pre-training."""
+    finetune_lr: float = 5e-3
+    """Finetune regime: learning rate of the fine-tuning."""
+    protocols: tuple[str, ...] = ("mix", "add")
+    """Corruptions of the test-set sweep: ``"mix"``, ``x̃ = (1 − λ)x + λ·ε·σ_x`` (the paper's;
+    at λ = 1 the modality is pure noise at its input's scale), and ``"add"``,
+    ``x̃ = x + λ·ε·σ_x`` (`attnprobe.corruption.corrupt`)."""
+    eval_samples: int | None = None
+    """Synthetic only: validation and test samples (default `SyntheticConfig`'s)."""
+    eval_every: int | None = None
+    """Validation every this many epochs (default ``epochs // 10``, at least 1)."""
 
     @classmethod
-    def quick(cls, dataset: str = "synthetic", seeds: int = 2) -> ExampleConfig:
-        """A smoke run (under a minute on 2 CPU cores for the synthetic data, about two for
-        mfeat): fewer training samples (synthetic only), epochs and seeds."""
-        return cls(dataset=dataset, seeds=seeds, epochs=8, train_samples=1024)
+    def quick(
+        cls, dataset: str = "synthetic", seeds: int = 2, regime: str = "scratch"
+    ) -> ExampleConfig:
+        """A smoke run (under a minute on 2 CPU cores for the synthetic data): fewer training,
+        validation and test samples (synthetic only), epochs and seeds."""
+        return cls(
+            dataset=dataset,
+            seeds=seeds,
+            epochs=6,
+            train_samples=768,
+            eval_samples=512,
+            eval_every=2,
+            regime=regime,
+            pretrain_epochs=3,
+            levels=(0.0, 0.5, 1.0),
+        )
+
+    @property
+    def train_lr(self) -> float:
+        """The learning rate of the fusion models' training (``finetune_lr`` when
+        fine-tuning)."""
+        return self.finetune_lr if self.regime == "finetune" else self.lr
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -138,6 +189,15 @@ class ExampleConfig:
                 f"example rollingq: expected methods from {list(METHODS)}, received "
                 f"{list(self.methods)}."
             )
+        if self.regime not in REGIMES:
+            raise AttnProbeError(
+                f"example rollingq: expected a regime in {list(REGIMES)}, received {self.regime!r}."
+            )
+        if not self.protocols or any(p not in PROTOCOLS for p in self.protocols):
+            raise AttnProbeError(
+                f"example rollingq: expected protocols from {list(PROTOCOLS)}, received "
+                f"{list(self.protocols)}."
+            )
         if 0.0 not in self.levels or any(not 0.0 <= x <= 1.0 for x in self.levels):
             raise AttnProbeError(
                 f"example rollingq: expected noise levels in [0, 1] including 0, received "
@@ -153,8 +213,12 @@ def _splits(cfg: ExampleConfig, seed: int) -> Splits:
     """Train, validation and test splits of seed ``seed``."""
     if cfg.dataset == "synthetic":
         data = SyntheticConfig()
+        train, val, test = data.sizes
         if cfg.train_samples is not None:
-            data = dataclasses.replace(data, sizes=(cfg.train_samples, *data.sizes[1:]))
+            train = cfg.train_samples
+        if cfg.eval_samples is not None:
+            val = test = cfg.eval_samples
+        data = dataclasses.replace(data, sizes=(train, val, test))
         return (
             synthetic("train", seed=seed, config=data),
             synthetic("val", seed=seed, config=data),
@@ -163,10 +227,17 @@ def _splits(cfg: ExampleConfig, seed: int) -> Splits:
     return mfeat("train", seed=seed), mfeat("val", seed=seed), mfeat("test", seed=seed)
 
 
-def _model(cfg: ExampleConfig, method: str, data: MultimodalDataset, seed: int) -> nn.Module:
+def _model(
+    cfg: ExampleConfig,
+    method: str,
+    data: MultimodalDataset,
+    seed: int,
+    encoders: Mapping[str, Mapping[str, Tensor]] | None = None,
+) -> nn.Module:
+    """The model of ``method``; ``encoders``: pre-trained encoder weights per modality."""
     torch.manual_seed(seed)  # same seed: same encoder weights for every method
     kind = ConcatFusion if method == "concat" else LateFusionTransformer
-    return kind(
+    model = kind(
         data.input_dims,
         data.lengths,
         data.num_classes,
@@ -175,17 +246,92 @@ def _model(cfg: ExampleConfig, method: str, data: MultimodalDataset, seed: int) 
         heads=cfg.heads,
         unimodal_heads=True,
     )
+    for m, state in (encoders or {}).items():
+        model.encoders[m].load_state_dict(state)
+    return model
+
+
+class _Unimodal(nn.Module):
+    """One modality's encoder with a linear head on its CLS output (pre-training)."""
+
+    def __init__(self, modality: str, encoder: nn.Module, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.modalities = (modality,)
+        self.encoder = encoder
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.head(self.encoder(x)[:, 0])  # (B, classes) from the CLS row
+        return logits
+
+
+def _only(data: MultimodalDataset, modality: str) -> MultimodalDataset:
+    return MultimodalDataset(
+        f"{data.name}[{modality}]",
+        {modality: data.inputs[modality]},
+        data.targets,
+        data.num_classes,
+        {modality: data.quality[modality]},
+    )
+
+
+def _pretrained(
+    cfg: ExampleConfig, seed: int, splits: Splits, out: Path, device: str, progress: bool
+) -> dict[str, dict[str, Tensor]] | None:
+    """Finetune regime: each encoder of seed ``seed`` trained alone with its own head
+    (``pretrain_epochs`` at ``lr``, the rest of the recipe unchanged), made once per seed and
+    shared by every method (``pretrained/seed<k>.pt``; a killed pre-training resumes)."""
+    if cfg.regime != "finetune":
+        return None
+    path = out / "pretrained" / f"seed{seed}.pt"
+    if path.exists():
+        return dict(torch.load(path, weights_only=True))
+    train, val, _ = splits
+    states = {}
+    for m in train.modalities:
+        fresh = cast(nn.ModuleDict, _model(cfg, "vanilla", train, seed).encoders)
+        encoder = fresh[m]  # the initial weights every method starts from
+        torch.manual_seed(seed)
+        model = _Unimodal(m, encoder, cfg.dim, train.num_classes).to(device)
+        Trainer(
+            model,
+            _only(train, m),
+            modalities=None,
+            layer=None,
+            eval_data=_only(val, m),
+            out_dir=out / "pretrained" / f"seed{seed}-{m}",
+            config=TrainConfig(
+                epochs=cfg.pretrain_epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                optimizer=cfg.optimizer,  # type: ignore[arg-type]
+                seed=seed,
+                eval_every=cfg.pretrain_epochs,
+                progress=progress,
+                tensorboard=False,
+            ),
+        ).fit()
+        states[m] = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    partial = path.with_suffix(".tmp")
+    torch.save(states, partial)
+    partial.replace(path)  # atomic: a killed run never leaves half a file
+    return states
 
 
 def _corrupted_sets(
-    test: MultimodalDataset, levels: Sequence[float], seed: int
+    test: MultimodalDataset, levels: Sequence[float], seed: int, protocol: Protocol
 ) -> dict[tuple[str, float], MultimodalDataset]:
     """The test split with one modality corrupted at each level, drawn once for all methods."""
+    offset = 0 if protocol == "mix" else 500_009  # other noise for the other protocol
     sets = {}
     for k, m in enumerate(test.modalities):
         for j, level in enumerate(levels):
             sets[(m, level)] = (
-                test if level == 0 else test.corrupted(m, level, seed=seed * 1009 + 31 * k + j)
+                test
+                if level == 0
+                else test.corrupted(
+                    m, level, seed=seed * 1009 + 31 * k + j + offset, protocol=protocol
+                )
             )
     return sets
 
@@ -193,7 +339,11 @@ def _corrupted_sets(
 # -- one run ---------------------------------------------------------------------------------
 def _key_result(model: nn.Module, data: MultimodalDataset, limit: int = 1024) -> ap.ProbeResult:
     """Fusion-layer statistics with a key reservoir, model frozen (for the key picture)."""
-    batches = [inputs for inputs, _ in data.subset(range(min(limit, len(data)))).batches(256)]
+    device = next(model.parameters()).device
+    batches = [
+        tuple(x.to(device) for x in inputs)
+        for inputs, _ in data.subset(range(min(limit, len(data)))).batches(256)
+    ]
     layout = model.fusion_layout()  # type: ignore[operator]
     return run_probed(
         model, batches, modalities=layout, layers="fusion", reservoir_size=256, sync=False
@@ -208,13 +358,15 @@ def _sweep(
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Accuracy and attention share on every corrupted test set; adaptability scores."""
     levels = sorted({level for _, level in sets})
+    device = next(model.parameters()).device
     if method in _ATTENTION:
         batches = list(range(0, len(sets[(modalities[0], 0.0)]), 256))
 
         def prepare(start: int, m: str | None, level: float, _: Any) -> tuple[Any, Tensor]:
             data = sets[(m or modalities[0], level)]
             part = slice(start, start + 256)
-            return tuple(x[part] for x in data.inputs.values()), data.targets[part]
+            inputs = tuple(x[part].to(device) for x in data.inputs.values())
+            return inputs, data.targets[part].to(device)
 
         result = ap.noise_sweep(
             model,
@@ -230,7 +382,8 @@ def _sweep(
 
     def correct(model: nn.Module, batch: tuple[tuple[Tensor, ...], Tensor]) -> Tensor:
         inputs, y = batch
-        hits: Tensor = (model(*inputs).logits.argmax(-1) == y).double().sum()
+        logits = model(*(x.to(device) for x in inputs)).logits
+        hits: Tensor = (logits.argmax(-1) == y.to(device)).double().sum()
         return hits
 
     rows = []
@@ -240,9 +393,48 @@ def _sweep(
     return pd.DataFrame(rows, columns=["corrupted", "level", "accuracy"]), None
 
 
-def _train_one(cfg: ExampleConfig, method: str, seed: int, folder: Path, progress: bool) -> None:
-    train, val, test = _splits(cfg, seed)
-    model = _model(cfg, method, train, seed)
+def _unimodal_accuracy(model: nn.Module, data: MultimodalDataset) -> dict[str, float]:
+    """Clean test accuracy of each encoder's detached probe head (does a method train the
+    under-attended encoder more?)."""
+    device = next(model.parameters()).device
+
+    def correct(model: nn.Module, batch: tuple[tuple[Tensor, ...], Tensor]) -> Tensor:
+        inputs, y = batch
+        heads = model(*(x.to(device) for x in inputs)).unimodal_logits
+        return torch.stack([(h.argmax(-1) == y.to(device)).double().sum() for h in heads.values()])
+
+    hits = sum(run_model(model, data.batches(256), call=correct))
+    return {m: float(h) / len(data) for m, h in zip(data.modalities, hits, strict=True)}
+
+
+def _evaluate(
+    cfg: ExampleConfig, model: nn.Module, method: str, test: MultimodalDataset, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
+    """The sweep of every protocol (a ``protocol`` column), adaptability scores and unimodal
+    accuracies of one model on the test split."""
+    sweeps, scores = [], []
+    for protocol in cfg.protocols:
+        sets = _corrupted_sets(test, cfg.levels, seed, protocol)  # type: ignore[arg-type]
+        sweep, score = _sweep(model, method, sets, test.modalities)
+        sweeps.append(sweep.assign(protocol=protocol))
+        if score is not None:
+            scores.append(score.assign(protocol=protocol))
+    adaptability = pd.concat(scores, ignore_index=True) if scores else None
+    return pd.concat(sweeps, ignore_index=True), adaptability, _unimodal_accuracy(model, test)
+
+
+def _train_one(
+    cfg: ExampleConfig,
+    method: str,
+    seed: int,
+    folder: Path,
+    splits: Splits,
+    encoders: Mapping[str, Mapping[str, Tensor]] | None,
+    device: str,
+    progress: bool,
+) -> None:
+    train, val, test = splits
+    model = _model(cfg, method, train, seed, encoders).to(device)
     rq = None
     if method.startswith("rollingq"):
         gated = method == "rollingq_gated"  # else the reference's defaults: β = 0, one rotation
@@ -264,27 +456,70 @@ def _train_one(cfg: ExampleConfig, method: str, seed: int, folder: Path, progres
         config=TrainConfig(
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=cfg.train_lr,
             optimizer=cfg.optimizer,  # type: ignore[arg-type]
             seed=seed,
-            eval_every=max(1, cfg.epochs // 10),
+            eval_every=cfg.eval_every or max(1, cfg.epochs // 10),
             progress=progress,
             tensorboard=False,
         ),
     )
     if rq is not None:
         _watch_rotation(trainer, rq, train, folder)
+    _keep_best(trainer, model, folder)
     start = time.perf_counter()
     metrics = trainer.fit()
     seconds = time.perf_counter() - start
-    sets = _corrupted_sets(test, cfg.levels, seed)
-    sweep, scores = _sweep(model, method, sets, train.modalities)
-    sweep.to_csv(folder / "sweep.csv", index=False)
-    if scores is not None:
-        scores.to_csv(folder / "adaptability.csv", index=False)
-        _key_result(model, test).save(folder / "keys_final.pt")
-    done = {"method": method, "seed": seed, "epochs": len(metrics), "train_seconds": seconds}
+    frames, unimodal = [], []
+    for checkpoint in ("last", "selected"):
+        if checkpoint == "selected":  # the validation-selected weights
+            best = torch.load(folder / _BEST, weights_only=True)
+            model.load_state_dict(best["model"])
+        sweep, scores, heads = _evaluate(cfg, model, method, test, seed)
+        frames.append((sweep.assign(checkpoint=checkpoint), scores))
+        unimodal += [
+            {"checkpoint": checkpoint, "modality": m, "accuracy": a} for m, a in heads.items()
+        ]
+        if checkpoint == "last" and attention:
+            _key_result(model, test).save(folder / "keys_final.pt")
+    pd.concat([f for f, _ in frames], ignore_index=True).to_csv(folder / "sweep.csv", index=False)
+    if attention:
+        scored = [
+            s.assign(checkpoint=c)
+            for (_, s), c in zip(frames, ("last", "selected"), strict=True)
+            if s is not None
+        ]
+        pd.concat(scored, ignore_index=True).to_csv(folder / "adaptability.csv", index=False)
+    pd.DataFrame(unimodal).to_csv(folder / "unimodal.csv", index=False)
+    best_epoch = int(torch.load(folder / _BEST, weights_only=True)["epoch"])
+    done = {
+        "method": method,
+        "seed": seed,
+        "epochs": len(metrics),
+        "selected_epoch": best_epoch,
+        "train_seconds": seconds,
+    }
     (folder / _DONE).write_text(json.dumps(done, indent=1))
+
+
+def _keep_best(trainer: Trainer, model: nn.Module, folder: Path) -> None:
+    """After every validated epoch with the best validation accuracy so far, save the weights
+    (``best.pt``, atomically; kept across a resume): the validation-selected model."""
+    path = folder / _BEST
+    best = float(torch.load(path, weights_only=True)["accuracy"]) if path.exists() else -1.0
+
+    def on_epoch_end(_: Trainer, row: dict[str, Any]) -> None:
+        nonlocal best
+        accuracy = row.get("eval_accuracy")
+        if accuracy is None or not math.isfinite(float(accuracy)) or float(accuracy) <= best:
+            return
+        best = float(accuracy)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        partial = path.with_suffix(".tmp")
+        torch.save({"model": state, "epoch": int(row["epoch"]), "accuracy": best}, partial)
+        partial.replace(path)
+
+    trainer.add_callback("on_epoch_end", on_epoch_end)
 
 
 def _watch_rotation(
@@ -318,6 +553,8 @@ def run(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
 ) -> Path:
     """Train every (method, seed) of the example into ``out_dir`` and write the report.
 
@@ -329,8 +566,13 @@ def run(
         out_dir: the example folder.
         config: the settings (`ExampleConfig`; `ExampleConfig.quick` for a smoke run).
         progress: show progress bars.
-        log: where a line naming each run goes as it starts (``print`` on the command
-            line; default: nowhere).
+        log: where a line naming each run goes as it starts, with the time spent and an
+            estimate of the time left (``print`` on the command line; default: nowhere).
+        device: where the models train (``"cpu"``, ``"cuda"``).
+        threads: CPU threads of torch during the run (restored afterwards); None: 1 for models
+            of width 64 or less (a tiny model gains nothing from more: the threads only
+            synchronise, and on a busy machine they fight over the cores), else torch's
+            default.
 
     Returns:
         ``out_dir``.
@@ -350,17 +592,49 @@ def run(
             )
     else:
         saved_path.write_text(json.dumps(settings, indent=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or (1 if cfg.dim <= 64 else before))
+    try:
+        _run_jobs(cfg, out, progress, log, device)
+    finally:
+        torch.set_num_threads(before)
+    report(out)
+    return out
+
+
+def _run_jobs(
+    cfg: ExampleConfig,
+    out: Path,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    device: str,
+) -> None:
     jobs = [(m, s) for s in range(cfg.seeds) for m in cfg.methods]
+    todo = [(m, s) for m, s in jobs if not (out / "runs" / f"{m}-seed{s}" / _DONE).exists()]
+    start, done = time.perf_counter(), 0
     for index, (method, seed) in enumerate(jobs):
         folder = out / "runs" / f"{method}-seed{seed}"
         if (folder / _DONE).exists():
             continue
         if log is not None:
-            log(f"[{index + 1}/{len(jobs)}] {cfg.dataset}: {_LABELS[method]}, seed {seed}")
+            elapsed = time.perf_counter() - start
+            left = f", about {_clock(elapsed / done * (len(todo) - done))} left" if done else ""
+            log(
+                f"[{index + 1}/{len(jobs)}] {cfg.dataset} ({cfg.regime}): {_LABELS[method]}, "
+                f"seed {seed} ({_clock(elapsed)} so far{left})"
+            )
+        splits = _splits(cfg, seed)
+        encoders = _pretrained(cfg, seed, splits, out, device, progress)
         folder.mkdir(parents=True, exist_ok=True)
-        _train_one(cfg, method, seed, folder, progress)
-    report(out)
-    return out
+        _train_one(cfg, method, seed, folder, splits, encoders, device, progress)
+        done += 1
+    if log is not None and todo:
+        log(f"{len(todo)} runs in {_clock(time.perf_counter() - start)}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 # -- the report: the run report (attnprobe.app.report) and what only the example has ------------
@@ -451,35 +725,87 @@ def _read_config(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def _part(frame: pd.DataFrame, checkpoint: str, protocol: str) -> pd.DataFrame:
+    """The rows of one checkpoint (``last``/``selected``) and protocol (``mix``/``add``);
+    folders written before these columns existed hold the last epoch's mixing sweep only."""
+    keep = pd.Series(True, index=frame.index)
+    if "checkpoint" in frame:
+        keep &= frame["checkpoint"] == checkpoint
+    elif checkpoint != "last":
+        return frame.iloc[:0]
+    if "protocol" in frame:
+        keep &= frame["protocol"] == protocol
+    elif protocol != "mix":
+        return frame.iloc[:0]
+    return frame[keep]
+
+
+def _accuracies(sweep: pd.DataFrame, suffix: str = "") -> dict[str, float]:
+    """Clean accuracy, accuracy under corruption (mean over λ > 0) and per corrupted modality."""
+    if sweep.empty:
+        return {}
+    accuracy = sweep.drop_duplicates(["corrupted", "level"])
+    row = {}
+    if suffix != "_add":  # the clean accuracy does not depend on the protocol
+        row[f"accuracy{suffix}"] = float(accuracy[accuracy["level"] == 0]["accuracy"].iloc[0])
+    noisy = accuracy[accuracy["level"] > 0]
+    row[f"accuracy_corrupted{suffix}"] = float(noisy["accuracy"].mean())
+    for m, part in noisy.groupby("corrupted", sort=False):
+        row[f"accuracy_{m}_corrupted{suffix}"] = float(part["accuracy"].mean())
+    return row
+
+
 def _final_row(run: Run) -> dict[str, Any]:
-    """The numbers a run ends with (last epoch; test split for the sweep)."""
+    """The numbers a run ends with: test split, the last epoch's model (``…_selected``: the
+    validation-selected one; ``…_add``: the additive corruption)."""
     method, seed, folder = run
     metrics = read_metrics(folder / "metrics.csv")
     sweep = read_csv(folder / "sweep.csv")
     last = metrics.iloc[-1]
     row: dict[str, Any] = {"method": method, "seed": seed}
-    accuracy = sweep.drop_duplicates(["corrupted", "level"])
-    row["accuracy"] = float(accuracy[accuracy["level"] == 0]["accuracy"].iloc[0])
-    noisy = accuracy[accuracy["level"] > 0]
-    row["accuracy_corrupted"] = float(noisy["accuracy"].mean())
-    for m, part in noisy.groupby("corrupted", sort=False):
-        row[f"accuracy_{m}_corrupted"] = float(part["accuracy"].mean())
+    main = _part(sweep, "last", "mix")
+    row.update(_accuracies(main))
+    row.update(_accuracies(_part(sweep, "selected", "mix"), "_selected"))
+    row.update(_accuracies(_part(sweep, "last", "add"), "_add"))
     try:
-        row["train_seconds"] = json.loads((folder / _DONE).read_text())["train_seconds"]
+        done = json.loads((folder / _DONE).read_text())
+        row["train_seconds"] = done["train_seconds"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise AttnProbeError(
             f"{folder / _DONE} is corrupt: expected the JSON record a finished run writes; "
             "delete it and rerun `attnprobe example rollingq` with the same settings to redo "
             "the run."
         ) from None
+    if "selected_epoch" in done:
+        row["selected_epoch"] = done["selected_epoch"]
+    if (folder / "unimodal.csv").exists():
+        heads = read_csv(folder / "unimodal.csv")
+        for _, h in heads[heads["checkpoint"] == "last"].iterrows():
+            row[f"unimodal_accuracy_{h['modality']}"] = float(h["accuracy"])
     if method not in _ATTENTION:
         return row
+    own = main[main["key_modality"] == main["corrupted"]] if "key_modality" in main else main
+    top = float(own["level"].max()) if not own.empty else math.nan
+    noise = []
+    for m, part in own.groupby("corrupted", sort=False):
+        row[f"share_clean_{m}"] = float(part[part["level"] == 0]["share"].mean())
+        if top == 1.0:  # the paper's headline test: m replaced by pure noise at its scale
+            row[f"share_noise_{m}"] = float(part[part["level"] == 1.0]["share"].mean())
+            noise.append(row[f"share_noise_{m}"] - row[f"share_clean_{m}"])
+    if noise:
+        row["share_change_noise"] = float(np.mean(noise))
     scores = read_csv(folder / "adaptability.csv")
-    row["attention_quality_r"] = float(scores["pearson_r"].mean())
-    row["delta_mass"] = float(scores["delta_mass"].mean())
-    for _, s in scores.iterrows():
-        row[f"attention_quality_r_{s['corrupted']}"] = float(s["pearson_r"])
-        row[f"delta_mass_{s['corrupted']}"] = float(s["delta_mass"])
+    for checkpoint, protocol, suffix in (("last", "mix", ""), ("selected", "mix", "_selected"),
+                                         ("last", "add", "_add")):  # fmt: skip
+        part = _part(scores, checkpoint, protocol)
+        if part.empty:
+            continue
+        row[f"attention_quality_r{suffix}"] = float(part["pearson_r"].mean())
+        row[f"delta_mass{suffix}"] = float(part["delta_mass"].mean())
+        if suffix == "":
+            for _, sc in part.iterrows():
+                row[f"attention_quality_r_{sc['corrupted']}"] = float(sc["pearson_r"])
+                row[f"delta_mass_{sc['corrupted']}"] = float(sc["delta_mass"])
     row["abs_air"] = float(np.mean([abs(last[c]) for c in air_columns(metrics)]))
     row["key_gap"] = float(np.mean([last[c] for c in key_gap_columns(metrics)]))
     return row
@@ -490,8 +816,17 @@ _SUMMARY = (
     ("accuracy_corrupted", "test accuracy, one modality corrupted (mean over modalities, λ > 0)"),
     ("attention_quality_r", "attention–quality Pearson r (mean over corrupted modalities)"),
     ("delta_mass", "ΔM = share(clean) − share(λ = 1) of the corrupted modality (mean)"),
+    (
+        "share_change_noise",
+        "pure-noise test: CLS share of a modality replaced by noise minus its clean share (mean)",
+    ),
     ("abs_air", "|AIR| at the last epoch (mean over modality pairs)"),
     ("key_gap", "key gap 1 − cos(μ_a, μ_b) at the last epoch (mean over pairs)"),
+    ("accuracy_corrupted_add", "additive noise: test accuracy, one modality corrupted (λ > 0)"),
+    ("attention_quality_r_add", "additive noise: attention–quality Pearson r"),
+    ("accuracy_selected", "validation-selected epoch: clean test accuracy"),
+    ("accuracy_corrupted_selected", "validation-selected epoch: accuracy, one modality corrupted"),
+    ("attention_quality_r_selected", "validation-selected epoch: attention–quality Pearson r"),
 )
 _PAIRS = (
     ("rollingq", "vanilla"),
@@ -538,12 +873,22 @@ def _paired(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _per_modality_label(metric: str) -> str:
+    for suffix, what in (("_selected", ", validation-selected"), ("_add", ", additive noise")):
+        if metric.endswith(suffix):
+            return _per_modality_label(metric[: -len(suffix)]) + what
+    if metric == "delta_mass":
+        return "ΔM (mean over corrupted modalities)"
     for prefix, label in (
         ("attention_quality_r_", "attention–quality r, {} corrupted"),
         ("delta_mass_", "ΔM of {}"),
+        ("share_clean_", "CLS share of {}, clean"),
+        ("share_noise_", "CLS share of {} when it is pure noise (mix λ = 1)"),
+        ("unimodal_accuracy_", "unimodal probe accuracy of the {} encoder (clean test)"),
     ):
         if metric.startswith(prefix):
             return label.format(metric[len(prefix) :])
+    if metric == "selected_epoch":
+        return "validation-selected epoch (from 0)"
     return f"accuracy, {metric[len('accuracy_') : -len('_corrupted')]} corrupted (mean over λ > 0)"
 
 
@@ -560,22 +905,26 @@ def _markdown(summary: pd.DataFrame, paired: pd.DataFrame, cfg: Mapping[str, Any
         for metric in dict.fromkeys(summary["metric"])
         if metric not in main and metric != "train_seconds"
     ]
+    times = summary[summary["metric"] == "train_seconds"]
+    timing = ", ".join(
+        f"{_LABELS[str(r['method'])]} {r['mean']:.0f} ± {r['std']:.0f} s"
+        for _, r in times.iterrows()
+    )
+    measured = [m for m in _SUMMARY if m[0] in set(summary["metric"])]
     lines = [
-        f"# RollingQ example: {cfg.get('dataset')}, {cfg.get('seeds')} seeds, "
-        f"{cfg.get('epochs')} epochs",
+        f"# RollingQ example: {cfg.get('dataset')}, {cfg.get('regime', 'scratch')} regime, "
+        f"{cfg.get('seeds')} seeds, {cfg.get('epochs')} epochs",
         "",
-        "Mean ± std over seeds (test split, last epoch).",
+        "Mean ± std over seeds (test split; the last epoch's model unless marked "
+        "validation-selected).",
         "",
-        *markdown_table(summary, columns, _SUMMARY, _cell),
+        *markdown_table(summary, columns, measured, _cell),
         "",
-        "Per corrupted modality:",
+        "Per modality:",
         "",
-        *markdown_table(
-            summary,
-            columns,
-            [*per_modality, ("train_seconds", "training time per run (s)")],
-            _cell,
-        ),
+        *markdown_table(summary, columns, per_modality, _cell),
+        "",
+        f"Training time per run (a timing of this machine, not a result): {timing}.",
         "",
         "Paired differences over seeds (first − second): mean ± std, seeds where the first "
         "is larger, paired t-test p, Wilcoxon signed-rank p.",
@@ -628,13 +977,32 @@ def _key_distribution(found: Sequence[Run], path: Path, style: Style) -> bool:
         for name, when in _KEY_FILES
         if (folder / name).exists()
     ]
-    fig, axes = facets(len(present), size=(5.4, 5.0))
+    fig, axes = facets(len(present), size=(4.6, 4.6))
+    result = None
     for ax, (file, title) in zip(axes, present, strict=True):
-        plot.key_distribution(ap.ProbeResult.load(file), query="cls", ax=ax, max_points=200)
+        result = ap.ProbeResult.load(file)
+        plot.key_distribution(result, query="cls", ax=ax, max_points=200, legend=False)
         ax.set_title(f"{title}, seed {seed}", fontsize=10)
-    fig.suptitle("Fusion-layer keys per modality and the CLS query direction")
+        ax.xaxis.label.set_fontsize(8)
+    _common_box(axes)
+    assert result is not None
+    plot.key_distribution_legend(fig, result, query="cls")
+    fig.suptitle("Fusion-layer keys per modality and the CLS query direction (one scale)")
     save(fig, path)
     return True
+
+
+def _common_box(axes: Sequence[Axes]) -> None:
+    """One square data box for every panel (equal aspect), so that lengths compare across
+    panels."""
+    boxes = [ax.dataLim for ax in axes]
+    low = min(min(b.x0, b.y0) for b in boxes)
+    high = max(max(b.x1, b.y1) for b in boxes)
+    pad = 0.05 * (high - low)
+    for ax in axes:
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlim(low - pad, high + pad)
+        ax.set_ylim(low - pad, high + pad)
 
 
 def _by_corrupted(
@@ -649,11 +1017,22 @@ def _by_corrupted(
         ax.set_title(f"{m} corrupted")
         ax.set_xlabel("noise level λ")
         ax.set_ylabel(ylabel.format(m=m))
+    _same_y(axes)
+    one_legend(fig, axes)
     fig.suptitle(title)
     save(fig, path)
 
 
+def _same_y(axes: Sequence[Axes]) -> None:
+    """One y range for panels of the same quantity (a wobble must not look like a drop)."""
+    low = min(ax.get_ylim()[0] for ax in axes)
+    high = max(ax.get_ylim()[1] for ax in axes)
+    for ax in axes:
+        ax.set_ylim(low, high)
+
+
 def _share_vs_noise(sweep: pd.DataFrame, path: Path, style: Style) -> bool:
+    sweep = _part(sweep, "last", "mix")
     if "key_modality" not in sweep:
         return False
     own = sweep[sweep["key_modality"] == sweep["corrupted"]]
@@ -663,6 +1042,7 @@ def _share_vs_noise(sweep: pd.DataFrame, path: Path, style: Style) -> bool:
 
 
 def _accuracy_vs_noise(sweep: pd.DataFrame, path: Path, style: Style) -> None:
+    sweep = _part(sweep, "last", "mix")
     rows = sweep.drop_duplicates(["method", "seed", "corrupted", "level"])
     title = "Accuracy with one modality corrupted (test split, mean ± sd over seeds)"
     _by_corrupted(rows, "accuracy", "test accuracy", title, path, style)

@@ -12,7 +12,7 @@ methods keep one colour throughout, in the order given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from attnprobe.app.runs import METRICS, Run, air_columns, key_gap_columns, stack
 
-__all__ = ["TRAINING_FIGURES", "Extra", "Job", "Style", "draw", "facets", "save"]
+__all__ = ["TRAINING_FIGURES", "Extra", "Job", "Style", "draw", "facets", "one_legend", "save"]
 
 TRAINING_FIGURES = (
     "share_over_training.png",
@@ -86,6 +87,31 @@ def save(fig: Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def one_legend(
+    fig: Figure,
+    axes: Sequence[Axes],
+    extra: Sequence[tuple[Any, str]] = (),
+    *,
+    right: bool = False,
+) -> None:
+    """The first panel's legend entries (and ``extra`` ``(handle, label)`` pairs) as one legend
+    below the panels (``right``: to their right, one column), off the data; the panels' own
+    legends removed."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    for ax in axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
+    if handles and right:
+        fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=9)
+    elif handles:
+        ncols = min(len(handles), 4)
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, frameon=False)
+
+
 def facets(n: int, size: tuple[float, float] = (4.6, 3.6)) -> tuple[Figure, list[Axes]]:
     """``n`` axes of ``size`` inches each, in rows of at most three (the unused ones hidden)."""
     cols = min(n, 3)
@@ -102,8 +128,11 @@ def _modalities(metrics: pd.DataFrame) -> list[str]:
     return [c[len("share_") :] for c in metrics.columns if c.startswith("share_")]
 
 
-def _share_over_training(metrics: pd.DataFrame, path: Path, style: Style) -> None:
-    """CLS attention share of each modality per epoch (training statistics)."""
+def _share_over_training(
+    metrics: pd.DataFrame, path: Path, style: Style, fair: Mapping[str, float]
+) -> None:
+    """CLS attention share of each modality per epoch (training statistics), with each
+    modality's fair share by token count (``fair``, where known) as a dashed line."""
     names = _modalities(metrics)
     long = metrics.melt(
         id_vars=["method", "seed", "epoch"],
@@ -112,7 +141,8 @@ def _share_over_training(metrics: pd.DataFrame, path: Path, style: Style) -> Non
         value_name="share",
     )
     long["modality"] = long["modality"].str[len("share_") :]
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), layout="constrained")
+    palette = sns.color_palette("colorblind", len(names))
     sns.lineplot(
         long,
         x="epoch",
@@ -122,11 +152,20 @@ def _share_over_training(metrics: pd.DataFrame, path: Path, style: Style) -> Non
         style_order=style.hue(long),
         errorbar="sd",
         ax=ax,
-        palette=sns.color_palette("colorblind", len(names)),
+        palette=palette,
     )
+    fair_line = (0, (2, 3))
+    for m, color in zip(names, palette, strict=True):
+        if m in fair:
+            ax.axhline(fair[m], color=color, linestyle=fair_line, linewidth=1.0, alpha=0.8)
+    ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("CLS attention share (training epoch)")
     ax.set_title("Fusion CLS attention share over training (mean ± sd over seeds)")
-    ax.legend(fontsize=8, ncols=2)
+    extra = []
+    if fair:
+        line = Line2D([], [], color="0.4", linestyle=fair_line, linewidth=1.0)
+        extra.append((line, "fair share by token\ncount (modality colour)"))
+    one_legend(fig, [ax], extra, right=True)
     save(fig, path)
 
 
@@ -135,9 +174,9 @@ def _air_key_gap(metrics: pd.DataFrame, path: Path, style: Style) -> None:
     air = air_columns(metrics)
     frame = metrics[["method", "seed", "epoch"]].copy()
     two = air == ["air"]
-    frame["AIR" if two else "mean |AIR| over pairs"] = (
-        metrics["air"] if two else metrics[air].abs().mean(axis=1)
-    )
+    first = next(iter(_modalities(metrics)), "a")
+    label = f"AIR (> 0: {first} favoured)" if two else "mean |AIR| over modality pairs"
+    frame[label] = metrics["air"] if two else metrics[air].abs().mean(axis=1)
     frame["key gap 1 − cos(μ_a, μ_b)"] = metrics[key_gap_columns(metrics)].mean(axis=1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for ax, column in zip(axes, frame.columns[3:], strict=True):
@@ -145,7 +184,8 @@ def _air_key_gap(metrics: pd.DataFrame, path: Path, style: Style) -> None:
         ax.axhline(0.0, color="0.7", linewidth=0.8)
         _mark_rotations(metrics, ax, style)
         ax.set_title(column)
-    fig.suptitle("Attention imbalance ratio and key-distribution gap (training statistics)")
+    fig.suptitle("Attention imbalance rate and key-distribution gap (training statistics)")
+    one_legend(fig, list(axes))
     save(fig, path)
 
 
@@ -177,7 +217,22 @@ def _accuracy_over_training(metrics: pd.DataFrame, path: Path, style: Style) -> 
     style.lines(rows, "epoch", "eval_accuracy", ax)
     ax.set_ylabel("validation accuracy (clean)")
     ax.set_title("Validation accuracy over training (mean ± sd over seeds)")
+    one_legend(fig, [ax])
     save(fig, path)
+
+
+def _fair_shares(found: Sequence[Run]) -> dict[str, float]:
+    """Each key modality's share of the keys by token count (``token_share`` in the first
+    rows of the first ``attention.csv`` among the runs; empty where none wrote one)."""
+    for _, _, folder in found:
+        if (folder / "attention.csv").exists():
+            head = pd.read_csv(folder / "attention.csv", nrows=256)
+            if "token_share" not in head:
+                return {}
+            known = head.dropna(subset=["token_share"])
+            shares = known.groupby("key_modality", sort=False)["token_share"].first()
+            return {str(m): float(v) for m, v in shares.items()}
+    return {}
 
 
 def _training_jobs(found: Sequence[Run], style: Style) -> list[Job]:
@@ -187,7 +242,10 @@ def _training_jobs(found: Sequence[Run], style: Style) -> list[Job]:
     attention = metrics.dropna(subset=shares, how="all") if shares else metrics.iloc[:0]
     jobs: list[Job] = []
     if not attention.empty:
-        jobs.append((TRAINING_FIGURES[0], lambda p: _share_over_training(attention, p, style)))
+        fair = _fair_shares(found)
+        jobs.append(
+            (TRAINING_FIGURES[0], lambda p: _share_over_training(attention, p, style, fair))
+        )
         if air_columns(attention):
             jobs.append((TRAINING_FIGURES[1], lambda p: _air_key_gap(attention, p, style)))
     if "eval_accuracy" in metrics and metrics["eval_accuracy"].notna().any():

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from attnprobe.corruption import corrupt
+from attnprobe.corruption import Protocol, corrupt
 from attnprobe.errors import AttnProbeError
 
 __all__ = ["MultimodalDataset"]
@@ -36,12 +36,12 @@ class MultimodalDataset:
         >>> import attnprobe.datasets as ds
         >>> test = ds.synthetic("test", num_samples=64)
         >>> test
-        MultimodalDataset('synthetic/test', 64 samples, 8 classes, a=[8, 16], b=[16, 16])
-        >>> (a, b), y = test[0]
-        >>> tuple(a.shape), tuple(b.shape), int(y) in range(8)
+        MultimodalDataset('synthetic/test', 64 samples, 8 classes, coarse=[8, 16], fine=[16, 16])
+        >>> (coarse, fine), y = test[0]
+        >>> tuple(coarse.shape), tuple(fine.shape), int(y) in range(8)
         ((8, 16), (16, 16), True)
-        >>> noisy = test.corrupted("b", 1.0)  # every sample's b replaced by noise
-        >>> float(noisy.quality["b"].max()), float(noisy.quality["a"].min())
+        >>> noisy = test.corrupted("fine", 1.0)  # every sample's fine tokens replaced by noise
+        >>> float(noisy.quality["fine"].max()), float(noisy.quality["coarse"].min())
         (0.0, 1.0)
     """
 
@@ -138,9 +138,10 @@ class MultimodalDataset:
         *,
         fraction: float = 1.0,
         seed: int = 0,
+        protocol: Protocol = "mix",
     ) -> MultimodalDataset:
-        """A copy with per-sample corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x``
-        (`attnprobe.corruption.corrupt`).
+        """A copy with per-sample corruption ``x̃ = (1 − λ)·x + λ·ε·σ_x`` (``protocol="mix"``)
+        or ``x̃ = x + λ·ε·σ_x`` (``"add"``; `attnprobe.corruption.corrupt`).
 
         Args:
             modality: the modality to corrupt; None: a uniformly random one per sample (the
@@ -149,8 +150,10 @@ class MultimodalDataset:
             fraction: the fraction of samples corrupted (chosen at random; the others stay
                 clean).
             seed: seeds the choice of samples, modalities, levels and the noise.
+            protocol: ``"mix"`` (the RollingQ paper's) or ``"add"``.
 
-        The quality of a corrupted modality is multiplied by ``1 − λ``.
+        The quality of a corrupted modality is multiplied by ``1 − λ`` (with ``"add"`` a
+        nominal quality: the signal is still there, under noise of ``λ`` times its scale).
         """
         if modality is not None and modality not in self.inputs:
             raise _fail(
@@ -173,7 +176,7 @@ class MultimodalDataset:
         for k, (m, x) in enumerate(self.inputs.items()):
             hit = chosen & ((which == k) if modality is None else torch.tensor(m == modality))
             per_sample = torch.where(hit, lam, torch.zeros_like(lam))  # (N,)
-            inputs[m] = corrupt(x, per_sample.float(), g) if bool(hit.any()) else x
+            inputs[m] = corrupt(x, per_sample.float(), g, protocol) if bool(hit.any()) else x
             quality[m] = self.quality[m] * (1.0 - per_sample.float())
         return MultimodalDataset(self.name, inputs, self.targets, self.num_classes, quality)
 

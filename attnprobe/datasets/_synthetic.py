@@ -1,7 +1,8 @@
 """The controlled synthetic multimodal benchmark (``docs/guides/datasets.md``).
 
 Two modalities of token sequences built from class prototypes, ``x_m = s_m·P_m[c_m(y)] +
-σ_m·ε``, with one knob per property of the balanced-multimodal-learning literature:
+σ_m·ε``, named by what they know: ``coarse`` (``a`` in the formulas below) and ``fine``
+(``b``). One knob per property of the balanced-multimodal-learning literature:
 
 - **dataset-level dominance**: modality ``a`` has a high signal-to-noise ratio (learned fast),
   ``b`` a low one;
@@ -53,8 +54,8 @@ class SyntheticConfig:
     """Fraction of *training* samples with one modality (at random) corrupted at ``λ ~ U(0,
     1)``; validation and test samples are clean (corrupt them with
     `MultimodalDataset.corrupted`)."""
-    names: tuple[str, str] = ("a", "b")
-    """Modality names (strong, weak)."""
+    names: tuple[str, str] = ("coarse", "fine")
+    """Modality names: ``a`` (strong, coarse label) and ``b`` (weak, full label)."""
     sizes: tuple[int, int, int] = (4000, 1000, 2000)
     """Samples in the train, val and test splits."""
 
@@ -102,8 +103,8 @@ def synthetic(
         >>> import attnprobe.datasets as ds
         >>> test = ds.synthetic("test", seed=1, num_samples=80)
         >>> test.lengths, test.num_classes
-        ({'a': 8, 'b': 16}, 8)
-        >>> float(test.quality["a"].min())  # test samples are clean
+        ({'coarse': 8, 'fine': 16}, 8)
+        >>> float(test.quality["coarse"].min())  # test samples are clean
         1.0
     """
     cfg = config or SyntheticConfig()
