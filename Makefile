@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_DEV_SPEC ?= torch==2.14.1 torchvision==0.29.1
-# `make demo DEMO_ARGS=--quick` for the one-minute smoke run of the example
+# `make demo DEMO_ARGS=--quick` for the 20-second smoke run of the example
 DEMO_ARGS ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q

@@ -773,7 +773,8 @@ def key_distribution(
     if legend:
         _legend(ax, handles, labels, title="key group")
     else:
-        ax.set_xlabel(f"along {_QBAR}; mean key to {_QBAR}: " + ", ".join(angles))
+        lines = [", ".join(angles[i : i + 4]) for i in range(0, len(angles), 4)]  # 4 a line
+        ax.set_xlabel(f"along {_QBAR}; mean key to {_QBAR}:\n" + "\n".join(lines))
     return ax
 
 

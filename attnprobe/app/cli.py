@@ -130,7 +130,7 @@ def _report(args: argparse.Namespace) -> int:
 _EPILOG = """\
 examples:
   attnprobe demo                          probe a fusion model, print its attention masses
-  attnprobe example rollingq --quick      the RollingQ example in about a minute
+  attnprobe example rollingq --quick      the RollingQ example in about 20 seconds
   attnprobe example rollingq              the full example (5 seeds, about 10 min on 2 cores)
   attnprobe report attnprobe-runs/rollingq-synthetic
                                           rebuild its tables and figures from the files
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     example.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: fewer samples, epochs and seeds (~1 min on synthetic data)",
+        help="smoke run: fewer samples, epochs and seeds (about 20 s on synthetic data)",
     )
     example.add_argument(
         "--dataset",

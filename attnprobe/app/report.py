@@ -236,7 +236,7 @@ def markdown_table(
         | accuracy | 0.5 ± 0.1 | 0.7 | – |
     """
     lines = [
-        "| metric | " + " | ".join(columns.values()) + " |",
+        "| metric | " + " | ".join(_cell_text(c) for c in columns.values()) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for metric, label in rows:
@@ -244,8 +244,14 @@ def markdown_table(
         for method in columns:
             part = summary[(summary["method"] == method) & (summary["metric"] == metric)]
             cells.append("–" if part.empty else cell(part.iloc[0]))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell_text(label)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _cell_text(text: str) -> str:
+    """``text`` in a Markdown table cell: a ``|`` (as in ``|AIR|``) escaped, or it would end
+    the cell."""
+    return text.replace("|", "\\|")
 
 
 def _count(n: int, noun: str) -> str:
