@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from attnprobe._text import count
 from attnprobe.capture import LayerSelector, adapter_for
 from attnprobe.errors import ProbeConfigError
 from attnprobe.functional import group_indicator
@@ -75,7 +76,7 @@ class SelfCheck:
         verdict = "passed" if self.passed else "FAILED"
         return (
             f"SelfCheck({verdict}: largest difference {self.worst:.2e} over "
-            f"{len(self.layers)} layers, tolerance {self.atol:.0e})"
+            f"{count(len(self.layers), 'layer')}, tolerance {self.atol:.0e})"
         )
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from attnprobe._distributed import is_distributed
 from attnprobe._recorder import LayerRecorder, RecordSpec
+from attnprobe._text import count
 from attnprobe.capture import (
     Adapter,
     LayerSelector,
@@ -690,9 +691,7 @@ class Probe:
         else:
             keys = "" if self.key_layout is None else f", key groups={list(self.key_names)}"
             groups = f"groups={list(self.layout.names)}{keys}"
-        return (
-            f"Probe({n} layer{'s' if n != 1 else ''}, {groups}, capture={self.capture!r}, {state})"
-        )
+        return f"Probe({count(n, 'layer')}, {groups}, capture={self.capture!r}, {state})"
 
 
 def probe(model: nn.Module, **options: Any) -> Probe:

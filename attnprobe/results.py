@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from attnprobe._io import load_tagged
+from attnprobe._text import count
 from attnprobe.errors import AttnProbeError
 from attnprobe.stats import (
     Dims,
@@ -567,7 +568,7 @@ class ProbeResult:
         n = len(self.layers)
         left = f", {len(self.skipped)} left out (.skipped)" if self.skipped else ""
         return (
-            f"ProbeResult({n} layer{'s' if n != 1 else ''}, "
+            f"ProbeResult({count(n, 'layer')}, "
             f"{'groups' if asked == keys else 'query groups'}={groups}, "
             f"queries={queries}{left})"
         )

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
+from attnprobe._text import count
 from attnprobe.errors import AttnProbeError
 from attnprobe.metrics import mass_shares
 from attnprobe.results import LayerResult, ProbeResult
@@ -281,7 +282,7 @@ class ModalityBias:
 
     def __repr__(self) -> str:
         return (
-            f"ModalityBias({len(self.layers)} layers"
+            f"ModalityBias({count(len(self.layers), 'layer')}"
             + (f", excluding {list(self.exclude)}" if self.exclude else "")
             + ")"
         )

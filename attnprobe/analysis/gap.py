@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from attnprobe._text import count
 from attnprobe.analysis import _distances as D
 from attnprobe.errors import AnalysisError, AttnProbeError
 from attnprobe.metrics import air, centroid_gap, key_indices, query_index
@@ -59,7 +60,7 @@ class KeyGap:
 
     def __repr__(self) -> str:
         layers = len({r[0] for r in self.rows})
-        return f"KeyGap({self.a!r} vs {self.b!r}, query={self.query!r}, {layers} layers)"
+        return f"KeyGap({self.a!r} vs {self.b!r}, query={self.query!r}, {count(layers, 'layer')})"
 
 
 def _cos(u: np.ndarray, v: np.ndarray) -> float:

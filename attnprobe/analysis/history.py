@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnprobe._text import count
 from attnprobe.analysis.bias import ModalityBias, modality_bias
 from attnprobe.errors import AttnProbeError
 from attnprobe.results import ProbeResult
@@ -159,7 +160,7 @@ class History:
         return history
 
     def __repr__(self) -> str:
-        return f"History({len(self)} results, {len(self.to_frame())} rows)"
+        return f"History({count(len(self), 'result')}, {count(len(self.to_frame()), 'row')})"
 
 
 def _need_parquet(what: str) -> None:

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from attnprobe import AttnProbeError
+from attnprobe._text import count
 from attnprobe.app.figures import Extra, draw
 from attnprobe.app.runs import Run, find_training_runs, read_run, run_name, summarise
 
@@ -77,7 +78,7 @@ class RunReport:
     def __repr__(self) -> str:
         methods = list(dict.fromkeys(self.runs["method"])) if "method" in self.runs else []
         return (
-            f"RunReport({self.kind}, {_count(len(self.runs), 'run')}, methods={methods}, "
+            f"RunReport({self.kind}, {count(len(self.runs), 'run')}, methods={methods}, "
             f"{len(self.figures)} figures in {self.out / 'figures'})"
         )
 
@@ -254,10 +255,6 @@ def _cell_text(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
-
-
 def _final_row(run_dir: Path, run: Run) -> dict[str, object]:
     """A training run's final numbers: the last value of every diagnostic column."""
     method, seed, folder = run
@@ -287,7 +284,7 @@ def _markdown(run_dir: Path, runs: pd.DataFrame, summary: pd.DataFrame) -> str:
     lines = [
         f"# Run report: {run_dir}",
         "",
-        f"{_count(len(runs), 'run')}; the last epoch of each (evaluation columns: the last "
+        f"{count(len(runs), 'run')}; the last epoch of each (evaluation columns: the last "
         "evaluated epoch). With several seeds: mean ± std over seeds.",
         "",
         *markdown_table(summary, columns, ((metric, metric) for metric in metrics)),
