@@ -752,20 +752,9 @@ def key_distribution(
     ax.update_datalim([(0.0, 0.0), (length, 0.0)])
     ax.autoscale_view()
     ax.set_aspect("equal", adjustable="datalim")
-    handles.append(
-        Line2D(
-            [],
-            [],
-            color="white",
-            marker="*",
-            markersize=13,
-            markeredgecolor="black",
-            linestyle="none",
-        )
-    )
-    labels.append("mean key")
-    handles.append(Line2D([], [], color="black", linewidth=1.6, marker=">", markersize=6))
-    labels.append(f"{_QBAR} direction ({query}, head {head})")
+    star, arrow = _mean_key_and_arrow_handles()
+    handles += [star, arrow]
+    labels += ["mean key", f"{_QBAR} direction ({query}, head {head})"]
     ax.set_xlabel(f"along {_QBAR} (mean {query} query)")
     ax.set_ylabel(rf"main key direction $\perp$ {_QBAR}")
     kv_note = f", kv head {kv}" if item.num_kv_heads != item.num_heads else ""
@@ -808,14 +797,18 @@ def key_distribution_legend(
         for g, c in zip(item.key_groups, colors, strict=True)
     ]
     labels = [f"{g} (one constant key)" if g in constant else f"{g} keys" for g in item.key_groups]
-    handles.append(
-        Line2D([], [], color="white", marker="*", markersize=13, markeredgecolor="black",
-               linestyle="none")
-    )  # fmt: skip
-    labels.append("mean key")
-    handles.append(Line2D([], [], color="black", linewidth=1.6, marker=">", markersize=6))
-    labels.append(f"{_QBAR} direction (mean {query} query)")
+    handles += _mean_key_and_arrow_handles()
+    labels += ["mean key", f"{_QBAR} direction (mean {query} query)"]
     fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
+
+
+def _mean_key_and_arrow_handles() -> tuple[Line2D, Line2D]:
+    """Legend handles of `key_distribution`'s mean-key star and ``q̄`` arrow."""
+    star = Line2D(
+        [], [], color="white", marker="*", markersize=13, markeredgecolor="black", linestyle="none"
+    )
+    arrow = Line2D([], [], color="black", linewidth=1.6, marker=">", markersize=6)
+    return star, arrow
 
 
 def _constant(keys: np.ndarray) -> bool:

@@ -300,16 +300,7 @@ def _pretrained(
             layer=None,
             eval_data=_only(val, m),
             out_dir=out / "pretrained" / f"seed{seed}-{m}",
-            config=TrainConfig(
-                epochs=cfg.pretrain_epochs,
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                optimizer=cfg.optimizer,  # type: ignore[arg-type]
-                seed=seed,
-                eval_every=cfg.pretrain_epochs,
-                progress=progress,
-                tensorboard=False,
-            ),
+            config=_recipe(cfg, seed, cfg.pretrain_epochs, cfg.lr, cfg.pretrain_epochs, progress),
         ).fit()
         states[m] = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     partial = path.with_suffix(".tmp")
@@ -453,16 +444,7 @@ def _train_one(
         eval_data=val,
         rollingq=rq,
         out_dir=folder,
-        config=TrainConfig(
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.train_lr,
-            optimizer=cfg.optimizer,  # type: ignore[arg-type]
-            seed=seed,
-            eval_every=cfg.eval_every or max(1, cfg.epochs // 10),
-            progress=progress,
-            tensorboard=False,
-        ),
+        config=_recipe(cfg, seed, cfg.epochs, cfg.train_lr, _eval_every(cfg), progress),
     )
     if rq is not None:
         _watch_rotation(trainer, rq, train, folder)
@@ -470,36 +452,53 @@ def _train_one(
     start = time.perf_counter()
     metrics = trainer.fit()
     seconds = time.perf_counter() - start
-    frames, unimodal = [], []
+    best = torch.load(folder / _BEST, weights_only=True)
+    sweeps, scores, unimodal = [], [], []
     for checkpoint in ("last", "selected"):
-        if checkpoint == "selected":  # the validation-selected weights
-            best = torch.load(folder / _BEST, weights_only=True)
-            model.load_state_dict(best["model"])
-        sweep, scores, heads = _evaluate(cfg, model, method, test, seed)
-        frames.append((sweep.assign(checkpoint=checkpoint), scores))
+        if checkpoint == "selected":
+            model.load_state_dict(best["model"])  # the validation-selected weights
+        sweep, score, heads = _evaluate(cfg, model, method, test, seed)
+        sweeps.append(sweep.assign(checkpoint=checkpoint))
+        if score is not None:
+            scores.append(score.assign(checkpoint=checkpoint))
         unimodal += [
             {"checkpoint": checkpoint, "modality": m, "accuracy": a} for m, a in heads.items()
         ]
         if checkpoint == "last" and attention:
             _key_result(model, test).save(folder / "keys_final.pt")
-    pd.concat([f for f, _ in frames], ignore_index=True).to_csv(folder / "sweep.csv", index=False)
-    if attention:
-        scored = [
-            s.assign(checkpoint=c)
-            for (_, s), c in zip(frames, ("last", "selected"), strict=True)
-            if s is not None
-        ]
-        pd.concat(scored, ignore_index=True).to_csv(folder / "adaptability.csv", index=False)
+    pd.concat(sweeps, ignore_index=True).to_csv(folder / "sweep.csv", index=False)
+    if scores:
+        pd.concat(scores, ignore_index=True).to_csv(folder / "adaptability.csv", index=False)
     pd.DataFrame(unimodal).to_csv(folder / "unimodal.csv", index=False)
-    best_epoch = int(torch.load(folder / _BEST, weights_only=True)["epoch"])
     done = {
         "method": method,
         "seed": seed,
         "epochs": len(metrics),
-        "selected_epoch": best_epoch,
+        "selected_epoch": int(best["epoch"]),
         "train_seconds": seconds,
     }
     (folder / _DONE).write_text(json.dumps(done, indent=1))
+
+
+def _recipe(
+    cfg: ExampleConfig, seed: int, epochs: int, lr: float, eval_every: int, progress: bool
+) -> TrainConfig:
+    """The example's training recipe (SGD, warm-up then cosine, no TensorBoard) for ``epochs``
+    at ``lr``."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        lr=lr,
+        optimizer=cfg.optimizer,  # type: ignore[arg-type]
+        seed=seed,
+        eval_every=eval_every,
+        progress=progress,
+        tensorboard=False,
+    )
+
+
+def _eval_every(cfg: ExampleConfig) -> int:
+    return cfg.eval_every or max(1, cfg.epochs // 10)
 
 
 def _keep_best(trainer: Trainer, model: nn.Module, folder: Path) -> None:
