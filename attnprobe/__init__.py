@@ -13,17 +13,17 @@ Examples:
     (9, 6)
 """
 
+from attnprobe._probe import Probe, probe
 from attnprobe.analysis import History, key_gap, modality_bias
 from attnprobe.capture import Adapter, AttentionInputs, auto_layout, register_adapter
 from attnprobe.check import self_check
 from attnprobe.errors import AttnProbeError, AttnProbeWarning
 from attnprobe.labels import InputLayout, ModalityLayout
-from attnprobe.probe import Probe, probe
 from attnprobe.results import ProbeResult
 from attnprobe.rollingq import RollingQ
 from attnprobe.sweep import noise_sweep
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _MOVED = {
     "AnalysisError": "attnprobe.errors",

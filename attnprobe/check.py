@@ -20,9 +20,8 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +32,9 @@ from attnprobe.functional import group_indicator
 from attnprobe.labels import InputLayout, LayerLayouts, ModalityLayout
 from attnprobe.runner import run_model, run_probed
 from attnprobe.stats import Call, Dims, State, Statistic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["SelfCheck", "self_check"]
 
@@ -63,6 +65,8 @@ class SelfCheck:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per layer: ``layer``, ``reference``, ``max_abs_diff``, ``passed``."""
+        import pandas as pd
+
         return pd.DataFrame(
             {
                 "layer": list(self.layers),

@@ -12,9 +12,8 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -30,6 +29,9 @@ from attnprobe.stats import (
     merge_states,
     statistic_class,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["MASS_COLUMNS", "STATS_COLUMNS", "LayerResult", "ProbeResult"]
 
@@ -299,6 +301,8 @@ class LayerResult:
         """Tidy masses: one row per (head, query group, key group); columns
         `MASS_COLUMNS`. A query group with no token in the data has no rows (it is empty, not
         a number; see `empty_groups`)."""
+        import pandas as pd
+
         mass = self.mass  # (H, Gq, Gk)
         heads, gq, gk = mass.shape
         head_idx = torch.arange(heads).view(-1, 1, 1).expand(heads, gq, gk)  # (H, Gq, Gk)
@@ -325,6 +329,8 @@ class LayerResult:
 
         ``mean_norm`` is ‖mean vector‖, ``rms`` is ``sqrt(E‖x‖²)``.
         """
+        import pandas as pd
+
         rows = [
             (self.name, *row)
             for statistic in self.statistics
@@ -545,6 +551,8 @@ class ProbeResult:
         attention probability on the tokens of ``key_modality``; ``num_queries`` the number of
         query tokens averaged over.
         """
+        import pandas as pd
+
         frames = [layer.to_frame() for layer in self.layers]
         if not frames:
             return pd.DataFrame(columns=list(MASS_COLUMNS))
@@ -552,6 +560,8 @@ class ProbeResult:
 
     def stats_frame(self) -> pd.DataFrame:
         """Tidy key/query statistics of every layer; columns `STATS_COLUMNS`."""
+        import pandas as pd
+
         frames = [layer.stats_frame() for layer in self.layers]
         if not frames:
             return pd.DataFrame(columns=list(STATS_COLUMNS))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from attnprobe._calls import call_model
-from attnprobe.probe import probe
+from attnprobe._probe import probe
 from attnprobe.results import ProbeResult
 
 __all__ = ["Call", "ProbedRun", "run_model", "run_probed"]

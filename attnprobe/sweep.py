@@ -13,9 +13,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +24,9 @@ from attnprobe.errors import AnalysisError
 from attnprobe.labels import InputLayout, ModalityLayout
 from attnprobe.metrics import shares
 from attnprobe.runner import run_probed
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["Prepare", "noise_sweep"]
 
@@ -127,6 +129,8 @@ def noise_sweep(
         >>> sweep.to_frame()[["corrupted", "level", "key_modality", "num_samples"]].shape
         (4, 4)
     """
+    import pandas as pd
+
     levels_t = tuple(float(x) for x in levels)
     if not levels_t or any(not 0.0 <= x <= 1.0 for x in levels_t):
         raise AnalysisError(f"noise_sweep: expected levels in [0, 1], received {list(levels)}.")

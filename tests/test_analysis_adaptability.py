@@ -145,7 +145,7 @@ def test_the_analyzers_run_no_model_and_old_import_paths_work() -> None:
     probe nor the runner (read from the import statements); `noise_sweep`, which runs the model,
     lives in `attnprobe.sweep` and its former import paths still reach it."""
     loaded = loaded_by("attnprobe.analysis")
-    forbidden = ("attnprobe.probe", "attnprobe.capture", "attnprobe.runner", "attnprobe.sweep")
+    forbidden = ("attnprobe._probe", "attnprobe.capture", "attnprobe.runner", "attnprobe.sweep")
     assert sorted(m for m in loaded if m.startswith(forbidden)) == []
     from attnprobe.analysis import corrupt, noise_sweep
     from attnprobe.analysis.adaptability import noise_sweep as old_path

@@ -50,7 +50,7 @@ PACKAGES = {_module_name(p) for p in MODULES if p.name == "__init__.py"}
 
 def _subpackage(module: str) -> str | None:
     """``attnprobe.capture._hf`` and ``attnprobe.capture`` → ``attnprobe.capture``; root
-    modules (``attnprobe.probe``) have none."""
+    modules (``attnprobe._probe``) have none."""
     parts = module.split(".")
     if len(parts) >= 3:
         return ".".join(parts[:2])
@@ -194,7 +194,7 @@ def test_the_private_name_check_sees_an_import(tmp_path: Path) -> None:
 
 LOW_LAYERS = ("attnprobe.labels", "attnprobe.functional", "attnprobe.stats", "attnprobe.capture")
 HIGH_LAYERS = (
-    "attnprobe.probe",
+    "attnprobe._probe",
     "attnprobe.results",
     "attnprobe.analysis",
     "attnprobe.rollingq",

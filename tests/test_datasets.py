@@ -254,6 +254,6 @@ def test_the_datasets_do_not_import_the_probe_or_the_analyzers() -> None:
     capture adapters nor the analyzers (read from the import statements, not by importing)."""
     loaded = loaded_by("attnprobe.datasets")
     assert "attnprobe.datasets._base" in loaded and "attnprobe.corruption" in loaded
-    forbidden = ("attnprobe.probe", "attnprobe.capture", "attnprobe.analysis", "attnprobe.runner")
+    forbidden = ("attnprobe._probe", "attnprobe.capture", "attnprobe.analysis", "attnprobe.runner")
     assert sorted(m for m in loaded if m.startswith(forbidden)) == []
     assert ds.MultimodalDataset.corrupted is not None and ap.corruption.corrupt is corrupt

@@ -33,6 +33,11 @@ from attnprobe.models import LateFusionTransformer
 from attnprobe.training import TrainConfig, _learning_rate
 from tests.test_callbacks import BATCH, COLUMNS, EPOCHS, SEED, data
 
+try:
+    from torch.distributed.fsdp import fully_shard as _fully_shard  # noqa: F401
+except ImportError:  # torch < 2.6 has FSDP2 only under a private path
+    pytestmark = pytest.mark.skip(reason="FSDP2's public fully_shard needs torch >= 2.6")
+
 ANCHORS = ("running", "frozen")
 STATES = ("mass_total", "num_queries", "key_count", "key_total", "query_total", "cosine_total")
 """The probe's summed states compared (`attnprobe.results.LayerResult`)."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import transformers
 from torch import Tensor, nn
 from transformers import (
     BartConfig,
@@ -320,6 +321,9 @@ def test_t5_position_bias_follows_the_kept_query_rows(backend: str) -> None:
 def zoo(model_type: str) -> hf_zoo.Built:
     """A tiny random ``model_type`` from `tests.hf_zoo` (built once per test process)."""
     built = hf_zoo.build(model_type, attn_implementation="sdpa", timeout=None)
+    if isinstance(built, hf_zoo.Skip) and built.reason.startswith('"no architecture'):
+        # an older transformers than the newest supported (make test-oldest) lacks the model
+        pytest.skip(f"transformers {transformers.__version__} has no {model_type!r}")
     assert isinstance(built, hf_zoo.Built), built
     return built
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import subprocess
 import sys
 
@@ -15,8 +16,8 @@ from attnprobe.app.cli import main
 def test_import_is_light() -> None:
     code = (
         "import sys, attnprobe; "
-        "heavy = ('matplotlib', 'seaborn', 'scipy', 'transformers', 'timm', 'lightning', "
-        "'accelerate'); "
+        "heavy = ('pandas', 'matplotlib', 'seaborn', 'scipy', 'transformers', 'timm', "
+        "'lightning', 'accelerate'); "
         "heavy = [m for m in heavy if m in sys.modules]; "
         "print(heavy)"
     )
@@ -89,3 +90,12 @@ def test_top_level_is_small_and_moved_names_warn() -> None:
         with pytest.warns(DeprecationWarning, match=rf"use {home}\.{name}"):
             old = getattr(ap, name)
         assert old is getattr(importlib.import_module(home), name)
+
+
+def test_probe_is_the_function_and_no_module_shadows_it() -> None:
+    # `attnprobe.probe` used to be both a submodule and the function it defines; the module is
+    # private now, so the dotted import cannot hand back something else than the docs say.
+    assert callable(ap.probe) and ap.probe.__module__ == "attnprobe._probe"
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("attnprobe.probe")
+    assert ap.__version__ == importlib.metadata.version("attnprobe")

@@ -805,6 +805,9 @@ def test_old_spellings_warn_and_keep_working() -> None:
 def test_a_result_saved_by_attnprobe_0_1_loads_with_the_same_numbers() -> None:
     """tests/data/result_v0.1.pt was written by attnprobe 0.1 (one field per state) from this
     model, input and options; today's probe gives the same states bit for bit."""
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 13):
+        # seen on torch 2.5: the same seed draws another model and input than the file's
+        pytest.skip("the file's model and input come from a newer torch's seeded random stream")
     torch.manual_seed(0)
     layer = FusionAttention(dim=8, num_heads=2).eval()
     x = torch.randn(4, 5, 8)

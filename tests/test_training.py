@@ -239,7 +239,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path: Path) -
     expected, actual = pd.read_csv(whole / METRICS), pd.read_csv(killed / METRICS)
     pd.testing.assert_frame_equal(numeric(actual), numeric(expected))
     rotation = torch.load(killed / "rotation_rank0.pt", weights_only=True)
-    assert torch.equal(rotation["rotation"], torch.load(whole / "rotation_rank0.pt")["rotation"])
+    uninterrupted = torch.load(whole / "rotation_rank0.pt", weights_only=True)
+    assert torch.equal(rotation["rotation"], uninterrupted["rotation"])
 
 
 # random kill points (seeded): (epoch, batch) of 4 epochs × 8 batches

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from attnprobe.corruption import corrupt
 
 if TYPE_CHECKING:  # the old import path of noise_sweep, for type checkers and the API docs
+    import pandas as pd
+
     from attnprobe.sweep import noise_sweep
 
 __all__ = ["NoiseSweep", "corrupt", "noise_sweep"]
@@ -90,6 +91,7 @@ class NoiseSweep:
         ``delta_mass``, the mean share of ``m`` at the lowest level minus that at the highest
         (``docs/concepts/adaptability.md``'s ``ΔM_m = M_m(clean) − M_m(m corrupted)`` taken on
         shares, so that key groups left out of shares, e.g. ``cls``, do not enter it)."""
+        import pandas as pd
         from scipy import stats  # loads on first use: `import attnprobe` stays light
 
         rows = []

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from numpy.typing import NDArray
 
@@ -20,6 +19,9 @@ from attnprobe._text import count
 from attnprobe.errors import AttnProbeError
 from attnprobe.metrics import mass_shares
 from attnprobe.results import LayerResult, ProbeResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["BIAS_COLUMNS", "LayerBias", "ModalityBias", "modality_bias"]
 
@@ -165,6 +167,8 @@ class ModalityBias:
         (0 = one token stared at, ``log L_m`` = spread evenly; probe with ``entropy=True``,
         NaN otherwise).
         """
+        import pandas as pd
+
         if level not in ("head", "layer", "model"):
             raise AttnProbeError(
                 f"modality_bias: expected level 'head', 'layer' or 'model', received {level!r}."
@@ -238,6 +242,8 @@ class ModalityBias:
     def block(self, layer: str | None = None, head: int | None = None) -> pd.DataFrame:
         """The query group × key group matrix of masses (intra- vs cross-modal attention):
         one layer (or the mean over layers), one head (or the mean over heads)."""
+        import pandas as pd
+
         chosen = self._layer(layer)
         mats = []
         for item in chosen:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from attnprobe._text import count
 from attnprobe.analysis import _distances as D
 from attnprobe.errors import AnalysisError, AttnProbeError
 from attnprobe.metrics import air, centroid_gap, key_indices, query_index
 from attnprobe.results import LayerResult, ProbeResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["GAP_METRICS", "KeyGap", "key_gap"]
 
@@ -53,6 +56,8 @@ class KeyGap:
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head): ``layer``, ``head``, ``kv_head`` (the key/value head the
         key metrics read), then `GAP_METRICS` (NaN where a metric was not computed)."""
+        import pandas as pd
+
         return pd.DataFrame(
             [(layer, head, kv, *values) for layer, head, kv, values in self.rows],
             columns=["layer", "head", "kv_head", *GAP_METRICS],

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from attnprobe._text import count
 from attnprobe.analysis.bias import ModalityBias, modality_bias
 from attnprobe.errors import AttnProbeError
 from attnprobe.results import ProbeResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["History"]
 
@@ -65,6 +67,8 @@ class History:
             epoch: the epoch (optional); at least one of ``step`` and ``epoch`` is required.
             scalars: extra columns with one value for every row (accuracy, learning rate, …).
         """
+        import pandas as pd
+
         if step is None and epoch is None:
             raise AttnProbeError(
                 "History.add: expected step=... or epoch=... (or both), received neither; "
@@ -95,6 +99,8 @@ class History:
     def to_frame(self) -> pd.DataFrame:
         """Every recorded row, in order of recording; ``step`` and ``epoch`` first (nullable
         integers: missing where not given)."""
+        import pandas as pd
+
         if not self._frames:
             return pd.DataFrame(columns=["step", "epoch"])
         frame = pd.concat(self._frames, ignore_index=True)
@@ -129,6 +135,8 @@ class History:
     @classmethod
     def load(cls, path: str | Path, *, exclude: Sequence[str] = ()) -> History:
         """Read a history written by `save` (or any tidy table with ``step``/``epoch``)."""
+        import pandas as pd
+
         source = Path(path)
         if not source.is_file():
             raise AttnProbeError(f"History.load: no file {str(path)!r}.")

@@ -97,11 +97,14 @@ def _example(args: argparse.Namespace) -> int:
     print()
     print((Path(out) / "summary.md").read_text())
     figures = sorted((Path(out) / "figures").glob("*.png"))
-    print(f"run folder: {out} ({len(figures)} figures in {Path(out) / 'figures'})")
+    print(f"finished in {time.perf_counter() - start:.0f} s. Results in {out}:")
+    print(f"  {Path(out) / 'summary.md'}  the tables above (a Markdown file)")
     print(
-        f"finished in {time.perf_counter() - start:.0f} s; `attnprobe report {out}` rebuilds "
-        "the tables and figures from the files"
+        f"  {Path(out) / 'figures'}/  {len(figures)} figures (PNG): "
+        + ", ".join(f.stem for f in figures)
     )
+    print(f"  {out}/*.csv  every number, one row per run, epoch or noise level")
+    print(f"`attnprobe report {out}` rebuilds the tables and figures from the files.")
     return 0
 
 
@@ -136,8 +139,9 @@ examples:
                                           rebuild its tables and figures from the files
   attnprobe report runs/ --out report/    the same for your own Trainer runs
 
-Run `attnprobe COMMAND --help` for a command's options. Documentation: docs/ in the
-repository (`make docs`).
+Run `attnprobe COMMAND --help` for a command's options, and `python -m pydoc attnprobe`
+(or any module or name in it) for the API. Guides, concepts and the API reference: the
+documentation site (`make docs` in the source builds it; docs/ holds its pages).
 """
 
 

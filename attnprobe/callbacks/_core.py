@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from attnprobe._probe import Probe, probe
 from attnprobe.analysis.history import History
 from attnprobe.errors import CaptureError, ProbeConfigError
 from attnprobe.functional import angle_between
 from attnprobe.labels import ModalityLayout, as_layout
 from attnprobe.metrics import attention_columns
-from attnprobe.probe import Probe, probe
 from attnprobe.results import LayerResult, ProbeResult
 from attnprobe.rollingq import RollingQ, anchor_statistics
 

@@ -2,7 +2,7 @@
 
 HF attention modules look their attention function up at call time:
 ``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)``
-(transformers ≥ 4.48). While a module is probed, its config's implementation name ``X`` is
+(transformers ≥ 5.1). While a module is probed, its config's implementation name ``X`` is
 switched to ``"attnprobe:X"``, registered in ``AttentionInterface`` as a wrapper that calls the
 original function ``X`` unchanged (the model's output is bit-for-bit the same) and then runs the
 indicator pass through that same function, with ``V = E``, on the exact post-RoPE ``q``, the

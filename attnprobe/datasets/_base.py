@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 from attnprobe.corruption import Protocol, corrupt
 from attnprobe.errors import AttnProbeError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["MultimodalDataset"]
 
@@ -182,6 +185,8 @@ class MultimodalDataset:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per sample: ``sample``, ``target`` and ``quality_<m>`` per modality."""
+        import pandas as pd
+
         frame = pd.DataFrame({"sample": np.arange(len(self)), "target": self.targets.numpy()})
         for m, q in self.quality.items():
             frame[f"quality_{m}"] = q.double().numpy()
