@@ -612,6 +612,9 @@ def test_diffusion_gemma_canvas_attends_to_the_prompt_cache_then_itself(backend:
     """DiffusionGemma's block-diffusion decoder reads the encoder's KV cache without adding to
     it: each call's keys are the prompt's tokens (bos, text, padding ignored) then the canvas
     (`MergedKeys`, own tokens last), although the module receives no cross-attention input."""
+    if tuple(int(v) for v in transformers.__version__.split(".")[:2]) < (5, 24):
+        # on 5.23 the test sees the encoder vision tower layers left outside the layout
+        pytest.skip("DiffusionGemma's layout follows transformers 5.24's modeling file")
     built = zoo("diffusion_gemma")
     model = built.model
     model.set_attn_implementation(backend)
