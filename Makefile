@@ -18,13 +18,13 @@
 # the newest, which is what .venv (and so `make unit`) holds.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-# the transformers the dev environment tests with (the newest supported)
-TRANSFORMERS_SPEC ?= transformers==5.24.0
-# the two ends of the supported range
+# the two ends of the supported range; the newest is also what .venv holds by default
 OLDEST_SPEC ?= torch==2.7.1 torchvision==0.22.1 transformers==5.23.0
 NEWEST_SPEC ?= torch==2.14.1 torchvision==0.29.1 transformers==5.24.0
+TORCH_SPEC ?= $(filter torch%,$(NEWEST_SPEC))
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# the transformers the dev environment tests with
+TRANSFORMERS_SPEC ?= $(filter transformers%,$(NEWEST_SPEC))
 # the torch beside which `make wheel-test` installs the wheel: a supported torch other than
 # TORCH_SPEC's (torch 2.13.0's CPU build installs in seconds on the project's machines)
 WHEEL_TORCH ?= torch==2.13.0
@@ -106,8 +106,9 @@ test-oldest:
 	$(MAKE) --no-print-directory VENV=$(VENV)-oldest TORCH_SPEC="$(filter torch%,$(OLDEST_SPEC))" \
 		TRANSFORMERS_SPEC="$(filter transformers%,$(OLDEST_SPEC))" _versions
 
-# the newest supported torch and transformers: the dev venv's own pins (TORCH_SPEC,
-# TRANSFORMERS_SPEC), so this is `make unit`'s environment, checked to hold those versions
+# the newest supported torch and transformers: the dev venv's default pins (TORCH_SPEC and
+# TRANSFORMERS_SPEC come from NEWEST_SPEC), so this is `make unit`'s environment, checked to hold
+# those versions
 test-newest:
 	$(MAKE) --no-print-directory TORCH_SPEC="$(filter torch%,$(NEWEST_SPEC))" \
 		TRANSFORMERS_SPEC="$(filter transformers%,$(NEWEST_SPEC))" _versions

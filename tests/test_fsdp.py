@@ -31,6 +31,7 @@ from attnprobe._batches import epoch_order as _order
 from attnprobe.callbacks import AttentionDiagnostics, Callbacks, RollingQCallback
 from attnprobe.models import LateFusionTransformer
 from attnprobe.training import TrainConfig, _learning_rate
+from tests._versions import older_than
 from tests.test_callbacks import BATCH, COLUMNS, EPOCHS, SEED, data
 
 try:
@@ -171,7 +172,7 @@ def test_fsdp2_on_two_cpu_processes_equals_one_process(
     attention columns of every epoch (`COLUMNS`) and final rotation agree to 1e-6, the probe's
     float64 sums after every epoch (`STATES`, summed over ranks by ``Probe.sync``; they reach
     the hundreds) to 1e-6 relative; the columns and rotation are the same bits on both ranks."""
-    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 14):
+    if older_than("torch", 2, 14):
         # seen on torch 2.7.1: the sharded run's AIR after one epoch differs from one process by
         # 6e-4 (shares by 3e-5); not investigated, so FSDP2 is documented from torch 2.14 on
         pytest.skip("FSDP2 with attnprobe is tested on torch >= 2.14 (docs/guides/ddp.md)")

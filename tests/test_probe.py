@@ -21,6 +21,7 @@ import attnprobe as ap
 from attnprobe.errors import CaptureError, ModalityLayoutError, ProbeConfigError
 from attnprobe.models import FusionAttention, LateFusionTransformer
 from tests._reference import FP32_SUMS, reference_attention, reference_group_mass
+from tests._versions import older_than
 
 # --------------------------------------------------------------------------------------------
 # test models
@@ -805,7 +806,7 @@ def test_old_spellings_warn_and_keep_working() -> None:
 def test_a_result_saved_by_attnprobe_0_1_loads_with_the_same_numbers() -> None:
     """tests/data/result_v0.1.pt was written by attnprobe 0.1 (one field per state) from this
     model, input and options; today's probe gives the same states bit for bit."""
-    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 13):
+    if older_than("torch", 2, 13):
         # seen on torch 2.5: the same seed draws another model and input than the file's
         pytest.skip("the file's model and input come from a newer torch's seeded random stream")
     torch.manual_seed(0)

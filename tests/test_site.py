@@ -139,8 +139,13 @@ def page_file(name: str) -> Path:
 
 
 @cache
+def parse(path: Path) -> Page:
+    """A page parsed once per test process, whichever test reads it first."""
+    return Page(path)
+
+
 def page(name: str) -> Page:
-    return Page(page_file(name))
+    return parse(page_file(name))
 
 
 def html_files() -> list[Path]:
@@ -196,7 +201,7 @@ def test_nothing_is_loaded_from_another_host() -> None:
     """No CDN, no web font: every script and linked file (stylesheets, icons) is the site's."""
     found = []
     for path in html_files():
-        parsed = Page(path)
+        parsed = parse(path)
         for url in [*(src for src in parsed.scripts if src), *parsed.links]:
             if EXTERNAL.match(url.strip()):
                 found.append(f"{path.relative_to(site())}: {url}")
@@ -210,7 +215,7 @@ def test_no_empty_script_source() -> None:
     empty = [
         str(path.relative_to(site()))
         for path in html_files()
-        if any(src is not None and not src.strip() for src in Page(path).scripts)
+        if any(src is not None and not src.strip() for src in parse(path).scripts)
     ]
     assert empty == []
 
@@ -228,7 +233,7 @@ def test_no_reference_page_for_a_private_module() -> None:
 def test_reference_pages_name_public_objects_only() -> None:
     found = {}
     for path in reference_pages():
-        parsed = Page(path)
+        parsed = parse(path)
         names = [*parsed.ids, *parsed.anchors, *parsed.headings, *parsed.titles]
         private = sorted({match for name in names for match in PRIVATE.findall(name)})
         if private:

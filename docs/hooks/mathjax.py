@@ -38,8 +38,6 @@ SITE_DIR = "javascripts/mathjax"
 SCRIPT = f"{SITE_DIR}/tex-svg-full.js"
 CONFIG_SCRIPT = "javascripts/mathjax-config.js"
 
-_root: Path | None = None  # found in on_config
-
 INSTALL_HINT = (
     f"MathJax for the docs comes from the PyPI package {DISTRIBUTION!r} (import name "
     f"{PACKAGE!r}); install it with `pip install {PIN}` (it is part of the `docs` extra: "
@@ -76,8 +74,7 @@ def _scripts(config: Any) -> list[str]:
 
 def on_config(config: Any) -> Any:
     # fail before anything is built (the notebooks take minutes to execute)
-    global _root
-    _root = mathjax_root()
+    mathjax_root()
     scripts = _scripts(config)
     if SCRIPT not in scripts or CONFIG_SCRIPT not in scripts:
         raise PluginError(
@@ -89,7 +86,7 @@ def on_config(config: Any) -> Any:
 
 
 def on_files(files: Files, config: Any) -> Files:
-    root = _root if _root is not None else mathjax_root()
+    root = mathjax_root()
     for source, dest in ((COMPONENT, SCRIPT), ("LICENSE", f"{SITE_DIR}/LICENSE")):
         files.append(File.generated(config, dest, abs_src_path=str(root / source)))
     log.debug("MathJax from %s", root)
